@@ -1,0 +1,32 @@
+//! # ron-transport
+//!
+//! An io_uring, thread-per-core transport engine carrying length-prefixed frames (≤ 1 MiB) over
+//! TCP and TLS 1.3, with hard limits, rate limits, connection caps, timeouts, Prometheus metrics
+//! and readiness states. Engines (tokio, uring) sit behind one set of adapter traits in
+//! [`engine`] and behave identically (same limits, metrics and reason strings).
+//!
+//! `src/` is policy; the io_uring mechanism lives in the `ron-shard` crate.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod readiness;
+
+pub use bytes::Bytes;
+/// rustls types, re-exported through `tokio_rustls` (spec/IDB I-3).
+pub use tokio_rustls::rustls;
+
+pub use config::{Backend, Config, ConfigError, ConfigHandle, PqMode, TrustStore, ValidConfig};
+pub use error::{RejectReason, TimeoutOp, TransportError};
+pub use metrics::{PqLabel, TransportMetrics};
+pub use readiness::{Readiness, ReadyState, TransportHealth};
+pub mod engine;
+pub mod limits;
+pub mod policy;
+pub mod rate;
+#[cfg(feature = "tls")]
+pub mod tls;
+
+pub use engine::{Conn, ConnInfo, DialOptions, Engine, EngineKind, FrameSender, Listener};

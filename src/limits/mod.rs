@@ -1,0 +1,13 @@
+//! Size limits on the I/O path (spec/IDB I-8, I-8b): the length-prefixed frame codec that
+//! refuses an over-long length before allocating, the write chunker, and the 8x inflate guard.
+//! Pure, clock-free and I/O-free: engines feed bytes in and take frames out.
+//!
+//! NOTE(skeleton): the helper that owns `src/limits/` replaces the `todo!()`s.
+
+pub mod chunker;
+pub mod frame;
+pub mod inflate;
+
+pub use chunker::Chunker;
+pub use frame::{encode_frame, FrameDecoder, FRAME_HEADER_LEN, MAX_FRAME_CEILING};
+pub use inflate::{InflateGuard, INFLATE_RATIO_MAX};
