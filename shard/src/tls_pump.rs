@@ -1,0 +1,1 @@
+//! The rustls unbuffered pump (skeleton; the TLS-pump helper fills it).
