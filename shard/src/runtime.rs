@@ -179,6 +179,7 @@ impl Runtime {
             chunk_bytes: cfg.chunk_bytes,
             zc_threshold: cfg.zc_threshold,
             command_capacity: cfg.command_capacity,
+            out_high_water: cfg.chunk_bytes.saturating_mul(4),
         };
         let mut shareds = Vec::with_capacity(cfg.shards);
         let mut queues = Vec::with_capacity(cfg.shards);
@@ -292,7 +293,7 @@ impl Runtime {
         };
         self.shards[0]
             .send_cmd(cmd)
-            .map_err(|(_, r)| to_shard_error(r))?;
+            .map_err(|e| to_shard_error(e.1))?;
         Ok(ListenerId(id))
     }
 
@@ -300,7 +301,7 @@ impl Runtime {
     pub fn stop_listening(&self, id: ListenerId) -> Result<(), ShardError> {
         self.shards[0]
             .send_cmd(Command::StopListen { id: id.0 })
-            .map_err(|(_, r)| to_shard_error(r))
+            .map_err(|e| to_shard_error(e.1))
     }
 
     /// Dials `addr` from the shard with the fewest open connections; `hooks` learns the
@@ -325,8 +326,10 @@ impl Runtime {
         };
         match self.shards[target].send_cmd(cmd) {
             Ok(()) => Ok(()),
-            Err((Command::Dial { hooks, .. }, r)) => Err((to_shard_error(r), hooks)),
-            Err((_, r)) => unreachable_dial(r),
+            Err(e) => match *e {
+                (Command::Dial { hooks, .. }, r) => Err((to_shard_error(r), hooks)),
+                (_, r) => unreachable_dial(r),
+            },
         }
     }
 

@@ -115,14 +115,14 @@ impl std::fmt::Debug for ShardShared {
 impl ShardShared {
     /// Queues a command and rings the doorbell. Gives the command back if the queue is full or
     /// the shard has stopped.
-    pub(crate) fn send_cmd(&self, cmd: Command) -> Result<(), (Command, &'static str)> {
+    pub(crate) fn send_cmd(&self, cmd: Command) -> Result<(), Box<(Command, &'static str)>> {
         match self.cmd_tx.try_send(cmd) {
             Ok(()) => {
                 self.doorbell();
                 Ok(())
             }
-            Err(TrySendError::Full(c)) => Err((c, "busy")),
-            Err(TrySendError::Disconnected(c)) => Err((c, "stopped")),
+            Err(TrySendError::Full(c)) => Err(Box::new((c, "busy"))),
+            Err(TrySendError::Disconnected(c)) => Err(Box::new((c, "stopped"))),
         }
     }
 
@@ -149,6 +149,7 @@ pub(crate) struct ShardConfig {
     pub chunk_bytes: usize,
     pub zc_threshold: Option<usize>,
     pub command_capacity: usize,
+    pub out_high_water: usize,
 }
 
 /// Creates the shared half of a shard and the receivers its thread needs.
@@ -565,13 +566,11 @@ impl Shard {
             self.adopt(adopt);
             return;
         }
-        match peers[target].send_cmd(Command::Adopt(adopt)) {
-            Ok(()) => {}
-            Err((Command::Adopt(a), _)) => {
+        if let Err(e) = peers[target].send_cmd(Command::Adopt(adopt)) {
+            if let (Command::Adopt(a), _) = *e {
                 self.balancer.undo(target);
                 self.adopt(a);
             }
-            Err(_) => {}
         }
     }
 
@@ -692,8 +691,10 @@ impl Shard {
                 return;
             }
         } else {
-            // Reading.
-            if conn.io.want_read && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
+            // Reading. Output above the high-water mark pauses reading too, so a peer that
+            // does not read cannot make its connection hold receive buffers without bound.
+            let want = conn.io.want_read && conn.state.queued() < self.cfg.out_high_water;
+            if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
                 let fd = conn.fd.clone();
                 match self.ring.recv_multi(&fd, tag(Kind::Recv, idx, key_tag_gen)) {
                     Ok(op) => self.conns[idx].io.recv_op = Some(op),
@@ -706,7 +707,7 @@ impl Shard {
                         return;
                     }
                 }
-            } else if !conn.io.want_read {
+            } else if !want {
                 if let (Some(op), false) = (conn.io.recv_op, conn.io.recv_cancelled) {
                     conn.io.recv_cancelled = true;
                     let _ = self.ring.cancel(op);
@@ -1028,7 +1029,7 @@ impl Shard {
     }
 
     fn on_connect(&mut self, idx: usize, gen: u32, c: Completion) {
-        if !self.dials.get(idx).is_some_and(|d| d.gen == gen) {
+        if self.dials.get(idx).is_none_or(|d| d.gen != gen) {
             return;
         }
         let mut d = self.dials.remove(idx);

@@ -88,8 +88,6 @@ struct InFlight {
 pub(crate) struct Completion {
     /// The caller's tag given at submission.
     pub tag: u64,
-    /// The op this completion belongs to.
-    pub op: OpId,
     /// The kernel's result (bytes, fd, or `-errno`).
     pub result: i32,
     /// More completions for this op will follow (multishot, or a zero-copy notification).
@@ -138,6 +136,7 @@ impl SendBatch {
     }
 
     /// Total unsent bytes described by the iovecs.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.iov.iter().map(|v| v.iov_len).sum()
     }
@@ -306,6 +305,7 @@ impl Ring {
     }
 
     /// Number of ops the kernel has not finished.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.ops.len()
     }
@@ -510,7 +510,6 @@ impl Ring {
             };
             out.push(Completion {
                 tag,
-                op: OpId(ud),
                 result,
                 more,
                 notif,
@@ -644,11 +643,6 @@ impl BufRing {
         }))
     }
 
-    /// Size of each buffer.
-    pub fn buf_size(&self) -> u32 {
-        self.buf_size
-    }
-
     /// Number of buffers.
     pub fn entries(&self) -> u16 {
         self.entries
@@ -765,11 +759,6 @@ impl RingSlice {
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// True if empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// A sub-range `[start, start + len)` of this slice, holding the buffer.

@@ -26,7 +26,10 @@ fn two_shards_share_100_connections_evenly() {
     let on0 = on.iter().filter(|s| **s == 0).count();
     let on1 = on.iter().filter(|s| **s == 1).count();
     assert_eq!(on0 + on1, 100);
-    assert!((45..=55).contains(&on0), "shard 0 got {on0}, shard 1 got {on1}");
+    assert!(
+        (45..=55).contains(&on0),
+        "shard 0 got {on0}, shard 1 got {on1}"
+    );
     let stats = rt.stats();
     assert_eq!(stats[0].open + stats[1].open, 100);
     assert!((45..=55).contains(&stats[1].open));

@@ -21,7 +21,12 @@ async fn dialed_handle_round_trips_through_an_echo_shard() {
     let addr = l.local_addr().unwrap();
     rt.listen(l, ConnOptions::default(), hooks).unwrap();
     let mut h = rt
-        .dial_handle(addr, Duration::from_secs(5), ConnOptions::default(), HandleOptions::default())
+        .dial_handle(
+            addr,
+            Duration::from_secs(5),
+            ConnOptions::default(),
+            HandleOptions::default(),
+        )
         .await
         .expect("dial");
     assert!(h.meta().outbound);
@@ -29,7 +34,9 @@ async fn dialed_handle_round_trips_through_an_echo_shard() {
     let tx = h.sender();
     let sender = tokio::spawn(async move {
         for i in 0..2000u32 {
-            tx.send(Bytes::copy_from_slice(&i.to_be_bytes())).await.unwrap();
+            tx.send(Bytes::copy_from_slice(&i.to_be_bytes()))
+                .await
+                .unwrap();
         }
     });
     for i in 0..2000u32 {
@@ -49,9 +56,17 @@ async fn dialed_handle_round_trips_through_an_echo_shard() {
 async fn dial_errors_are_typed() {
     let Some(rt) = runtime(1) else { return };
     // Nothing listens on this port (bound then dropped).
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let err = rt
-        .dial_handle(addr, Duration::from_secs(5), ConnOptions::default(), HandleOptions::default())
+        .dial_handle(
+            addr,
+            Duration::from_secs(5),
+            ConnOptions::default(),
+            HandleOptions::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "io");
@@ -104,11 +119,19 @@ async fn full_writer_inbox_is_busy_and_cancel_is_prompt() {
     };
     assert_eq!(busy, SendError::Busy);
     assert_eq!(busy.reason(), "busy");
-    assert!(sent >= 256, "the inbox holds 256 frames before Busy (sent {sent})");
+    assert!(
+        sent >= 256,
+        "the inbox holds 256 frames before Busy (sent {sent})"
+    );
     h.cancel();
-    let r = tokio::time::timeout(Duration::from_secs(5), h.recv()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), h.recv())
+        .await
+        .unwrap();
     assert_eq!(r, Err(CloseReason::Aborted));
-    assert!(matches!(h.try_send(frame), Err(SendError::Closed(Some(CloseReason::Aborted)))));
+    assert!(matches!(
+        h.try_send(frame),
+        Err(SendError::Closed(Some(CloseReason::Aborted)))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

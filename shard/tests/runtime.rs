@@ -9,7 +9,11 @@ use std::time::Duration;
 use common::*;
 use ron_shard::{bind, CloseReason, ConnOptions, TimeoutKind, Timeouts};
 
-fn listen(rt: &ron_shard::Runtime, hooks: Arc<EchoHooks>, opts: ConnOptions) -> std::net::SocketAddr {
+fn listen(
+    rt: &ron_shard::Runtime,
+    hooks: Arc<EchoHooks>,
+    opts: ConnOptions,
+) -> std::net::SocketAddr {
     let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = l.local_addr().unwrap();
     rt.listen(l, opts, hooks).unwrap();
@@ -23,7 +27,17 @@ fn echo_small_and_large_frames_in_order() {
     let addr = listen(&rt, hooks.clone(), ConnOptions::default());
     let mut c = connect(addr);
     // Sizes around the 16 KiB receive buffers and the 64 KiB chunk, up to the 1 MiB ceiling.
-    let sizes = [0usize, 1, 100, 16 * 1024 - 4, 16 * 1024, 40_000, 64 * 1024, 200_000, 1 << 20];
+    let sizes = [
+        0usize,
+        1,
+        100,
+        16 * 1024 - 4,
+        16 * 1024,
+        40_000,
+        64 * 1024,
+        200_000,
+        1 << 20,
+    ];
     for (i, n) in sizes.iter().enumerate() {
         let payload: Vec<u8> = (0..*n).map(|j| (i + j) as u8).collect();
         write_frame(&mut c, &payload);
@@ -42,7 +56,10 @@ fn echo_small_and_large_frames_in_order() {
     }
     let s = total(&rt);
     assert_eq!(s.frames_in, (sizes.len() + 500) as u64);
-    assert!(s.frames_in_place > 0, "small frames are delivered in place: {s:?}");
+    assert!(
+        s.frames_in_place > 0,
+        "small frames are delivered in place: {s:?}"
+    );
     // A handler-initiated graceful close: FIN after the flush.
     write_frame(&mut c, b"close-me");
     let mut rest = Vec::new();

@@ -31,11 +31,17 @@ fn drains_what_closes_and_aborts_the_rest() {
     eprintln!("even={even} report={report:?} took={took:?}");
     assert_eq!(report.drained, even, "{report:?}");
     assert_eq!(report.aborted, 20 - even);
-    assert!(took >= Duration::from_millis(250), "deadline honoured: {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "deadline honoured: {took:?}"
+    );
     let closes = hooks.closes.lock().unwrap().clone();
     assert_eq!(closes.len(), 20);
     assert_eq!(
-        closes.iter().filter(|r| **r == CloseReason::Shutdown).count() as u64,
+        closes
+            .iter()
+            .filter(|r| **r == CloseReason::Shutdown)
+            .count() as u64,
         20 - even
     );
     // No longer accepting.

@@ -71,7 +71,9 @@ pub struct EchoHooks {
 impl AcceptHooks for EchoHooks {
     fn admit(&self, _peer: SocketAddr) -> Result<AdmitToken, Reject> {
         if self.deny_all {
-            return Err(Reject { reason: "peer_limit" });
+            return Err(Reject {
+                reason: "peer_limit",
+            });
         }
         self.admitted.fetch_add(1, Ordering::SeqCst);
         Ok(AdmitToken::empty())
