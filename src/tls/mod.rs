@@ -45,6 +45,9 @@ use crate::metrics::PqLabel;
 
 use self::pem::{invalid, parse_certs_pem, read_public_pem_file, CA_BUNDLE_PATH, CERT_PATH};
 pub use self::pem::{parse_private_key_pem, read_key_file, MAX_PEM_FILE_BYTES};
+/// The zeroizing buffer type of the key-loading API, re-exported so callers need no direct
+/// `zeroize` dependency.
+pub use zeroize::Zeroizing;
 
 /// Capacity of the server's in-memory session cache (stateful resumption fallback).
 pub const SERVER_SESSION_CACHE_SIZE: usize = 4096;
