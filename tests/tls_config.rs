@@ -5,6 +5,8 @@
 //! Covers PQ negotiation (hybrid↔hybrid, hybrid↔classical fallback, off↔off), resumption,
 //! trust failures, ALPN, TLS 1.2 refusal, and the typed errors of the loaders.
 
+#![cfg(feature = "tls")]
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

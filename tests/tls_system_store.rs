@@ -2,6 +2,8 @@
 //! a client config that silently trusts nothing. Its own test binary because it points
 //! `SSL_CERT_FILE` / `SSL_CERT_DIR` (process-global) at empty locations.
 
+#![cfg(feature = "tls")]
+
 use ron_transport::tls;
 use ron_transport::{Config, ConfigError, TransportError, TrustStore};
 
