@@ -511,7 +511,11 @@ mod tests {
         assert_eq!(p.conn_count(), 1);
         let _a2 = p.admit(A).unwrap();
         drop(b);
-        assert_eq!(p.tracked_peers(), 1, "B's entry removed with its last connection");
+        assert_eq!(
+            p.tracked_peers(),
+            1,
+            "B's entry removed with its last connection"
+        );
     }
 
     #[test]
