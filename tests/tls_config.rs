@@ -206,7 +206,7 @@ fn config_key_of(err: &TransportError) -> String {
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn hybrid_to_hybrid_negotiates_x25519mlkem768() {
+fn tls_hybrid_to_hybrid_negotiates_x25519mlkem768() {
     let p = pki();
     let (c, s) = handshake(
         &client_cfg(&p, PqMode::Hybrid, &[]),
@@ -221,7 +221,7 @@ fn hybrid_to_hybrid_negotiates_x25519mlkem768() {
 }
 
 #[test]
-fn hybrid_client_falls_back_to_x25519_with_classical_server() {
+fn tls_hybrid_client_falls_back_to_x25519_with_classical_server() {
     let p = pki();
     let (c, s) = handshake(
         &client_cfg(&p, PqMode::Hybrid, &[]),
@@ -236,7 +236,7 @@ fn hybrid_client_falls_back_to_x25519_with_classical_server() {
 }
 
 #[test]
-fn classical_client_with_hybrid_server_is_classical() {
+fn tls_classical_client_with_hybrid_server_is_classical() {
     let p = pki();
     let (c, s) = handshake(
         &client_cfg(&p, PqMode::Off, &[]),
@@ -247,7 +247,7 @@ fn classical_client_with_hybrid_server_is_classical() {
 }
 
 #[test]
-fn off_to_off_is_classical() {
+fn tls_off_to_off_is_classical() {
     let p = pki();
     let (c, s) = handshake(
         &client_cfg(&p, PqMode::Off, &[]),
@@ -259,7 +259,7 @@ fn off_to_off_is_classical() {
 }
 
 #[test]
-fn negotiated_pq_is_off_before_handshake() {
+fn tls_negotiated_pq_is_off_before_handshake() {
     let p = pki();
     let (c, s) = pair(
         &client_cfg(&p, PqMode::Hybrid, &[]),
@@ -276,7 +276,7 @@ fn negotiated_pq_is_off_before_handshake() {
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn second_connection_resumes() {
+fn tls_second_connection_resumes() {
     let p = pki();
     for pq in [PqMode::Off, PqMode::Hybrid] {
         let client = client_cfg(&p, pq, &[]);
@@ -307,7 +307,7 @@ fn second_connection_resumes() {
 }
 
 #[test]
-fn fresh_client_config_does_not_resume() {
+fn tls_fresh_client_config_does_not_resume() {
     let p = pki();
     let server = server_cfg(&p, PqMode::Off, &[]);
     let _ = handshake(&client_cfg(&p, PqMode::Off, &[]), &server);
@@ -319,7 +319,7 @@ fn fresh_client_config_does_not_resume() {
 }
 
 #[test]
-fn server_config_policy() {
+fn tls_server_config_policy() {
     let p = pki();
     let s = server_cfg(&p, PqMode::Hybrid, &["h2"]);
     assert_eq!(s.max_early_data_size, 0);
@@ -335,7 +335,7 @@ fn server_config_policy() {
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn wrong_ca_fails_the_handshake() {
+fn tls_wrong_ca_fails_the_handshake() {
     let p = pki();
     let other = pki_named("some other CA");
     let (mut c, mut s) = pair(
@@ -352,7 +352,7 @@ fn wrong_ca_fails_the_handshake() {
 }
 
 #[test]
-fn server_name_mismatch_fails_and_override_helper_drives_sni() {
+fn tls_server_name_mismatch_fails_and_override_helper_drives_sni() {
     let p = pki();
     let client = client_cfg(&p, PqMode::Off, &[]);
     let server = server_cfg(&p, PqMode::Off, &[]);
@@ -387,7 +387,7 @@ fn server_name_mismatch_fails_and_override_helper_drives_sni() {
 }
 
 #[test]
-fn tls12_only_client_is_refused() {
+fn tls_tls12_only_client_is_refused() {
     let p = pki();
     let roots = tls::roots_from_pem(p.ca_pem.as_bytes()).unwrap();
     let tls12 =
@@ -408,7 +408,7 @@ fn tls12_only_client_is_refused() {
 }
 
 #[test]
-fn alpn_negotiated_when_both_ask() {
+fn tls_alpn_negotiated_when_both_ask() {
     let p = pki();
     let (c, s) = handshake(
         &client_cfg(&p, PqMode::Off, &["h2", "ron/1"]),
@@ -440,7 +440,7 @@ fn alpn_negotiated_when_both_ask() {
 }
 
 #[test]
-fn invalid_alpn_entries_are_typed_errors() {
+fn tls_invalid_alpn_entries_are_typed_errors() {
     let p = pki();
     let err = tls::client_config_from_ca_pem(p.ca_pem.as_bytes(), PqMode::Off, &[String::new()])
         .unwrap_err();
@@ -465,7 +465,7 @@ fn tls_config(d: &OnDisk, pq: PqMode) -> Config {
 }
 
 #[test]
-fn configs_from_valid_config_handshake() {
+fn tls_configs_from_valid_config_handshake() {
     let p = pki();
     let d = on_disk(&p);
     let cfg = tls_config(&d, PqMode::Hybrid);
@@ -480,7 +480,7 @@ fn configs_from_valid_config_handshake() {
 }
 
 #[test]
-fn server_config_from_files_with_alpn() {
+fn tls_server_config_from_files_with_alpn() {
     let p = pki();
     let d = on_disk(&p);
     let server =
@@ -491,7 +491,7 @@ fn server_config_from_files_with_alpn() {
 
 #[cfg(unix)]
 #[test]
-fn key_file_0644_is_rejected() {
+fn tls_key_file_0644_is_rejected() {
     let p = pki();
     let d = on_disk(&p);
     for mode in [0o644, 0o640, 0o604, 0o660] {
@@ -517,7 +517,7 @@ fn key_file_0644_is_rejected() {
 }
 
 #[test]
-fn empty_or_garbage_key_is_a_typed_error() {
+fn tls_empty_or_garbage_key_is_a_typed_error() {
     let p = pki();
     let cases: [&[u8]; 6] = [
         b"",
@@ -560,7 +560,7 @@ fn empty_or_garbage_key_is_a_typed_error() {
 }
 
 #[test]
-fn key_not_matching_certificate_is_a_typed_error() {
+fn tls_key_not_matching_certificate_is_a_typed_error() {
     let p = pki();
     let stranger = rcgen::KeyPair::generate().unwrap().serialize_pem();
     let err = tls::server_config_from_pem(
@@ -575,7 +575,7 @@ fn key_not_matching_certificate_is_a_typed_error() {
 }
 
 #[test]
-fn empty_or_garbage_cert_is_a_typed_error() {
+fn tls_empty_or_garbage_cert_is_a_typed_error() {
     let p = pki();
     for cert in [&b""[..], b"garbage", p.leaf_key_pem.as_bytes()] {
         let err = tls::server_config_from_pem(
@@ -590,7 +590,7 @@ fn empty_or_garbage_cert_is_a_typed_error() {
 }
 
 #[test]
-fn key_buffer_is_zeroized_on_success_and_error() {
+fn tls_key_buffer_is_zeroized_on_success_and_error() {
     let p = pki();
     let mut ok = Zeroizing::new(p.leaf_key_pem.clone().into_bytes());
     tls::parse_private_key_pem(&mut ok).unwrap();
@@ -606,7 +606,7 @@ fn key_buffer_is_zeroized_on_success_and_error() {
 }
 
 #[test]
-fn missing_ca_bundle_is_a_typed_error() {
+fn tls_missing_ca_bundle_is_a_typed_error() {
     let p = pki();
     let d = on_disk(&p);
     let mut cfg = tls_config(&d, PqMode::Off);
@@ -620,7 +620,7 @@ fn missing_ca_bundle_is_a_typed_error() {
 }
 
 #[test]
-fn garbage_ca_bundle_is_a_typed_error() {
+fn tls_garbage_ca_bundle_is_a_typed_error() {
     for ca in [
         &b""[..],
         b"junk",

@@ -8,7 +8,7 @@ use ron_transport::tls;
 use ron_transport::{Config, ConfigError, TransportError, TrustStore};
 
 #[test]
-fn system_store_empty_is_a_typed_error_and_populated_store_works() {
+fn tls_system_store_empty_is_a_typed_error_and_populated_store_works() {
     let mut cfg = Config::default();
     cfg.tls_client_trust_store = TrustStore::System;
     let cfg = cfg.validate().unwrap();
