@@ -62,7 +62,7 @@ const SPEC_FLAGS: &[&str] = &[
 ];
 
 #[test]
-fn every_spec_flag_reaches_its_key() {
+fn config_every_spec_flag_reaches_its_key() {
     let args = parse(SPEC_FLAGS).unwrap();
     let c = ConfigLoader::new().cli(&args).merge().unwrap().config;
     assert_eq!(c.backend, Backend::Tcp);
@@ -112,7 +112,7 @@ fn every_spec_flag_reaches_its_key() {
 }
 
 #[test]
-fn flag_names_match_the_key_table() {
+fn config_flag_names_match_the_key_table() {
     // The parser's long flags are exactly the key table's flags plus --transport.config: the
     // 27 flags of spec §6.
     use clap::CommandFactory;
@@ -142,7 +142,7 @@ fn flag_names_match_the_key_table() {
 }
 
 #[test]
-fn precedence_cli_over_env_over_file_over_defaults() {
+fn config_precedence_cli_over_env_over_file_over_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t.toml");
     std::fs::write(
@@ -193,7 +193,7 @@ fn config_flag_loads_the_file_and_overrides_the_builder_file() {
 }
 
 #[test]
-fn bad_flag_values_are_refused() {
+fn config_bad_flag_values_are_refused() {
     for args in [
         &["--transport.backend", "quic"][..],
         &["--transport.bind", "localhost"],
@@ -222,7 +222,7 @@ fn bad_flag_values_are_refused() {
 }
 
 #[test]
-fn no_flags_change_nothing() {
+fn config_no_flags_change_nothing() {
     let args = parse(&[]).unwrap();
     assert_eq!(args, TransportArgs::default());
     let c = ConfigLoader::new()

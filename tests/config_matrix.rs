@@ -71,7 +71,7 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
 // ---- §11 rows -------------------------------------------------------------------------------
 
 #[test]
-fn missing_config_file_applies_defaults() {
+fn config_missing_config_file_applies_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let loaded = ConfigLoader::new()
         .optional_file(dir.path().join("absent.toml"))
@@ -98,7 +98,7 @@ fn missing_config_file_applies_defaults() {
 }
 
 #[test]
-fn invalid_backend_is_rejected() {
+fn config_invalid_backend_is_rejected() {
     let err = Config::from_toml_str("backend = \"quic\"").unwrap_err();
     assert!(
         matches!(err, ConfigError::Parse { ref key, ref value, .. } if key == "backend" && value == "quic")
@@ -118,7 +118,7 @@ fn invalid_backend_is_rejected() {
 }
 
 #[test]
-fn tls_enabled_with_missing_key_or_cert_is_rejected() {
+fn config_tls_enabled_with_missing_key_or_cert_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = tls_files(dir.path(), 0o600);
     assert_invalid(
@@ -169,7 +169,7 @@ fn tls_enabled_with_missing_key_or_cert_is_rejected() {
 }
 
 #[test]
-fn tls_key_group_or_world_accessible_is_rejected() {
+fn config_tls_key_group_or_world_accessible_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     for mode in [0o644, 0o640, 0o604, 0o660, 0o610] {
         let (cert, key) = tls_files(dir.path(), mode);
@@ -186,7 +186,7 @@ fn tls_key_group_or_world_accessible_is_rejected() {
 }
 
 #[test]
-fn max_frame_above_1mib_is_rejected() {
+fn config_max_frame_above_1mib_is_rejected() {
     let with_frame = |n: u64| {
         let mut c = Config::default();
         c.max_frame_bytes = n;
@@ -213,7 +213,7 @@ fn max_frame_above_1mib_is_rejected() {
 }
 
 #[test]
-fn chunk_larger_than_max_frame_is_rejected() {
+fn config_chunk_larger_than_max_frame_is_rejected() {
     let mut c = Config::default();
     c.max_frame_bytes = 64 << 10;
     c.chunk_bytes = 128 << 10;
@@ -234,7 +234,7 @@ fn chunk_larger_than_max_frame_is_rejected() {
 }
 
 #[test]
-fn pq_hybrid_without_pq_feature_is_rejected() {
+fn config_pq_hybrid_without_pq_feature_is_rejected() {
     let mut c = Config::default();
     c.pq_mode = PqMode::Hybrid;
     let reason = assert_invalid(c.clone().validate_for(&NO_PQ), "pq.mode");
@@ -252,7 +252,7 @@ fn pq_hybrid_without_pq_feature_is_rejected() {
 }
 
 #[test]
-fn public_bind_with_zero_max_conns_is_rejected() {
+fn config_public_bind_with_zero_max_conns_is_rejected() {
     let err = ConfigLoader::new()
         .toml_str("bind_addr = \"0.0.0.0:9444\"\nmax_conns = 0")
         .load()
@@ -275,7 +275,7 @@ fn public_bind_with_zero_max_conns_is_rejected() {
 }
 
 #[test]
-fn uds_and_bind_together_are_rejected() {
+fn config_uds_and_bind_together_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let sock = dir.path().join("t.sock");
@@ -308,7 +308,7 @@ fn uds_and_bind_together_are_rejected() {
 }
 
 #[test]
-fn per_peer_values_negative_or_overflowing_are_rejected() {
+fn config_per_peer_values_negative_or_overflowing_are_rejected() {
     for (doc, key) in [
         ("[per_peer]\nmax_conns = -1", "per_peer.max_conns"),
         ("[per_peer]\nmax_conns = 4294967296", "per_peer.max_conns"),
@@ -364,7 +364,7 @@ fn per_peer_values_negative_or_overflowing_are_rejected() {
 }
 
 #[test]
-fn arti_knobs_with_non_arti_backend_are_ignored() {
+fn config_arti_knobs_with_non_arti_backend_are_ignored() {
     for backend in ["tcp", "tls"] {
         let doc = format!(
             "backend = \"{backend}\"\n[arti]\nbootstrap_timeout = \"0s\"\npre_dial_delay = \"10h\""
@@ -382,7 +382,7 @@ fn arti_knobs_with_non_arti_backend_are_ignored() {
 // ---- other §4 rules -------------------------------------------------------------------------
 
 #[test]
-fn timeouts_must_be_positive_and_idle_at_least_one_second() {
+fn config_timeouts_must_be_positive_and_idle_at_least_one_second() {
     let mut c = Config::default();
     c.read_timeout = Duration::ZERO;
     assert_invalid(c.clone().validate(), "read_timeout");
@@ -397,7 +397,7 @@ fn timeouts_must_be_positive_and_idle_at_least_one_second() {
 }
 
 #[test]
-fn trust_store_path_needs_a_readable_ca_bundle() {
+fn config_trust_store_path_needs_a_readable_ca_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
     c.tls_client_trust_store = TrustStore::Path;
@@ -414,7 +414,7 @@ fn trust_store_path_needs_a_readable_ca_bundle() {
 }
 
 #[test]
-fn uds_parent_directory_must_exist_and_be_0700() {
+fn config_uds_parent_directory_must_exist_and_be_0700() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
     c.bind_addr = None;
@@ -431,7 +431,7 @@ fn uds_parent_directory_must_exist_and_be_0700() {
 }
 
 #[test]
-fn macaroon_must_exist_be_non_empty_and_private() {
+fn config_macaroon_must_exist_be_non_empty_and_private() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("macaroon");
     let mut c = Config::default();
@@ -447,7 +447,7 @@ fn macaroon_must_exist_be_non_empty_and_private() {
 }
 
 #[test]
-fn log_format_and_level_are_enumerated() {
+fn config_log_format_and_level_are_enumerated() {
     let mut c = Config::default();
     c.log_format = "xml".into();
     assert_invalid(c.clone().validate(), "log.format");
@@ -461,7 +461,7 @@ fn log_format_and_level_are_enumerated() {
 }
 
 #[test]
-fn tls_needs_the_tls_feature() {
+fn config_tls_needs_the_tls_feature() {
     let mut c = Config::default();
     c.backend = Backend::Tls;
     let no_tls = CompiledFeatures { tls: false, ..ALL };
@@ -497,7 +497,7 @@ fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, String) {
 }
 
 #[test]
-fn reload_hot_swaps_live_keys_and_flags_rebind_keys() {
+fn config_reload_hot_swaps_live_keys_and_flags_rebind_keys() {
     let handle = ConfigHandle::new(ValidConfig::defaults());
     let reader = handle.clone();
     let mut rx = handle.subscribe();
@@ -567,7 +567,7 @@ fn reload_hot_swaps_live_keys_and_flags_rebind_keys() {
 }
 
 #[test]
-fn failed_reload_keeps_the_last_good_snapshot_and_logs_a_structured_error() {
+fn config_failed_reload_keeps_the_last_good_snapshot_and_logs_a_structured_error() {
     let handle = ConfigHandle::new(ValidConfig::defaults());
     let before = handle.load();
     let rx = handle.subscribe();
@@ -595,7 +595,7 @@ fn failed_reload_keeps_the_last_good_snapshot_and_logs_a_structured_error() {
 }
 
 #[test]
-fn reload_log_has_a_structured_diff_without_secrets() {
+fn config_reload_log_has_a_structured_diff_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = tls_files(dir.path(), 0o600);
     let key_pem = std::fs::read_to_string(&key).unwrap();
@@ -633,7 +633,7 @@ fn reload_log_has_a_structured_diff_without_secrets() {
 }
 
 #[test]
-fn reload_recomputes_from_the_same_sources() {
+fn config_reload_recomputes_from_the_same_sources() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("transport.toml");
     std::fs::write(&file, "max_conns = 100\nread_timeout = \"3s\"").unwrap();
@@ -658,7 +658,7 @@ fn reload_recomputes_from_the_same_sources() {
 }
 
 #[tokio::test]
-async fn subscribers_are_woken_by_a_swap() {
+async fn config_subscribers_are_woken_by_a_swap() {
     let handle = ConfigHandle::new(ValidConfig::defaults());
     let mut rx = handle.subscribe();
     let waiter = tokio::spawn(async move {
@@ -676,7 +676,7 @@ async fn subscribers_are_woken_by_a_swap() {
 }
 
 #[test]
-fn concurrent_reloads_have_distinct_generations() {
+fn config_concurrent_reloads_have_distinct_generations() {
     let handle = ConfigHandle::new(ValidConfig::defaults());
     let threads: Vec<_> = (1..=8u32)
         .map(|i| {
