@@ -98,7 +98,7 @@ fn uring(
         .unwrap();
     let r = client(addr, frame, total, conns);
     let s = rt.stats()[0];
-    println!(
+    eprintln!(
         "    [recv completions {} frames in place {}/{} send submissions {} zc {} enobufs {}]",
         s.recv_completions,
         s.frames_in_place,
@@ -176,31 +176,38 @@ fn main() {
         "frame {frame} B, {} MiB per run, {conns} connections",
         total >> 20
     );
-    for round in 0..2 {
-        println!("round {round}");
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let configs: [(u16, u32, Option<usize>); 7] = [
+        (256, 16 * 1024, None),
+        (64, 16 * 1024, None),
+        (64, 32 * 1024, None),
+        (32, 64 * 1024, None),
+        (128, 32 * 1024, None),
+        (64, 32 * 1024, Some(16 * 1024)),
+        (64, 32 * 1024, Some(64 * 1024)),
+    ];
+    let mut best_tokio = 0f64;
+    let mut best = [0f64; 7];
+    for round in 0..rounds {
+        let t = tokio_echo(frame, total, conns);
+        println!("round {round}: tokio {t:.0}");
+        best_tokio = best_tokio.max(t);
+        for (i, (n, bs, zc)) in configs.iter().enumerate() {
+            let r = uring(*n, *bs, *zc, frame, total, conns);
+            best[i] = best[i].max(r);
+        }
+    }
+    println!("best of {rounds} (MiB/s): tokio echo (1 thread) {best_tokio:.0}");
+    for (i, (n, bs, zc)) in configs.iter().enumerate() {
         println!(
-            "tokio echo (1 thread):          {:8.1} MiB/s",
-            tokio_echo(frame, total, conns)
+            "  uring 1 shard, {n:>3} x {:>2} KiB buffers, zc {:<8} {:6.0}  ({:.2}x tokio)",
+            bs / 1024,
+            zc.map_or("off".to_string(), |z| format!(">={}K", z / 1024)),
+            best[i],
+            best[i] / best_tokio
         );
-        for (n, bs) in [
-            (256u16, 16u32 * 1024),
-            (64, 16 * 1024),
-            (32, 16 * 1024),
-            (64, 32 * 1024),
-            (32, 64 * 1024),
-            (16, 64 * 1024),
-        ] {
-            let r = uring(n, bs, None, frame, total, conns);
-            println!(
-                "uring echo {n:>3} x {:>3} KiB:      {r:8.1} MiB/s",
-                bs / 1024
-            );
-        }
-        if std::env::var_os("ZC").is_some() {
-            for zc in [16 * 1024, 64 * 1024] {
-                let r = uring(64, 16 * 1024, Some(zc), frame, total, conns);
-                println!("uring echo 64x16K zc>={:>3}K:   {r:8.1} MiB/s", zc / 1024);
-            }
-        }
     }
 }
