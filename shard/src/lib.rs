@@ -33,8 +33,8 @@ pub mod tls_pump;
 pub use conn::{ConnState, TimeoutKind, Timeouts};
 pub use frame::{Decoded, FrameDecoder, FrameError};
 pub use handle::{
-    bridge, handle_listener, Accepted, ConnHandle, FrameTx, HandleListener, HandleOptions,
-    SendError,
+    bridge, bridge_with_hooks, handle_listener, Accepted, ConnHandle, FrameTx, HandleListener,
+    HandleOptions, OutboundHooks, SendError,
 };
 pub use handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, CtxSendError,

@@ -20,6 +20,8 @@
 //! Every timeout counts `rejected_total{reason="timeout"}` once and closes the connection.
 //! After a connection has failed, `recv` returns that error once, then `IoClosed`.
 
+pub mod uring;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
