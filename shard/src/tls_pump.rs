@@ -811,20 +811,35 @@ fn encode_into<Data>(tx: &mut Vec<u8>, enc: &mut EncodeTlsData<'_, Data>) -> Res
     Err(PumpError::Internal("encode_failed"))
 }
 
-/// After rustls reported an error, moves the fatal alert it queued (if any) into `tx`.
+/// After rustls reported an error, moves what it queued for the peer (handshake bytes queued
+/// before the error, then the fatal alert) into `tx`.
+///
+/// Each chunk comes out before rustls looks at input again. The pump stops at the alert: one
+/// more call could make rustls re-read a record that failed to deframe and try to send a
+/// second fatal alert (a debug assertion in rustls). When no alert was queued, the call that
+/// reads input again is harmless: `rest` is the caller's buffer after the discard (so offsets
+/// match) and rustls either reports its stored error or re-reads the same bytes to the same
+/// error.
 fn drain_alerts<C: Driver>(conn: &mut C, st: &mut Inner, rest: &mut [u8]) {
-    // Each EncodeTlsData state is produced before rustls looks at input again, so this stops
-    // after the queued alerts; the bound is only a guard.
-    for _ in 0..4 {
+    for _ in 0..16 {
         st.stats.transitions += 1;
-        match conn.process(rest).state {
-            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                if encode_into(&mut st.tx, &mut enc).is_err() {
-                    break;
-                }
-            }
-            _ => break,
+        let Ok(ConnectionState::EncodeTlsData(mut enc)) = conn.process(rest).state else {
+            return;
+        };
+        let old = st.tx.len();
+        if encode_into(&mut st.tx, &mut enc).is_err() || is_alert_record(&st.tx[old..]) {
+            return;
         }
+    }
+}
+
+/// An alert record: plaintext (type 21, 2-byte body) or TLS 1.3 protected (type 23 with a
+/// 2-byte alert, the inner type byte and a 16-byte tag; no other message is that short).
+fn is_alert_record(chunk: &[u8]) -> bool {
+    match chunk.first() {
+        Some(21) => chunk.len() == RECORD_HEADER_LEN + 2,
+        Some(&CONTENT_TYPE_APPLICATION_DATA) => chunk.len() == RECORD_HEADER_LEN + 2 + 1 + 16,
+        _ => false,
     }
 }
 
@@ -839,5 +854,105 @@ mod tests {
         assert_eq!(complete_record(&[23, 3, 3, 0, 2, 9]), None);
         assert_eq!(complete_record(&[23, 3, 3, 0, 2, 9, 9]), Some((23, 2)));
         assert_eq!(complete_record(&[22, 3, 3, 0, 0]), Some((22, 0)));
+    }
+}
+
+#[cfg(test)]
+mod pair_tests {
+    //! Unit tests that need the pump's internals (the copy fallback of the receive path).
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    fn configs() -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+        let provider = Arc::new(composite_provider(true));
+        let scfg = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let ccfg = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(ccfg), Arc::new(scfg))
+    }
+
+    fn flush(from: &mut TlsPump) -> Vec<u8> {
+        let mut out = vec![0u8; 1 << 16];
+        let n = from.poll_transmit(&mut out).unwrap();
+        assert!(!from.wants_write());
+        out.truncate(n);
+        out
+    }
+
+    /// Feeds `bytes` and returns the plaintext, checking the caller contract as it goes.
+    fn recv(to: &mut TlsPump, rx: &mut Vec<u8>, bytes: &[u8]) -> Vec<u8> {
+        rx.extend_from_slice(bytes);
+        let mut got = Vec::new();
+        loop {
+            let p = to.handle_ciphertext(rx).unwrap();
+            got.extend_from_slice(p.plaintext(rx));
+            rx.drain(..p.discard);
+            if p.status != Status::CallAgain {
+                return got;
+            }
+        }
+    }
+
+    fn handshake() -> (TlsPump, TlsPump) {
+        let (ccfg, scfg) = configs();
+        let mut c = TlsPump::client(ccfg, ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut s = TlsPump::server(scfg).unwrap();
+        let (mut crx, mut srx) = (Vec::new(), Vec::new());
+        for _ in 0..8 {
+            let a = flush(&mut c);
+            recv(&mut s, &mut srx, &a);
+            let b = flush(&mut s);
+            recv(&mut c, &mut crx, &b);
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        (c, s)
+    }
+
+    #[test]
+    fn first_record_verifies_in_place_then_zero_copy() {
+        let (mut c, mut s) = handshake();
+        assert_eq!(s.st.in_place, InPlace::Unverified);
+        let mut rx = Vec::new();
+        for i in 0..5u8 {
+            let mut out = vec![0u8; 5000];
+            let n = c.encrypt(&[i; 4000], &mut out).unwrap();
+            assert_eq!(recv(&mut s, &mut rx, &out[..n]), vec![i; 4000]);
+            assert_eq!(s.st.in_place, InPlace::Verified);
+        }
+        assert_eq!(s.stats().records_in_place, 5);
+        assert_eq!(s.stats().records_copied, 0);
+    }
+
+    #[test]
+    fn copy_fallback_yields_the_same_plaintext() {
+        let (mut c, mut s) = handshake();
+        // As if verification had failed (e.g. a future rustls decrypting elsewhere).
+        s.st.in_place = InPlace::Copy;
+        let mut rx = Vec::new();
+        let mut all = Vec::new();
+        let mut expect = Vec::new();
+        for i in 0..20usize {
+            let data: Vec<u8> = (0..(1 + i * 999)).map(|j| (i + j) as u8).collect();
+            let mut out = vec![0u8; data.len() + 256];
+            let n = c.encrypt(&data, &mut out).unwrap();
+            all.extend_from_slice(&out[..n]);
+            expect.extend_from_slice(&data);
+        }
+        assert_eq!(recv(&mut s, &mut rx, &all), expect);
+        assert!(rx.is_empty());
+        assert_eq!(s.stats().records_in_place, 0);
+        assert!(s.stats().records_copied >= 20);
     }
 }

@@ -286,3 +286,50 @@ fn poll_transmit_partial_writes() {
     drive(&mut c, &mut s).unwrap();
     assert!(!s.pump.is_handshaking());
 }
+
+#[test]
+fn fragmented_handshake_messages_and_encrypt_while_bytes_are_retained() {
+    let pki = Pki::new();
+    let mut scfg = (*server_config(&pki, Prov::CompositeHybrid, &[])).clone();
+    // 64-byte records: every handshake message, tickets included, spans several records.
+    scfg.max_fragment_size = Some(64);
+    let scfg = std::sync::Arc::new(scfg);
+    let ccfg = client_config(&pki.ca_der, Prov::CompositeHybrid, &[]);
+    let mut rng = Rng::new(64);
+    let mut c = Peer::client(ccfg.clone());
+    let mut s = Peer::server(scfg.clone());
+    s.feed(&c.take_transmit()).unwrap();
+    let flight = s.take_transmit();
+    c.feed_chunked(&flight, &mut rng, 50).unwrap();
+    assert!(!c.pump.is_handshaking());
+    s.feed(&c.take_transmit()).unwrap();
+    let tickets = s.take_transmit();
+    let first_len = 5 + usize::from(u16::from_be_bytes([tickets[3], tickets[4]]));
+    assert!(
+        tickets.len() > first_len,
+        "the ticket flight spans several records"
+    );
+    // Give the client only the first fragment of a ticket: rustls keeps referring to it.
+    c.feed(&tickets[..first_len]).unwrap();
+    assert_eq!(c.last_status, Some(Status::NeedsInput));
+    assert_eq!(
+        c.rx.len(),
+        first_len,
+        "the partial handshake message is retained"
+    );
+    // Sending works meanwhile, and the retained bytes stay valid.
+    let ct = c.seal(b"while retained").unwrap();
+    s.feed(&ct).unwrap();
+    assert_eq!(s.received, b"while retained");
+    c.process().unwrap();
+    assert_eq!(c.rx.len(), first_len);
+    // The rest of the tickets arrives (one byte at a time), then app data.
+    c.feed_chunked(&tickets[first_len..], &mut rng, 1).unwrap();
+    assert!(c.rx.is_empty());
+    let ct = s.seal(b"after tickets").unwrap();
+    c.feed_chunked(&ct, &mut rng, 7).unwrap();
+    assert_eq!(c.received, b"after tickets");
+    // Those fragmented tickets were good: the next handshake resumes.
+    let (c2, s2) = pair(ccfg, scfg);
+    assert!(c2.pump.is_resumed() && s2.pump.is_resumed());
+}

@@ -13,10 +13,17 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// A CA and a leaf for "localhost" signed by it.
+#[derive(Debug)]
 pub struct Pki {
     pub ca_der: CertificateDer<'static>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key_der: Vec<u8>,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Pki {
@@ -124,6 +131,7 @@ pub fn localhost() -> ServerName<'static> {
 }
 
 /// A pump with its receive buffer and everything it decrypted.
+#[derive(Debug)]
 pub struct Peer {
     pub pump: TlsPump,
     pub rx: Vec<u8>,
@@ -265,6 +273,7 @@ pub fn pair(ccfg: Arc<ClientConfig>, scfg: Arc<ServerConfig>) -> (Peer, Peer) {
 }
 
 /// Deterministic xorshift64* generator (no external crates, reproducible failures).
+#[derive(Debug)]
 pub struct Rng(u64);
 
 impl Rng {

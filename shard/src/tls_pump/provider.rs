@@ -54,12 +54,16 @@ mod tests {
             .iter()
             .all(|s| matches!(s, SupportedCipherSuite::Tls13(_))));
         assert_eq!(p.cipher_suites.len(), 3);
-        // The suites are ring's objects, not aws-lc-rs's.
-        let ring_suite = ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-        assert!(p
+        // The suites are ring's TLS 1.3 suites, in ring's preference order.
+        let ring_ids: Vec<_> = ring::default_provider()
             .cipher_suites
             .iter()
-            .any(|s| std::ptr::eq(s.tls13().unwrap(), ring_suite.tls13().unwrap())));
+            .filter(|s| matches!(s, SupportedCipherSuite::Tls13(_)))
+            .map(|s| s.suite())
+            .collect();
+        let ids: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(ids, ring_ids);
+        assert_eq!(ids[0], rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
         let classical = composite_provider(false);
         assert!(classical
             .kx_groups
