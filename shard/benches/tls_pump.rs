@@ -27,7 +27,12 @@ fn provider_name(p: Prov) -> &'static str {
     }
 }
 
-fn client_cfg(pki: &Pki, prov: Prov, suite: Option<CipherSuite>, resume: bool) -> Arc<ClientConfig> {
+fn client_cfg(
+    pki: &Pki,
+    prov: Prov,
+    suite: Option<CipherSuite>,
+    resume: bool,
+) -> Arc<ClientConfig> {
     let mut provider = prov.provider();
     if let Some(suite) = suite {
         provider.cipher_suites.retain(|s| s.suite() == suite);

@@ -14,6 +14,20 @@
 //! rustls removed this unbuffered API on its main branch (to be replaced in 0.24); everything
 //! that touches it stays in this module, behind the narrow method vocabulary of [`TlsPump`], so a
 //! port touches nothing else.
+//!
+//! # Copies per byte (rustls 0.23.46)
+//!
+//! - Receive: the kernel copies into the caller's receive buffer; rustls opens each record in
+//!   place there; the pump yields that in-place plaintext as a range of the buffer (no copy by
+//!   the pump once the first record of the connection has been verified, see below). rustls
+//!   0.23 additionally copies each record's plaintext into an internal `Vec` (allocation + one
+//!   copy that is thrown away); its public unbuffered API offers no way around that.
+//! - Send: [`TlsPump::encrypt`] writes sealed records straight into the caller's buffer, but
+//!   inside rustls 0.23 that is two copies: plaintext into a fresh `Vec` (sealed in place there),
+//!   then the sealed record into the caller's buffer. The interface is shaped for one pass, so
+//!   a later rustls (or an own record layer) can get there without changing callers.
+//! - Handshake, ticket and alert bytes are copied once more, from the pump's queue into the
+//!   buffer given to [`TlsPump::poll_transmit`].
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
