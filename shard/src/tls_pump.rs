@@ -193,8 +193,13 @@ impl TlsPump {
         out[..n].copy_from_slice(&pending[..n]);
         self.st.tx_head += n;
         if self.st.tx_head == self.st.tx.len() {
-            self.st.tx.clear();
             self.st.tx_head = 0;
+            if self.st.tx.capacity() > IDLE_TX_CAPACITY {
+                // Handshake flights are large and rare; don't keep them per connection.
+                self.st.tx = Vec::new();
+            } else {
+                self.st.tx.clear();
+            }
         }
         Ok(n)
     }
@@ -350,6 +355,8 @@ const RECORD_HEADER_LEN: usize = 5;
 const CONTENT_TYPE_APPLICATION_DATA: u8 = 23;
 /// Inner content type byte plus the smallest AEAD tag of the TLS 1.3 suites.
 const MIN_TLS13_RECORD_OVERHEAD: usize = 1 + 16;
+/// Capacity of the transmit queue kept once it drains (enough for tickets and alerts).
+const IDLE_TX_CAPACITY: usize = 1024;
 /// Upper bound on rustls state transitions while processing one record; far above what a
 /// handshake flight plus tickets needs, it only turns a rustls livelock into an error.
 const MAX_TRANSITIONS_PER_STEP: usize = 1024;
@@ -592,6 +599,8 @@ fn handle<C: Driver>(
                     {
                         st.in_place = InPlace::Verified;
                         st.stats.records_in_place += 1;
+                        // Not needed again on this connection: give the memory back.
+                        st.spill = Vec::new();
                         at..at + total
                     } else {
                         if verify {
