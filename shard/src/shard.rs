@@ -700,6 +700,7 @@ impl Shard {
             // Reading. Output above the high-water mark pauses reading too, so a peer that
             // does not read cannot make its connection hold receive buffers without bound.
             let want = conn.io.want_read && conn.state.queued() < self.cfg.out_high_water;
+            conn.state.set_paused(self.now, !want);
             if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
                 let fd = conn.fd.clone();
                 match self.ring.recv_multi(&fd, tag(Kind::Recv, idx, key_tag_gen)) {
