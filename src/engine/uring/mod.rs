@@ -104,6 +104,28 @@ fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
     }
 }
 
+/// For engine auto-selection: `Ok(())` if the uring engine can serve `cfg` on this host, else a
+/// stable reason (`io_uring_disabled`, `seccomp`, `enosys`, `memlock`, `missing_opcodes`,
+/// `error` from [`ron_shard::probe`], prefixed `io_uring_`; or `uring_no_tls` for a TLS
+/// config, until the shard TLS pump is wired).
+pub fn availability(cfg: &ValidConfig) -> Result<(), &'static str> {
+    if cfg.backend == Backend::Tls || cfg.tls_enabled {
+        return Err("uring_no_tls");
+    }
+    let probe = ron_shard::probe();
+    match probe.failure {
+        None => Ok(()),
+        Some(f) => Err(match f.reason() {
+            "io_uring_disabled" => "io_uring_disabled",
+            "seccomp" => "io_uring_seccomp",
+            "enosys" => "io_uring_enosys",
+            "memlock" => "io_uring_memlock",
+            "missing_opcodes" => "io_uring_missing_opcodes",
+            _ => "io_uring_error",
+        }),
+    }
+}
+
 /// The io_uring thread-per-core engine.
 #[derive(Clone)]
 pub struct UringEngine {
@@ -777,5 +799,48 @@ impl Conn for UringConn {
 
     fn cancel(&self) {
         self.handle.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn availability_refuses_tls_and_explains_probe_failures() {
+        let mut c = Config::default();
+        c.backend = Backend::Tls;
+        if let Ok(v) = c.validate() {
+            assert_eq!(availability(&v), Err("uring_no_tls"));
+        }
+        let v = Config::default()
+            .validate()
+            .expect("default config is valid");
+        match availability(&v) {
+            Ok(()) => assert!(ron_shard::probe().usable),
+            Err(r) => {
+                println!("uring unavailable here: {r}");
+                assert!(r.starts_with("io_uring_"));
+            }
+        }
+    }
+
+    #[test]
+    fn close_reasons_map_to_contract_errors() {
+        assert!(map_close(&CloseReason::PeerClosed).is_none());
+        assert!(map_close(&CloseReason::Local).is_none());
+        let e = map_close(&CloseReason::Timeout(TimeoutKind::Read)).unwrap();
+        assert_eq!(e.kind(), "timeout");
+        let e = map_close(&CloseReason::Frame(ron_shard::FrameError::TooLarge {
+            len: 9,
+            max: 8,
+        }))
+        .unwrap();
+        assert!(matches!(e, TransportError::TooLarge { len: 9, max: 8 }));
+        assert!(matches!(
+            map_close(&CloseReason::Aborted),
+            Some(TransportError::Cancelled)
+        ));
     }
 }
