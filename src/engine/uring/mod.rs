@@ -809,8 +809,10 @@ mod tests {
 
     #[test]
     fn availability_refuses_tls_and_explains_probe_failures() {
-        let mut c = Config::default();
-        c.backend = Backend::Tls;
+        let c = Config {
+            backend: Backend::Tls,
+            ..Config::default()
+        };
         if let Ok(v) = c.validate() {
             assert_eq!(availability(&v), Err("uring_no_tls"));
         }
