@@ -11,8 +11,8 @@
 //!
 //! # Timeouts and pacing
 //! A write that makes no progress within `write_timeout` fails the connection with
-//! `Timeout{op: Write}`. Egress pacing accounts the bytes each syscall actually wrote
-//! (`ConnPermit::pace_egress`) and sleeps before the next one. Idle: when no byte moved in
+//! `Timeout{op: Write}`. Egress pacing accounts each submission with `ConnPermit::pace_egress`
+//! and sleeps *before* writing it (bytes of a partial write are not accounted twice). Idle: when no byte moved in
 //! either direction for `idle_timeout`, the writer fails the connection with `Timeout{op: Idle}`.
 
 use std::collections::VecDeque;
@@ -197,49 +197,52 @@ async fn write_segments(
     write_timeout: std::time::Duration,
 ) -> Result<(), Exit> {
     let core = &live.core;
+    // Bytes already accounted with the egress buckets but not yet accepted by the socket (a
+    // partial write is not paced twice).
+    let mut paced_ahead = 0usize;
     while !segs.is_empty() {
-        let n = {
-            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            let mut total = 0;
-            for seg in segs.iter() {
-                if count == MAX_IOVECS || total >= chunk {
-                    break;
+        let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        let mut total = 0;
+        for seg in segs.iter() {
+            if count == MAX_IOVECS || total >= chunk {
+                break;
+            }
+            let take = seg.len().min(chunk - total);
+            slices[count] = IoSlice::new(&seg[..take]);
+            count += 1;
+            total += take;
+        }
+        // Pace before writing: by any time t at most `burst + rate * t` bytes have left.
+        let need = total.saturating_sub(paced_ahead);
+        if need > 0 {
+            paced_ahead += need;
+            let pause = live.permit.pace_egress(need as u64, now_ns());
+            if !pause.is_zero() {
+                tokio::select! {
+                    biased;
+                    _ = core.cancel.cancelled() => return Err(Exit::Cancelled),
+                    _ = tokio::time::sleep(pause) => {}
                 }
-                let take = seg.len().min(chunk - total);
-                slices[count] = IoSlice::new(&seg[..take]);
-                count += 1;
-                total += take;
             }
-            let slices = &slices[..count];
-            tokio::select! {
-                biased;
-                _ = core.cancel.cancelled() => return Err(Exit::Cancelled),
-                r = tokio::time::timeout(write_timeout, wr.write_vectored(slices)) => match r {
-                    Ok(Ok(0)) => {
-                        return Err(Exit::Failed(TransportError::IoClosed));
-                    }
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return Err(Exit::Failed(TransportError::Io(e))),
-                    Err(_) => {
-                        return Err(Exit::Failed(TransportError::timeout(TimeoutOp::Write)))
-                    }
-                },
-            }
+        }
+        let slices = &slices[..count];
+        let n = tokio::select! {
+            biased;
+            _ = core.cancel.cancelled() => return Err(Exit::Cancelled),
+            r = tokio::time::timeout(write_timeout, wr.write_vectored(slices)) => match r {
+                Ok(Ok(0)) => return Err(Exit::Failed(TransportError::IoClosed)),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(Exit::Failed(TransportError::Io(e))),
+                Err(_) => return Err(Exit::Failed(TransportError::timeout(TimeoutOp::Write))),
+            },
         };
+        paced_ahead = paced_ahead.saturating_sub(n);
         advance(segs, n);
         core.touch();
         core.bm.io_write_size.observe(n as f64);
         core.bm.bytes_out.inc_by(n as u64);
         live.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        let pause = live.permit.pace_egress(n as u64, now_ns());
-        if !pause.is_zero() {
-            tokio::select! {
-                biased;
-                _ = core.cancel.cancelled() => return Err(Exit::Cancelled),
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
     }
     // TLS: push out ciphertext rustls still buffers (a no-op for TCP).
     tokio::select! {
