@@ -123,7 +123,10 @@ async fn write_loop(
                 continue;
             }
             m = rx.recv() => match m {
-                Some(f) => f,
+                Some(f) => {
+                    core.inbox_depth.dec();
+                    f
+                }
                 None => return Exit::Drained,
             },
             _ = &mut idle, if !draining => {
@@ -143,12 +146,11 @@ async fn write_loop(
         drop(cfg);
 
         // Take everything already queued, up to `chunk` bytes.
-        let mut taken = 1;
         let mut batch = stage_frame(&mut stage, &mut segs, first, chunk);
         while batch < chunk {
             match rx.try_recv() {
                 Ok(f) => {
-                    taken += 1;
+                    core.inbox_depth.dec();
                     batch += stage_frame(&mut stage, &mut segs, f, chunk);
                 }
                 Err(_) => break,
@@ -157,7 +159,6 @@ async fn write_loop(
         if !stage.is_empty() {
             segs.push_back(stage.split().freeze());
         }
-        core.inbox_depth.sub(taken);
 
         if let Err(exit) = write_segments(live, wr, &mut segs, chunk, write_timeout).await {
             return exit;
