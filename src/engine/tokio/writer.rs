@@ -198,14 +198,22 @@ async fn write_segments(
     // partial write is not paced twice).
     let mut paced_ahead = 0usize;
     while !segs.is_empty() {
+        // At most `chunk` bytes per submission, except that a small tail (a header, a short
+        // frame) rides along instead of costing a syscall of its own.
+        let pending: usize = segs.iter().map(Bytes::len).sum();
+        let limit = if pending <= chunk + COPY_MAX {
+            pending
+        } else {
+            chunk
+        };
         let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         let mut total = 0;
         for seg in segs.iter() {
-            if count == MAX_IOVECS || total >= chunk {
+            if count == MAX_IOVECS || total >= limit {
                 break;
             }
-            let take = seg.len().min(chunk - total);
+            let take = seg.len().min(limit - total);
             slices[count] = IoSlice::new(&seg[..take]);
             count += 1;
             total += take;
