@@ -87,3 +87,65 @@ fn throughput_report() {
         }
     });
 }
+
+/// Live reload (tokio-specific wiring through `EngineSetup::from_handle`): limits and timeouts
+/// are read from the current snapshot per operation, so open connections follow a reload.
+#[test]
+fn live_reload_applies_to_open_connections() {
+    use std::time::Duration;
+
+    use ron_transport::{Config, ConfigHandle, Conn, Engine, Listener, TimeoutOp, TransportError};
+
+    util::run_current_thread(async {
+        let handle = ConfigHandle::new(ValidConfig::defaults());
+        let metrics = TransportMetrics::new();
+        let server = EngineSetup::from_handle(handle.clone(), metrics.clone())
+            .unwrap()
+            .build_tokio()
+            .unwrap();
+        let client = EngineSetup::new(ValidConfig::defaults(), TransportMetrics::new())
+            .unwrap()
+            .build_tokio()
+            .unwrap();
+        let mut l = server.listen(util::loopback()).await.unwrap();
+        let mut conn = client
+            .dial(l.local_addr(), Default::default())
+            .await
+            .unwrap();
+        let mut srv = l.accept().await.unwrap();
+
+        // 100 KiB passes under the default 1 MiB ceiling …
+        conn.send(util::payload(100 * 1024, 1)).await.unwrap();
+        assert_eq!(srv.recv().await.unwrap().unwrap().len(), 100 * 1024);
+
+        // … and is refused after the ceiling is reloaded to 64 KiB, on both paths.
+        let mut next: Config = (**handle.load()).clone();
+        next.max_frame_bytes = 64 * 1024;
+        next.read_timeout = Duration::from_millis(200);
+        handle.reload(next).unwrap();
+        let err = srv.try_send(util::payload(100 * 1024, 2)).unwrap_err();
+        assert_eq!(err.kind(), "too_large");
+
+        // The reloaded read timeout applies to the next frame.
+        use tokio::io::AsyncWriteExt;
+        drop(conn);
+        let mut raw = tokio::net::TcpStream::connect(l.local_addr())
+            .await
+            .unwrap();
+        let mut srv2 = l.accept().await.unwrap();
+        raw.write_all(&[0, 0, 0, 8, 1]).await.unwrap();
+        let err = util::within("read timeout", Duration::from_secs(5), srv2.recv())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransportError::Timeout {
+                    op: TimeoutOp::Read
+                }
+            ),
+            "{err:?}"
+        );
+        drop(srv);
+    });
+}
