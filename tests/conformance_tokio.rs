@@ -108,7 +108,7 @@ fn live_reload_applies_to_open_connections() {
             .build_tokio()
             .unwrap();
         let mut l = server.listen(util::loopback()).await.unwrap();
-        let mut conn = client
+        let conn = client
             .dial(l.local_addr(), Default::default())
             .await
             .unwrap();
