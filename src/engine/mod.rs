@@ -20,6 +20,9 @@
 //! Every timeout counts `rejected_total{reason="timeout"}` once and closes the connection.
 //! After a connection has failed, `recv` returns that error once, then `IoClosed`.
 
+pub mod auto;
+pub mod setup;
+pub mod tokio;
 pub mod uring;
 
 use std::future::Future;
