@@ -21,7 +21,11 @@ struct UringUnderTest;
 impl EngineUnderTest for UringUnderTest {
     type E = UringEngine;
 
-    fn build(cfg: ValidConfig, tls: Option<TlsFixture>, metrics: Arc<TransportMetrics>) -> UringEngine {
+    fn build(
+        cfg: ValidConfig,
+        tls: Option<TlsFixture>,
+        metrics: Arc<TransportMetrics>,
+    ) -> UringEngine {
         let _ = tls; // TLS cases are skipped (see module docs).
         UringEngine::with_runtime(
             ConfigHandle::new(cfg),

@@ -155,6 +155,17 @@ impl UringEngine {
         metrics: Arc<TransportMetrics>,
         runtime: RuntimeConfig,
     ) -> Result<Self, TransportError> {
+        Self::build(config, metrics, runtime, None)
+    }
+
+    /// The full constructor: runtime knobs and an optional readiness publisher to drive (e.g.
+    /// one shared with a consumer's `/readyz`); it is set `Ready` once the shards run.
+    pub fn build(
+        config: ConfigHandle,
+        metrics: Arc<TransportMetrics>,
+        runtime: RuntimeConfig,
+        readiness: Option<Readiness>,
+    ) -> Result<Self, TransportError> {
         let chunk = usize::try_from(config.load().chunk_bytes).unwrap_or(64 * 1024);
         let rt = Runtime::start(RuntimeConfig {
             chunk_bytes: chunk.max(1),
@@ -164,12 +175,14 @@ impl UringEngine {
             what: format!("uring engine: {e}"),
         })?;
         let policy = Policy::new(config, metrics.clone());
+        let readiness = readiness.unwrap_or_else(|| Readiness::new("uring", ReadyState::Ready));
+        readiness.set(ReadyState::Ready);
         Ok(Self {
             inner: Arc::new(Inner {
                 rt,
                 policy,
                 metrics,
-                readiness: Readiness::new("uring", ReadyState::Ready),
+                readiness,
             }),
         })
     }
