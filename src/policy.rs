@@ -2,19 +2,96 @@
 //! and the token buckets (per connection, per peer, global ingress, global egress), checked
 //! *before work* — a refused peer costs no TLS handshake and no buffer.
 //!
-//! NOTE(skeleton): the helper that owns `src/policy.rs` and `src/rate.rs` replaces the `todo!()`s.
+//! # Buckets
+//!
+//! | bucket | rate key | direction |
+//! |---|---|---|
+//! | per connection | `rates.per_conn_bytes_per_sec` | one bucket per direction, owned by [`ConnPermit`] |
+//! | per peer (IP) | `rates.per_peer_bytes_per_sec` | one bucket per direction, shared by the peer's connections |
+//! | global ingress | `rates.global_ingress_bytes_per_sec` | reads |
+//! | global egress | `rates.global_egress_bytes_per_sec` | writes |
+//!
+//! A rate of 0 disables its bucket. Every bucket's burst is [`default_burst`]: 100 ms of traffic
+//! (`rate / 10`) but at least one maximum frame (`limits.max_frame_bytes`), so a single full frame
+//! never has to wait for a full bucket.
+//!
+//! # Live reload
+//!
+//! Caps (`max_conns`, `per_peer.max_conns`) are read from the live config snapshot on every
+//! [`Policy::admit`]. Rates are re-applied whenever the snapshot changes (detected cheaply by
+//! `Arc::ptr_eq` on the loaded snapshot): on every admit, on [`Policy::refresh`], and from the
+//! pacing hot path at most once per [`RELOAD_CHECK_INTERVAL_NS`] (one relaxed load per call
+//! otherwise). Global and per-peer buckets are updated in place; per-connection buckets pick up
+//! the new rate on their next pacing call (an epoch compare).
+//!
+//! Hot-path cost with every rate at 0: `pace_ingress` / `pace_egress` are two relaxed loads.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::config::{ConfigHandle, ValidConfig};
 use crate::error::TransportError;
 use crate::metrics::TransportMetrics;
+use crate::rate::{default_burst, TokenBucket};
+
+/// How often (at most) the pacing hot path looks for a reloaded config, in nanoseconds.
+pub const RELOAD_CHECK_INTERVAL_NS: u64 = 50_000_000;
 
 /// Monotonic nanoseconds since the first call in this process (the clock fed to buckets).
 pub fn now_ns() -> u64 {
-    todo!("rate helper")
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Rates (bytes/s) and bursts derived from one config snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Rates {
+    per_conn: u64,
+    per_peer: u64,
+    global_in: u64,
+    global_out: u64,
+    max_frame: u64,
+}
+
+impl Rates {
+    fn of(cfg: &ValidConfig) -> Self {
+        Self {
+            per_conn: cfg.per_conn_bytes_per_sec,
+            per_peer: cfg.per_peer_bytes_per_sec,
+            global_in: cfg.global_ingress_bytes_per_sec,
+            global_out: cfg.global_egress_bytes_per_sec,
+            max_frame: cfg.max_frame_bytes,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.per_conn | self.per_peer | self.global_in | self.global_out != 0
+    }
+
+    fn set(&self, bucket: &TokenBucket, rate: u64) {
+        bucket.set_rate(rate, default_burst(rate, self.max_frame));
+    }
+
+    fn bucket(&self, rate: u64) -> TokenBucket {
+        TokenBucket::new(rate, default_burst(rate, self.max_frame))
+    }
+}
+
+/// Shared state of one peer address.
+#[derive(Debug)]
+struct PeerState {
+    /// Live connections from this peer (modified only under the peers-map lock).
+    conns: AtomicU32,
+    ingress: TokenBucket,
+    egress: TokenBucket,
 }
 
 /// The shared policy of one transport instance.
@@ -22,12 +99,49 @@ pub fn now_ns() -> u64 {
 pub struct Policy {
     config: ConfigHandle,
     metrics: Arc<TransportMetrics>,
+    /// Live connections (all peers).
+    conns: AtomicU32,
+    peers: Mutex<HashMap<IpAddr, Arc<PeerState>>>,
+    global_ingress: TokenBucket,
+    global_egress: TokenBucket,
+    /// The snapshot whose rates are applied, and those rates.
+    applied: Mutex<(Arc<ValidConfig>, Rates)>,
+    /// Per-connection rate and burst currently in force (read when `epoch` moves).
+    per_conn_rate: AtomicU64,
+    per_conn_burst: AtomicU64,
+    /// Per-peer rate and burst for new peer entries (written and read under the peers lock).
+    per_peer_rate: AtomicU64,
+    per_peer_burst: AtomicU64,
+    /// Bumped every time rates are re-applied.
+    epoch: AtomicU64,
+    /// Any bucket enabled at all? (hot-path short cut)
+    rates_active: AtomicBool,
+    /// Last time (caller clock) the hot path looked for a reload.
+    last_check_ns: AtomicU64,
 }
 
 impl Policy {
     /// Policy over a live config handle, counting into `metrics`.
     pub fn new(config: ConfigHandle, metrics: Arc<TransportMetrics>) -> Arc<Self> {
-        Arc::new(Self { config, metrics })
+        let cfg = config.load();
+        let rates = Rates::of(&cfg);
+        let p = Self {
+            global_ingress: rates.bucket(rates.global_in),
+            global_egress: rates.bucket(rates.global_out),
+            per_conn_rate: AtomicU64::new(rates.per_conn),
+            per_conn_burst: AtomicU64::new(default_burst(rates.per_conn, rates.max_frame)),
+            per_peer_rate: AtomicU64::new(rates.per_peer),
+            per_peer_burst: AtomicU64::new(default_burst(rates.per_peer, rates.max_frame)),
+            epoch: AtomicU64::new(0),
+            rates_active: AtomicBool::new(rates.any()),
+            last_check_ns: AtomicU64::new(0),
+            applied: Mutex::new((cfg, rates)),
+            conns: AtomicU32::new(0),
+            peers: Mutex::new(HashMap::new()),
+            config,
+            metrics,
+        };
+        Arc::new(p)
     }
 
     /// The current config snapshot.
@@ -45,40 +159,401 @@ impl Policy {
         &self.metrics
     }
 
+    /// Live admitted connections.
+    pub fn conn_count(&self) -> u32 {
+        self.conns.load(Ordering::Relaxed)
+    }
+
+    /// Live connections from `peer`.
+    pub fn peer_conn_count(&self, peer: IpAddr) -> u32 {
+        lock(&self.peers)
+            .get(&peer)
+            .map_or(0, |p| p.conns.load(Ordering::Relaxed))
+    }
+
+    /// Number of per-peer entries (equals the number of peers with a live connection).
+    pub fn tracked_peers(&self) -> usize {
+        lock(&self.peers).len()
+    }
+
+    /// How many times rates have been re-applied after a config change.
+    pub fn rates_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The global ingress bucket.
+    pub fn global_ingress(&self) -> &TokenBucket {
+        &self.global_ingress
+    }
+
+    /// The global egress bucket.
+    pub fn global_egress(&self) -> &TokenBucket {
+        &self.global_egress
+    }
+
+    /// Re-applies rates if the config snapshot changed since the last time. Engines may call it
+    /// right after a reload; admission and pacing call it on their own.
+    pub fn refresh(&self) {
+        let cfg = self.config.load();
+        self.apply(&cfg);
+    }
+
+    fn apply(&self, cfg: &Arc<ValidConfig>) {
+        let mut applied = lock(&self.applied);
+        if Arc::ptr_eq(&applied.0, cfg) {
+            return;
+        }
+        let rates = Rates::of(cfg);
+        let changed = rates != applied.1;
+        *applied = (cfg.clone(), rates);
+        if !changed {
+            return;
+        }
+        rates.set(&self.global_ingress, rates.global_in);
+        rates.set(&self.global_egress, rates.global_out);
+        {
+            // Under the peers lock so that a concurrently admitted new peer sees either the old
+            // rate and gets updated here, or the new rate.
+            let peers = lock(&self.peers);
+            self.per_peer_rate.store(rates.per_peer, Ordering::Relaxed);
+            self.per_peer_burst.store(
+                default_burst(rates.per_peer, rates.max_frame),
+                Ordering::Relaxed,
+            );
+            for peer in peers.values() {
+                rates.set(&peer.ingress, rates.per_peer);
+                rates.set(&peer.egress, rates.per_peer);
+            }
+        }
+        self.per_conn_rate.store(rates.per_conn, Ordering::Relaxed);
+        self.per_conn_burst.store(
+            default_burst(rates.per_conn, rates.max_frame),
+            Ordering::Relaxed,
+        );
+        self.rates_active.store(rates.any(), Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Cheap periodic reload check for the hot path.
+    #[inline]
+    fn maybe_refresh(&self, now_ns: u64) {
+        let last = self.last_check_ns.load(Ordering::Relaxed);
+        if now_ns.wrapping_sub(last) < RELOAD_CHECK_INTERVAL_NS {
+            return;
+        }
+        if self
+            .last_check_ns
+            .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.refresh();
+        }
+    }
+
     /// Admits one connection from `peer`: global cap, per-peer cap, per-peer and global
     /// ingress rate state. On refusal returns `PeerLimit` or `RateLimited` and has already
     /// counted `rejected_total{reason}`. The permit releases the caps when dropped.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnPermit, TransportError> {
-        let _ = peer;
-        todo!("rate helper")
+        self.admit_at(peer, now_ns())
+    }
+
+    /// [`admit`](Self::admit) at an explicit time on the bucket clock (for simulated clocks).
+    pub fn admit_at(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        now_ns: u64,
+    ) -> Result<ConnPermit, TransportError> {
+        let cfg = self.config.load();
+        self.apply(&cfg);
+        match self.try_admit(&cfg, peer, now_ns) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                if let Some(r) = e.reject_reason() {
+                    self.metrics.reject(r);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn try_admit(
+        self: &Arc<Self>,
+        cfg: &ValidConfig,
+        peer: IpAddr,
+        now_ns: u64,
+    ) -> Result<ConnPermit, TransportError> {
+        // Global cap.
+        let max = cfg.max_conns;
+        self.conns
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
+                (c < max).then_some(c + 1)
+            })
+            .map_err(|_| TransportError::PeerLimit)?;
+
+        let refuse = |e: TransportError| {
+            self.conns.fetch_sub(1, Ordering::AcqRel);
+            Err(e)
+        };
+        if self.global_ingress.debt(now_ns) > Duration::ZERO {
+            return refuse(TransportError::RateLimited);
+        }
+        let per_peer_max = cfg.per_peer_max_conns;
+        let state = {
+            let mut peers = lock(&self.peers);
+            let state = peers
+                .entry(peer)
+                .or_insert_with(|| {
+                    let rate = self.per_peer_rate.load(Ordering::Relaxed);
+                    let burst = self.per_peer_burst.load(Ordering::Relaxed);
+                    Arc::new(PeerState {
+                        conns: AtomicU32::new(0),
+                        ingress: TokenBucket::new(rate, burst),
+                        egress: TokenBucket::new(rate, burst),
+                    })
+                })
+                .clone();
+            let live = state.conns.load(Ordering::Relaxed);
+            let verdict = if per_peer_max != 0 && live >= per_peer_max {
+                Some(TransportError::PeerLimit)
+            } else if state.ingress.debt(now_ns) > Duration::ZERO {
+                Some(TransportError::RateLimited)
+            } else {
+                None
+            };
+            if let Some(e) = verdict {
+                if live == 0 {
+                    peers.remove(&peer);
+                }
+                drop(peers);
+                return refuse(e);
+            }
+            state.conns.store(live + 1, Ordering::Relaxed);
+            state
+        };
+
+        // Epoch first: if rates move after this load, the permit resyncs on its next pacing call.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let rate = self.per_conn_rate.load(Ordering::Relaxed);
+        let burst = self.per_conn_burst.load(Ordering::Relaxed);
+        Ok(ConnPermit {
+            policy: Arc::clone(self),
+            peer,
+            state,
+            conn_in: TokenBucket::new(rate, burst),
+            conn_out: TokenBucket::new(rate, burst),
+            epoch: AtomicU64::new(epoch),
+        })
+    }
+
+    fn release(&self, peer: IpAddr, state: &Arc<PeerState>) {
+        {
+            let mut peers = lock(&self.peers);
+            let left = state.conns.load(Ordering::Relaxed).saturating_sub(1);
+            state.conns.store(left, Ordering::Relaxed);
+            if left == 0 && peers.get(&peer).is_some_and(|s| Arc::ptr_eq(s, state)) {
+                peers.remove(&peer);
+            }
+        }
+        self.conns.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Proof of admission for one connection; owns its per-connection bucket. Drop releases caps.
+/// Proof of admission for one connection; owns its per-connection buckets (one per direction)
+/// and references the per-peer and global ones. Drop releases the caps (and the per-peer entry
+/// when it was the peer's last connection).
 #[derive(Debug)]
 pub struct ConnPermit {
-    _private: (),
+    policy: Arc<Policy>,
+    peer: IpAddr,
+    state: Arc<PeerState>,
+    conn_in: TokenBucket,
+    conn_out: TokenBucket,
+    /// The policy epoch whose per-connection rate `conn_in`/`conn_out` carry.
+    epoch: AtomicU64,
 }
 
 impl ConnPermit {
+    /// The admitted peer address.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    /// The policy this permit belongs to.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The per-connection ingress bucket.
+    pub fn conn_ingress(&self) -> &TokenBucket {
+        &self.conn_in
+    }
+
+    /// The per-connection egress bucket.
+    pub fn conn_egress(&self) -> &TokenBucket {
+        &self.conn_out
+    }
+
+    /// Reload check + "anything enabled?"; false ⇒ no bucket limits anything.
+    #[inline]
+    fn active(&self, now_ns: u64) -> bool {
+        self.policy.maybe_refresh(now_ns);
+        if !self.policy.rates_active.load(Ordering::Relaxed) {
+            return false;
+        }
+        let epoch = self.policy.epoch.load(Ordering::Acquire);
+        if self.epoch.load(Ordering::Relaxed) != epoch {
+            let rate = self.policy.per_conn_rate.load(Ordering::Relaxed);
+            let burst = self.policy.per_conn_burst.load(Ordering::Relaxed);
+            self.conn_in.set_rate(rate, burst);
+            self.conn_out.set_rate(rate, burst);
+            self.epoch.store(epoch, Ordering::Relaxed);
+        }
+        true
+    }
+
     /// Accounts `n` received bytes against per-conn, per-peer and global ingress buckets and
     /// returns how long the reader must pause before reading again (zero if none).
+    #[inline]
     pub fn pace_ingress(&self, n: u64, now_ns: u64) -> Duration {
-        let _ = (n, now_ns);
-        todo!("rate helper")
+        if !self.active(now_ns) {
+            return Duration::ZERO;
+        }
+        self.conn_in
+            .consume_paced(n, now_ns)
+            .max(self.state.ingress.consume_paced(n, now_ns))
+            .max(self.policy.global_ingress.consume_paced(n, now_ns))
     }
 
     /// Accounts `n` bytes about to be written against per-conn, per-peer and global egress
     /// buckets and returns how long the writer must wait first (zero if none).
+    #[inline]
     pub fn pace_egress(&self, n: u64, now_ns: u64) -> Duration {
-        let _ = (n, now_ns);
-        todo!("rate helper")
+        if !self.active(now_ns) {
+            return Duration::ZERO;
+        }
+        self.conn_out
+            .consume_paced(n, now_ns)
+            .max(self.state.egress.consume_paced(n, now_ns))
+            .max(self.policy.global_egress.consume_paced(n, now_ns))
     }
 
     /// Non-waiting egress check for `try_send`: false ⇒ the caller returns `RateLimited`
-    /// (and counts it). Does not consume tokens when refusing.
+    /// (and counts it). Does not consume tokens (neither when refusing nor when accepting):
+    /// the writer accounts the bytes with [`pace_egress`](Self::pace_egress) when it writes
+    /// them, so nothing is counted twice. Use [`try_egress`](Self::try_egress) to check and
+    /// consume in one step instead.
+    #[inline]
     pub fn egress_available(&self, n: u64, now_ns: u64) -> bool {
-        let _ = (n, now_ns);
-        todo!("rate helper")
+        if !self.active(now_ns) {
+            return true;
+        }
+        self.conn_out.can_consume(n, now_ns)
+            && self.state.egress.can_consume(n, now_ns)
+            && self.policy.global_egress.can_consume(n, now_ns)
+    }
+
+    /// Takes `n` egress tokens from all three egress buckets if each can give them now;
+    /// otherwise takes none and returns false.
+    pub fn try_egress(&self, n: u64, now_ns: u64) -> bool {
+        if !self.active(now_ns) {
+            return true;
+        }
+        if !self.conn_out.try_consume(n, now_ns) {
+            return false;
+        }
+        if !self.state.egress.try_consume(n, now_ns) {
+            self.conn_out.refund(n);
+            return false;
+        }
+        if !self.policy.global_egress.try_consume(n, now_ns) {
+            self.state.egress.refund(n);
+            self.conn_out.refund(n);
+            return false;
+        }
+        true
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.policy.release(self.peer, &self.state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::error::RejectReason;
+
+    fn policy(f: impl FnOnce(&mut Config)) -> Arc<Policy> {
+        let mut c = Config::default();
+        f(&mut c);
+        Policy::new(
+            ConfigHandle::new(c.validate().unwrap()),
+            TransportMetrics::new(),
+        )
+    }
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn global_cap_and_release() {
+        let p = policy(|c| c.max_conns = 2);
+        let a = p.admit(A).unwrap();
+        let b = p.admit(B).unwrap();
+        let err = p.admit(A).unwrap_err();
+        assert_eq!(err.kind(), "peer_limit");
+        assert_eq!(p.metrics().rejected_count(RejectReason::PeerLimit), 1);
+        assert_eq!(p.conn_count(), 2);
+        drop(a);
+        assert_eq!(p.conn_count(), 1);
+        let _a2 = p.admit(A).unwrap();
+        drop(b);
+        assert_eq!(
+            p.tracked_peers(),
+            1,
+            "B's entry removed with its last connection"
+        );
+    }
+
+    #[test]
+    fn per_peer_cap() {
+        let p = policy(|c| c.per_peer_max_conns = 2);
+        let a1 = p.admit(A).unwrap();
+        let _a2 = p.admit(A).unwrap();
+        assert!(matches!(p.admit(A), Err(TransportError::PeerLimit)));
+        let _b = p.admit(B).unwrap();
+        assert_eq!(p.metrics().rejected_count(RejectReason::PeerLimit), 1);
+        assert_eq!(p.peer_conn_count(A), 2);
+        drop(a1);
+        assert_eq!(p.peer_conn_count(A), 1);
+        let _a3 = p.admit(A).unwrap();
+        assert_eq!(p.conn_count(), 3);
+    }
+
+    #[test]
+    fn zero_rates_never_pace() {
+        let p = policy(|_| {});
+        let c = p.admit(A).unwrap();
+        assert_eq!(c.pace_ingress(u64::MAX / 2, 1), Duration::ZERO);
+        assert_eq!(c.pace_egress(u64::MAX / 2, 1), Duration::ZERO);
+        assert!(c.egress_available(u64::MAX, 1));
+        assert!(now_ns() <= now_ns());
+    }
+
+    #[test]
+    fn ingress_debt_refuses_admission() {
+        let p = policy(|c| c.per_peer_bytes_per_sec = 1 << 20);
+        let t = 10 * RELOAD_CHECK_INTERVAL_NS;
+        let c = p.admit_at(A, t).unwrap();
+        // Burst is max(rate/10, 1 MiB) = 1 MiB; 3 MiB puts the peer 2 s in debt.
+        assert_eq!(c.pace_ingress(3 << 20, t), Duration::from_secs(2));
+        let err = p.admit_at(A, t).unwrap_err();
+        assert_eq!(err.reject_reason(), Some(RejectReason::RateLimited));
+        assert_eq!(p.metrics().rejected_count(RejectReason::RateLimited), 1);
+        let _b = p.admit_at(B, t).unwrap();
+        let _a = p.admit_at(A, t + 2_000_000_000).unwrap();
     }
 }

@@ -2,35 +2,308 @@
 //! set of buckets an engine consults (per connection, per peer, global ingress, global egress;
 //! a rate of 0 disables a bucket).
 //!
-//! NOTE(skeleton): the helper that owns `src/rate.rs` replaces the `todo!()`s.
+//! # Algorithm: GCRA
+//!
+//! [`TokenBucket`] is the Generic Cell Rate Algorithm in its "virtual scheduling" form: the whole
+//! state is one `AtomicU64`, the *theoretical arrival time* (TAT, nanoseconds on the caller's
+//! clock). Consuming `n` bytes moves the TAT forward by `n / rate` seconds (starting from `now`
+//! if the TAT is in the past). The bucket holds `burst` bytes of credit: a request is admitted
+//! when, after it, the TAT is at most `tau = burst / rate` ahead of `now`. Equivalent to a
+//! token bucket of capacity `burst` refilled at `rate`, but updated with a single CAS and no
+//! floating point.
+//!
+//! - A request larger than `burst` is admitted by [`TokenBucket::try_consume`] when the bucket is
+//!   full (TAT ≤ now): it passes once and puts the bucket in debt, which later requests pay for.
+//!   Over any window of length `t`, admitted bytes ≤ `rate·t + burst + one request`.
+//! - [`TokenBucket::consume_paced`] always consumes and returns how long the caller must wait for
+//!   the debt beyond `burst` to be repaid — pacing a stream to `rate` in the long run.
+//!
+//! The bucket never reads a clock: callers pass `now_ns` (see [`crate::policy::now_ns`]), which
+//! makes every behaviour testable on a simulated clock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+/// Fixed-point shift of the per-byte cost (32.32 nanoseconds per byte).
+const FP_SHIFT: u32 = 32;
 
 /// A lock-free token bucket (bytes per second). `now_ns` is monotonic nanoseconds from any
 /// fixed origin chosen by the caller; the bucket never reads a clock.
 #[derive(Debug)]
 pub struct TokenBucket {
-    _private: (),
+    /// Theoretical arrival time, ns.
+    tat: AtomicU64,
+    /// Cost of one byte in ns, 32.32 fixed point; 0 = disabled.
+    ns_per_byte_fp: AtomicU64,
+    /// Burst tolerance in ns (`burst / rate`).
+    tau_ns: AtomicU64,
+    /// Configured rate (bytes/s), for introspection.
+    rate: AtomicU64,
+    /// Configured burst (bytes), for introspection.
+    burst: AtomicU64,
+}
+
+fn ns_per_byte_fp(rate: u64) -> u64 {
+    if rate == 0 {
+        0
+    } else {
+        // ≥ 1 for any rate ≤ 2^62; clamp so a huge rate is "very cheap" rather than disabled.
+        ((u128::from(NANOS_PER_SEC) << FP_SHIFT) / u128::from(rate)).max(1) as u64
+    }
+}
+
+#[inline]
+fn cost_ns(n: u64, fp: u64) -> u64 {
+    let c = (u128::from(n) * u128::from(fp)) >> FP_SHIFT;
+    u64::try_from(c).unwrap_or(u64::MAX)
 }
 
 impl TokenBucket {
     /// A bucket refilling at `rate` bytes/s holding at most `burst` bytes. `rate == 0` disables
-    /// it (every request passes).
+    /// it (every request passes). It starts full.
     pub fn new(rate: u64, burst: u64) -> Self {
-        let _ = (rate, burst);
-        todo!("rate helper")
+        let b = Self {
+            tat: AtomicU64::new(0),
+            ns_per_byte_fp: AtomicU64::new(0),
+            tau_ns: AtomicU64::new(0),
+            rate: AtomicU64::new(0),
+            burst: AtomicU64::new(0),
+        };
+        b.set_rate(rate, burst);
+        b
     }
 
-    /// Takes `n` tokens if available. Never blocks.
+    /// A disabled bucket (rate 0).
+    pub fn disabled() -> Self {
+        Self::new(0, 0)
+    }
+
+    /// Changes rate and burst (live reload). Outstanding debt is kept (it is measured in time).
+    /// `rate == 0` disables the bucket.
+    pub fn set_rate(&self, rate: u64, burst: u64) {
+        let fp = ns_per_byte_fp(rate);
+        self.tau_ns.store(cost_ns(burst, fp), Ordering::Relaxed);
+        self.rate.store(rate, Ordering::Relaxed);
+        self.burst.store(burst, Ordering::Relaxed);
+        self.ns_per_byte_fp.store(fp, Ordering::Release);
+    }
+
+    /// The configured rate (bytes/s; 0 = disabled).
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    /// The configured burst (bytes).
+    pub fn burst(&self) -> u64 {
+        self.burst.load(Ordering::Relaxed)
+    }
+
+    /// True if the bucket limits anything (rate > 0).
+    #[inline]
+    pub fn is_enabled(&self) -> bool {
+        self.ns_per_byte_fp.load(Ordering::Relaxed) != 0
+    }
+
+    /// Takes `n` tokens if available. Never blocks. When refusing, consumes nothing.
+    /// A request larger than the burst passes only when the bucket is full (see module docs).
+    #[inline]
     pub fn try_consume(&self, n: u64, now_ns: u64) -> bool {
-        let _ = (n, now_ns);
-        todo!("rate helper")
+        let fp = self.ns_per_byte_fp.load(Ordering::Relaxed);
+        if fp == 0 {
+            return true;
+        }
+        let cost = cost_ns(n, fp);
+        let tau = self.tau_ns.load(Ordering::Relaxed);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now_ns);
+            let new_tat = start.saturating_add(cost);
+            let full = tat <= now_ns;
+            if !full && new_tat - now_ns > tau {
+                return false;
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(cur) => tat = cur,
+            }
+        }
     }
 
     /// Takes `n` tokens, going into debt if needed, and returns how long the caller must wait
     /// before acting so that the long-run rate holds (zero if none). Used for pacing.
+    #[inline]
     pub fn consume_paced(&self, n: u64, now_ns: u64) -> Duration {
-        let _ = (n, now_ns);
-        todo!("rate helper")
+        let fp = self.ns_per_byte_fp.load(Ordering::Relaxed);
+        if fp == 0 {
+            return Duration::ZERO;
+        }
+        let cost = cost_ns(n, fp);
+        let tau = self.tau_ns.load(Ordering::Relaxed);
+        let prev = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+                Some(tat.max(now_ns).saturating_add(cost))
+            })
+            // The closure always returns Some.
+            .unwrap_or_else(|v| v);
+        let new_tat = prev.max(now_ns).saturating_add(cost);
+        Duration::from_nanos((new_tat - now_ns).saturating_sub(tau))
+    }
+
+    /// True if `n` tokens could be taken now (same rule as [`try_consume`](Self::try_consume)),
+    /// without taking them.
+    #[inline]
+    pub fn can_consume(&self, n: u64, now_ns: u64) -> bool {
+        let fp = self.ns_per_byte_fp.load(Ordering::Relaxed);
+        if fp == 0 {
+            return true;
+        }
+        let tat = self.tat.load(Ordering::Relaxed);
+        if tat <= now_ns {
+            return true;
+        }
+        tat.saturating_add(cost_ns(n, fp)) - now_ns <= self.tau_ns.load(Ordering::Relaxed)
+    }
+
+    /// Gives back `n` tokens taken by an earlier successful consume (used to undo a partial
+    /// multi-bucket admission). Never credits beyond a full bucket.
+    pub fn refund(&self, n: u64) {
+        let fp = self.ns_per_byte_fp.load(Ordering::Relaxed);
+        if fp == 0 {
+            return;
+        }
+        let cost = cost_ns(n, fp);
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+                Some(tat.saturating_sub(cost))
+            });
+    }
+
+    /// How far the bucket is in debt beyond its burst at `now_ns` (zero if it can admit a
+    /// request right now). Admission control refuses new work from a bucket with debt.
+    #[inline]
+    pub fn debt(&self, now_ns: u64) -> Duration {
+        let fp = self.ns_per_byte_fp.load(Ordering::Relaxed);
+        if fp == 0 {
+            return Duration::ZERO;
+        }
+        let tat = self.tat.load(Ordering::Relaxed);
+        let ahead = tat.saturating_sub(now_ns);
+        Duration::from_nanos(ahead.saturating_sub(self.tau_ns.load(Ordering::Relaxed)))
+    }
+
+    /// Tokens (bytes) available at `now_ns` (saturates at the burst); `u64::MAX` if disabled.
+    pub fn available(&self, now_ns: u64) -> u64 {
+        let fp = self.ns_per_byte_fp.load(Ordering::Relaxed);
+        if fp == 0 {
+            return u64::MAX;
+        }
+        let tau = self.tau_ns.load(Ordering::Relaxed);
+        let ahead = self.tat.load(Ordering::Relaxed).saturating_sub(now_ns);
+        let credit_ns = tau.saturating_sub(ahead);
+        let bytes = (u128::from(credit_ns) << FP_SHIFT) / u128::from(fp);
+        u64::try_from(bytes)
+            .unwrap_or(u64::MAX)
+            .min(self.burst.load(Ordering::Relaxed))
+    }
+}
+
+/// The burst this crate uses for a rate: `max(rate / 10, max_frame_bytes)` — 100 ms worth of
+/// traffic, but never less than one maximum frame so a full frame never waits on a full bucket.
+pub fn default_burst(rate: u64, max_frame_bytes: u64) -> u64 {
+    (rate / 10).max(max_frame_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = NANOS_PER_SEC;
+
+    #[test]
+    fn disabled_passes_everything() {
+        let b = TokenBucket::new(0, 0);
+        assert!(!b.is_enabled());
+        assert!(b.try_consume(u64::MAX, 0));
+        assert_eq!(b.consume_paced(u64::MAX, 0), Duration::ZERO);
+        assert_eq!(b.debt(0), Duration::ZERO);
+    }
+
+    #[test]
+    fn burst_then_refill() {
+        let b = TokenBucket::new(1000, 100);
+        assert!(b.try_consume(60, S));
+        assert!(b.try_consume(40, S));
+        assert!(!b.try_consume(1, S), "burst spent");
+        assert_eq!(b.available(S), 0);
+        // 50 ms refills 50 bytes.
+        assert!(!b.try_consume(51, S + S / 20));
+        assert!(b.try_consume(50, S + S / 20));
+        // A long pause refills only up to the burst.
+        assert_eq!(b.available(10 * S), 100);
+        assert!(
+            b.try_consume(101, 10 * S),
+            "full bucket admits one oversized request"
+        );
+        assert_eq!(b.debt(10 * S), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn oversized_request_passes_once_when_full() {
+        let b = TokenBucket::new(1000, 100);
+        assert!(
+            b.try_consume(500, S),
+            "bucket full: a big request passes once"
+        );
+        assert!(!b.try_consume(1, S), "then the bucket is in debt");
+        assert_eq!(b.debt(S), Duration::from_millis(400));
+        // After 400 ms the debt beyond the burst is repaid; the burst refills 100 ms later.
+        assert!(!b.try_consume(1, S + 400 * S / 1000));
+        assert!(b.try_consume(100, S + 500 * S / 1000));
+    }
+
+    #[test]
+    fn refusal_consumes_nothing() {
+        let b = TokenBucket::new(1000, 100);
+        assert!(b.try_consume(100, S));
+        for _ in 0..100 {
+            assert!(!b.try_consume(10, S));
+        }
+        assert!(b.try_consume(10, S + 10 * S / 1000));
+    }
+
+    #[test]
+    fn paced_wait_matches_rate() {
+        let b = TokenBucket::new(1000, 100);
+        assert_eq!(b.consume_paced(100, S), Duration::ZERO);
+        assert_eq!(b.consume_paced(100, S), Duration::from_millis(100));
+        assert_eq!(b.consume_paced(100, S), Duration::from_millis(200));
+        assert!(!b.can_consume(1, S));
+        b.refund(300);
+        assert!(b.can_consume(100, S));
+    }
+
+    #[test]
+    fn set_rate_live() {
+        let b = TokenBucket::new(1000, 100);
+        assert!(b.try_consume(100, S));
+        assert!(!b.try_consume(100, S));
+        b.set_rate(0, 0);
+        assert!(b.try_consume(100, S));
+        b.set_rate(1_000_000, 1000);
+        assert_eq!(b.rate(), 1_000_000);
+        assert_eq!(b.burst(), 1000);
+        assert!(b.try_consume(1000, S + S / 10));
+    }
+
+    #[test]
+    fn default_burst_rule() {
+        assert_eq!(default_burst(8 << 20, 1 << 20), 1 << 20);
+        assert_eq!(default_burst(100 << 20, 1 << 20), 10 << 20);
     }
 }

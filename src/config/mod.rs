@@ -5,13 +5,38 @@
 //! obtained from [`Config::validate`], and engines only ever see a `ValidConfig` through a
 //! [`ConfigHandle`], whose snapshot swaps atomically on [`ConfigHandle::reload`].
 //!
-//! NOTE(skeleton): the helper that owns `src/config/` replaces the `todo!()`s; the public shapes
-//! below are the contract the engines are written against.
+//! Layout: [`units`] (sizes, durations), [`keys`] (the 29-key table: dotted name, env var, CLI
+//! flag, reload class), `source` (TOML/JSON documents and env vars), `loader` ([`ConfigLoader`]),
+//! `validate` (§4 rules, [`CompiledFeatures`]), `reload` ([`ReloadReport`]) and, with feature
+//! `cli`, `cli` ([`TransportArgs`]). Engines do not read files or the environment themselves.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+#[cfg(feature = "cli")]
+mod cli;
+pub mod keys;
+mod loader;
+mod reload;
+mod source;
+pub mod units;
+mod validate;
+
+#[cfg(feature = "cli")]
+pub use cli::TransportArgs;
+pub use keys::{Key, ReloadClass};
+pub use loader::{ConfigLoader, Loaded, Merged};
+pub use reload::{KeyChange, ReloadReport};
+pub use source::{ConfigWarning, Format, DEPRECATED_MAX_BODY, DEPRECATED_MAX_BODY_ENV, ENV_PREFIX};
+pub use units::{format_duration, format_size, parse_duration, parse_size, UnitError};
+pub use validate::{
+    CompiledFeatures, DECOMPRESSION_GUARD_RATIO, LOG_FORMATS, LOG_LEVELS, MAX_CHUNK_BYTES,
+    MAX_FRAME_BYTES, MIN_CHUNK_BYTES, MIN_FRAME_BYTES,
+};
 
 /// Which transport a listener/dialer speaks. The discriminants index per-backend metric
 /// handles: keep `Tcp = 0, Tls = 1, Arti = 2`.
@@ -59,6 +84,38 @@ pub enum PqMode {
     Hybrid,
 }
 
+fn enum_parse_error(key: &str, value: &str, reason: String) -> ConfigError {
+    ConfigError::Parse {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+impl FromStr for Backend {
+    type Err = ConfigError;
+    /// `"tcp"`, `"tls"` or `"arti"`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        keys::parse_backend(s).map_err(|r| enum_parse_error("backend", s, r))
+    }
+}
+
+impl FromStr for TrustStore {
+    type Err = ConfigError;
+    /// `"system"` or `"path"`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        keys::parse_trust(s).map_err(|r| enum_parse_error("tls_client.trust_store", s, r))
+    }
+}
+
+impl FromStr for PqMode {
+    type Err = ConfigError;
+    /// `"off"` or `"hybrid"`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        keys::parse_pq(s).map_err(|r| enum_parse_error("pq.mode", s, r))
+    }
+}
+
 /// A structured configuration error naming the offending key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,6 +146,35 @@ pub enum ConfigError {
         /// Why; for decode errors this names the key path where known.
         reason: String,
     },
+    /// A source named a key (file key path or `RON_TRANSPORT_*` variable) that does not exist.
+    #[error("unknown key `{key}` ({origin})")]
+    UnknownKey {
+        /// The key path as written (e.g. `transport.limits.max_frame`) or the env var name.
+        key: String,
+        /// Where: `file <path>`, `env`, `inline toml`, `inline json`.
+        origin: String,
+    },
+}
+
+impl ConfigError {
+    /// The offending key (dotted key, env var or flag name), where the error has one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            Self::Parse { key, .. } | Self::UnknownKey { key, .. } => Some(key),
+            Self::File { .. } => None,
+        }
+    }
+
+    /// A stable reason string: `"invalid"`, `"parse"`, `"file"` or `"unknown_key"`.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid",
+            Self::Parse { .. } => "parse",
+            Self::File { .. } => "file",
+            Self::UnknownKey { .. } => "unknown_key",
+        }
+    }
 }
 
 /// The full configuration (spec/CONFIG.md §3). Every field has the documented default.
@@ -192,10 +278,72 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Applies every rule of spec/CONFIG.md §4 (fail-closed).
+    /// Applies every rule of spec/CONFIG.md §4 (fail-closed) against this build's features.
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
-        // Skeleton: accepts everything; the config helper implements §4.
+        self.validate_for(&CompiledFeatures::current())
+    }
+
+    /// Applies every rule of spec/CONFIG.md §4 as if the build had `features`.
+    pub fn validate_for(self, features: &CompiledFeatures) -> Result<ValidConfig, ConfigError> {
+        validate::check(&self, features)?;
         Ok(ValidConfig(self))
+    }
+
+    /// Parses a TOML document (bare, or wrapped in `[transport]`) over the defaults.
+    /// Deprecation warnings are logged; use [`ConfigLoader`] to get them back.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        ConfigLoader::new().toml_str(text).merge().map(|m| m.config)
+    }
+
+    /// Parses a JSON document (bare, or wrapped in `{"transport": …}`) over the defaults.
+    pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
+        ConfigLoader::new().json_str(text).merge().map(|m| m.config)
+    }
+
+    /// A complete, bare TOML document with every key (sizes and durations with units, unset
+    /// options as `""`); [`Config::from_toml_str`] reads it back to an equal `Config`.
+    pub fn to_toml_string(&self) -> String {
+        let mut root = toml::Table::new();
+        for key in Key::ALL {
+            let value = keys::Value::get(self, key).to_toml();
+            match key.dotted().split_once('.') {
+                None => {
+                    root.insert(key.dotted().to_owned(), value);
+                }
+                Some((section, field)) => {
+                    let entry = root
+                        .entry(section.to_owned())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(t) = entry {
+                        t.insert(field.to_owned(), value);
+                    }
+                }
+            }
+        }
+        // A table of strings, integers, booleans and homogeneous arrays always serializes.
+        toml::to_string(&root).expect("config tables serialize to TOML")
+    }
+
+    /// A complete, bare JSON document with every key; [`Config::from_json_str`] reads it back.
+    pub fn to_json_string(&self) -> String {
+        let mut root = serde_json::Map::new();
+        for key in Key::ALL {
+            let value = keys::Value::get(self, key).to_json();
+            match key.dotted().split_once('.') {
+                None => {
+                    root.insert(key.dotted().to_owned(), value);
+                }
+                Some((section, field)) => {
+                    let entry = root
+                        .entry(section.to_owned())
+                        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                    if let serde_json::Value::Object(t) = entry {
+                        t.insert(field.to_owned(), value);
+                    }
+                }
+            }
+        }
+        serde_json::Value::Object(root).to_string()
     }
 }
 
@@ -211,6 +359,16 @@ impl std::ops::Deref for ValidConfig {
 }
 
 impl ValidConfig {
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.0
+    }
+
+    /// Back to a raw [`Config`] (e.g. to modify it and [`ConfigHandle::reload`]).
+    pub fn into_inner(self) -> Config {
+        self.0
+    }
+
     /// The defaults, validated (a convenience for tests and examples).
     pub fn defaults() -> Self {
         Config::default()
@@ -220,21 +378,111 @@ impl ValidConfig {
 }
 
 /// A shared, atomically swappable snapshot of the validated configuration.
+///
+/// Readers call [`ConfigHandle::load`] per operation (lock-free). [`ConfigHandle::reload`]
+/// validates a candidate and, only on success, swaps it in, bumps [`ConfigHandle::generation`]
+/// and notifies [`ConfigHandle::subscribe`] receivers. Reloads are serialised by a mutex that is
+/// never held across an `.await`.
 #[derive(Clone, Debug)]
 pub struct ConfigHandle {
     current: Arc<arc_swap::ArcSwap<ValidConfig>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    generation: AtomicU64,
+    reload_lock: Mutex<()>,
+    notify: tokio::sync::watch::Sender<Arc<ValidConfig>>,
 }
 
 impl ConfigHandle {
-    /// A handle starting at `initial`.
+    /// A handle starting at `initial`, generation 0.
     pub fn new(initial: ValidConfig) -> Self {
+        let initial = Arc::new(initial);
+        let (notify, _) = tokio::sync::watch::channel(Arc::clone(&initial));
         Self {
-            current: Arc::new(arc_swap::ArcSwap::from_pointee(initial)),
+            current: Arc::new(arc_swap::ArcSwap::new(initial)),
+            shared: Arc::new(Shared {
+                generation: AtomicU64::new(0),
+                reload_lock: Mutex::new(()),
+                notify,
+            }),
         }
     }
 
     /// The current snapshot (lock-free; cheap).
     pub fn load(&self) -> Arc<ValidConfig> {
         self.current.load_full()
+    }
+
+    /// How many successful swaps this handle has seen (0 at creation; monotonic).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// A receiver that sees every swapped-in snapshot (e.g. to retune token buckets).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<ValidConfig>> {
+        self.shared.notify.subscribe()
+    }
+
+    /// Validates `next` against this build's features and, on success, swaps it in. On failure
+    /// the previous snapshot stays current and the error (naming the key) is logged and
+    /// returned. A candidate equal to the current snapshot is a no-op (no generation bump).
+    pub fn reload(&self, next: Config) -> Result<ReloadReport, ConfigError> {
+        self.reload_for(next, &CompiledFeatures::current())
+    }
+
+    /// [`ConfigHandle::reload`] validating against `features`.
+    pub fn reload_for(
+        &self,
+        next: Config,
+        features: &CompiledFeatures,
+    ) -> Result<ReloadReport, ConfigError> {
+        let valid = match next.validate_for(features) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(
+                    key = e.key().unwrap_or(""),
+                    kind = e.kind(),
+                    error = %e,
+                    generation = self.generation(),
+                    "transport config reload rejected; keeping the previous configuration"
+                );
+                return Err(e);
+            }
+        };
+        // The lock only orders swaps with generation bumps; nothing inside can panic while
+        // holding it except allocation failure, so a poisoned lock is still usable.
+        let _guard = self
+            .shared
+            .reload_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let changed = reload::diff(&old, &valid);
+        if changed.is_empty() {
+            return Ok(ReloadReport {
+                generation: self.generation(),
+                changed,
+            });
+        }
+        let valid = Arc::new(valid);
+        self.current.store(Arc::clone(&valid));
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.shared.notify.send_replace(valid);
+        let report = ReloadReport {
+            generation,
+            changed,
+        };
+        tracing::info!(
+            generation,
+            needs_rebind = report.needs_rebind(),
+            live = ?report.live_keys(),
+            rebind = ?report.rebind_keys(),
+            diff = %report,
+            "transport config reloaded"
+        );
+        Ok(report)
     }
 }
