@@ -10,10 +10,15 @@ use plotters::prelude::*;
 
 use crate::report::{Report, Row};
 
+/// Per engine: (throughput, p99 µs) of one shape.
+type ByEngine = BTreeMap<&'static str, (Option<f64>, Option<f64>)>;
+
 const ENGINES: [&str; 5] = ["tokio", "uring", "monoio", "tokio-uring", "bare-uring"];
 
 fn short(r: &Row) -> String {
-    let p = r.payload.map_or(String::new(), |p| format!(" {}K", p / 1024));
+    let p = r
+        .payload
+        .map_or(String::new(), |p| format!(" {}K", p / 1024));
     let d = r.depth.map_or(String::new(), |d| format!(" d{d}"));
     let x = match (r.resumed, r.offered_rate.is_some()) {
         (Some(true), _) => " res",
@@ -27,7 +32,7 @@ fn short(r: &Row) -> String {
 /// Writes the chart to `path`.
 pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
     // shape → engine → (throughput, p99)
-    let mut groups: Vec<(String, BTreeMap<&str, (Option<f64>, Option<f64>)>)> = Vec::new();
+    let mut groups: Vec<(String, ByEngine)> = Vec::new();
     for r in &rep.results {
         let g = short(r);
         let idx = match groups.iter().position(|(k, _)| *k == g) {
@@ -45,12 +50,16 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
     if groups.is_empty() {
         return Err(anyhow!("report has no rows to chart"));
     }
-    let rel = |m: &BTreeMap<&str, (Option<f64>, Option<f64>)>, which: usize| -> BTreeMap<&'static str, f64> {
+    let rel = |m: &BTreeMap<&str, (Option<f64>, Option<f64>)>,
+               which: usize|
+     -> BTreeMap<&'static str, f64> {
         let pick = |v: &(Option<f64>, Option<f64>)| if which == 0 { v.0 } else { v.1 };
-        let base = m
-            .get("tokio")
-            .and_then(pick)
-            .or_else(|| ENGINES.iter().filter_map(|e| m.get(e).and_then(pick)).next());
+        let base = m.get("tokio").and_then(pick).or_else(|| {
+            ENGINES
+                .iter()
+                .filter_map(|e| m.get(e).and_then(pick))
+                .next()
+        });
         let mut out = BTreeMap::new();
         for e in ENGINES {
             if let (Some(v), Some(b)) = (m.get(e).and_then(pick), base) {
@@ -67,8 +76,16 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
     let (top, bottom) = root.split_vertically(450);
     for (area, which, title) in [
-        (&top, 0usize, "throughput relative to tokio (higher is better)"),
-        (&bottom, 1usize, "p99 latency relative to tokio (lower is better)"),
+        (
+            &top,
+            0usize,
+            "throughput relative to tokio (higher is better)",
+        ),
+        (
+            &bottom,
+            1usize,
+            "p99 latency relative to tokio (lower is better)",
+        ),
     ] {
         let vals: Vec<BTreeMap<&str, f64>> = groups.iter().map(|(_, m)| rel(m, which)).collect();
         let ymax = vals
@@ -78,7 +95,11 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
             * 1.15;
         let mut chart = ChartBuilder::on(area)
             .caption(
-                format!("ron-perf {} · {}", &rep.commit[..rep.commit.len().min(10)], title),
+                format!(
+                    "ron-perf {} · {}",
+                    &rep.commit[..rep.commit.len().min(10)],
+                    title
+                ),
                 ("sans-serif", 18),
             )
             .margin(12)
@@ -86,23 +107,24 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
             .y_label_area_size(50)
             .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
             .map_err(|e| anyhow!("{e:?}"))?;
-        let labels: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
         chart
             .configure_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|x| {
-                let i = (*x - 0.5).round();
-                if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
-                    labels.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .x_label_style(("sans-serif", 11))
+            .x_labels(0)
             .disable_x_mesh()
             .y_desc("× tokio")
             .draw()
             .map_err(|e| anyhow!("{e:?}"))?;
+        // Shape names under each group, in pixel coordinates of the enclosing area.
+        for (gi, (g, _)) in groups.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(gi as f64 + 0.1, 0.0));
+            let (ox, oy) = area.get_base_pixel();
+            area.draw(&Text::new(
+                g.clone(),
+                (px - ox, py - oy + 6),
+                ("sans-serif", 11).into_font().color(&BLACK),
+            ))
+            .map_err(|e| anyhow!("{e:?}"))?;
+        }
         let w = 0.8 / ENGINES.len() as f64;
         for (ei, e) in ENGINES.iter().enumerate() {
             let color = Palette99::pick(ei).to_rgba();
@@ -112,7 +134,10 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
                 .filter_map(|(gi, m)| {
                     let v = *m.get(e)?;
                     let x0 = gi as f64 + 0.1 + ei as f64 * w;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v)], color.filled()))
+                    Some(Rectangle::new(
+                        [(x0, 0.0), (x0 + w * 0.9, v)],
+                        color.filled(),
+                    ))
                 })
                 .collect();
             if bars.is_empty() {
@@ -122,7 +147,9 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
                 .draw_series(bars)
                 .map_err(|e| anyhow!("{e:?}"))?
                 .label(*e)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -156,9 +183,16 @@ mod tests {
         let rep = Report {
             commit: "abc".into(),
             date: "d".into(),
-            machine: Machine { cpus: 2, kernel: "k".into() },
+            machine: Machine {
+                cpus: 2,
+                kernel: "k".into(),
+            },
             limits: Limits::default(),
-            results: vec![mk("tokio", 1000.0), mk("monoio", 1500.0), mk("bare-uring", 2000.0)],
+            results: vec![
+                mk("tokio", 1000.0),
+                mk("monoio", 1500.0),
+                mk("bare-uring", 2000.0),
+            ],
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.svg");

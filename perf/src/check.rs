@@ -105,13 +105,33 @@ type Getter = fn(&Row) -> Option<f64>;
 
 fn metrics(g: &Gates) -> [(&'static str, Getter, Dir, f64); 7] {
     [
-        ("frames_per_sec", |r| r.frames_per_sec, Dir::HigherIsBetter, g.throughput_drop),
+        (
+            "frames_per_sec",
+            |r| r.frames_per_sec,
+            Dir::HigherIsBetter,
+            g.throughput_drop,
+        ),
         ("gbps", |r| r.gbps, Dir::HigherIsBetter, g.throughput_drop),
-        ("handshakes_per_sec", |r| r.handshakes_per_sec, Dir::HigherIsBetter, g.throughput_drop),
+        (
+            "handshakes_per_sec",
+            |r| r.handshakes_per_sec,
+            Dir::HigherIsBetter,
+            g.throughput_drop,
+        ),
         ("p95_us", |r| r.p95_us, Dir::LowerIsBetter, g.latency_rise),
         ("p99_us", |r| r.p99_us, Dir::LowerIsBetter, g.latency_rise),
-        ("server_cpu_us_per_frame", |r| r.server_cpu_us_per_frame, Dir::LowerIsBetter, g.cpu_rise),
-        ("rss_per_conn_bytes", |r| r.rss_per_conn_bytes, Dir::LowerIsBetter, g.mem_rise),
+        (
+            "server_cpu_us_per_frame",
+            |r| r.server_cpu_us_per_frame,
+            Dir::LowerIsBetter,
+            g.cpu_rise,
+        ),
+        (
+            "rss_per_conn_bytes",
+            |r| r.rss_per_conn_bytes,
+            Dir::LowerIsBetter,
+            g.mem_rise,
+        ),
     ]
 }
 
@@ -137,7 +157,11 @@ pub fn check(baseline: &Report, reports: &[Report], gates: Gates) -> Outcome {
             let Some(base) = get(b) else { continue };
             let mut xs: Vec<f64> = rows.iter().filter_map(|r| get(r)).collect();
             let Some(cur) = median(&mut xs) else { continue };
-            let change = if base == 0.0 { 0.0 } else { (cur - base) / base.abs() };
+            let change = if base == 0.0 {
+                0.0
+            } else {
+                (cur - base) / base.abs()
+            };
             let regressed = match dir {
                 Dir::HigherIsBetter => change < -allowed,
                 Dir::LowerIsBetter => base > 0.0 && change > allowed,
@@ -176,7 +200,9 @@ pub fn render(o: &Outcome) -> String {
         ));
     }
     for m in &o.missing {
-        s.push_str(&format!("{m:<44} (no such row in the reports: not compared)\n"));
+        s.push_str(&format!(
+            "{m:<44} (no such row in the reports: not compared)\n"
+        ));
     }
     s
 }
@@ -252,9 +278,26 @@ mod tests {
     #[test]
     fn latency_cpu_and_memory_gates() {
         let base = rep(100_000.0, 1000.0, 10.0, Some(1000.0));
-        let o = check(&base, &[rep(100_000.0, 1110.0, 11.6, Some(1160.0))], Gates::default());
-        let bad: Vec<_> = o.verdicts.iter().filter(|v| v.regressed).map(|v| v.metric).collect();
-        assert_eq!(bad, vec!["p99_us", "server_cpu_us_per_frame", "rss_per_conn_bytes"]);
+        let o = check(
+            &base,
+            &[rep(100_000.0, 1110.0, 11.6, Some(1160.0))],
+            Gates::default(),
+        );
+        let bad: Vec<_> = o
+            .verdicts
+            .iter()
+            .filter(|v| v.regressed)
+            .map(|v| v.metric)
+            .collect();
+        assert_eq!(
+            bad,
+            vec![
+                "p95_us",
+                "p99_us",
+                "server_cpu_us_per_frame",
+                "rss_per_conn_bytes"
+            ]
+        );
         // The §5 noise waiver (+5 %) lets the same figures pass.
         let o = check(
             &base,

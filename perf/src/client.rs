@@ -193,7 +193,9 @@ pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         let outs = h.join().map_err(|_| anyhow!("client thread panicked"))??;
         for o in outs {
             res.frames += o.frames;
-            res.hist.add(&o.hist).map_err(|e| anyhow!("histogram merge: {e}"))?;
+            res.hist
+                .add(&o.hist)
+                .map_err(|e| anyhow!("histogram merge: {e}"))?;
             if let Some(e) = o.error {
                 res.errors += 1;
                 res.first_error.get_or_insert(e);
@@ -410,6 +412,9 @@ pub struct HandshakeResult {
     pub client_cpu: Duration,
 }
 
+/// (handshakes, resumed, latency, errors, first error) of one handshake thread.
+type HsTotals = (u64, u64, Histogram<u64>, u64, Option<String>);
+
 /// New TLS connections in a loop from `parallel` tasks on the first client core: connect,
 /// handshake (timed), one 64-byte echo (which also delivers the session tickets), close.
 pub fn run_handshakes(
@@ -423,7 +428,7 @@ pub fn run_handshakes(
 ) -> anyhow::Result<HandshakeResult> {
     let start = Instant::now() + warmup;
     let end = start + duration;
-    let h = std::thread::spawn(move || -> anyhow::Result<(u64, u64, Histogram<u64>, u64, Option<String>)> {
+    let h = std::thread::spawn(move || -> anyhow::Result<HsTotals> {
         if let Some(c) = core {
             sys::pin_to(&[c])?;
         }
@@ -448,7 +453,8 @@ pub fn run_handshakes(
                                     let tcp = TcpStream::connect(target).await?;
                                     tcp.set_nodelay(true)?;
                                     let c = tokio_rustls::TlsConnector::from(cfg.clone());
-                                    let mut s = c.connect(crate::tlsutil::server_name(target), tcp).await?;
+                                    let mut s =
+                                        c.connect(crate::tlsutil::server_name(target), tcp).await?;
                                     let dt = t0.elapsed();
                                     let was_resumed = s.get_ref().1.handshake_kind()
                                         == Some(rustls::HandshakeKind::Resumed);
@@ -465,7 +471,9 @@ pub fn run_handshakes(
                                         if done >= start && done < end {
                                             n += 1;
                                             resumed += u64::from(was_resumed);
-                                            let _ = hist.record((dt.as_micros() as u64).clamp(1, 60_000_000));
+                                            let _ = hist.record(
+                                                (dt.as_micros() as u64).clamp(1, 60_000_000),
+                                            );
                                         }
                                     }
                                     Ok(Err(e)) => {
@@ -503,8 +511,9 @@ pub fn run_handshakes(
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let s1 = server_pid.map(|p| sys::cpu_time(Some(p)));
     let c1 = sys::cpu_time(None)?;
-    let (handshakes, resumed, hist, errors, first_error) =
-        h.join().map_err(|_| anyhow!("handshake thread panicked"))??;
+    let (handshakes, resumed, hist, errors, first_error) = h
+        .join()
+        .map_err(|_| anyhow!("handshake thread panicked"))??;
     Ok(HandshakeResult {
         handshakes,
         resumed,

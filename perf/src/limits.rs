@@ -111,6 +111,8 @@ pub fn loopback_tcp_gbps(core: Option<usize>, dur: Duration) -> anyhow::Result<f
         }
     }
     drop(s);
-    let (n, el) = reader.join().map_err(|_| anyhow!("loopback reader panicked"))??;
+    let (n, el) = reader
+        .join()
+        .map_err(|_| anyhow!("loopback reader panicked"))??;
     Ok(n as f64 * 8.0 / el.as_secs_f64() / 1e9)
 }

@@ -165,7 +165,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}"))?;
     if !(v.is_finite() && v > 0.0 && v * mul <= 3600.0) {
         return Err(format!("duration {s:?} must be in (0, 1h]"));
     }
@@ -187,7 +190,11 @@ fn parse_cores(s: &str) -> anyhow::Result<Vec<usize>> {
 }
 
 fn split_list<T>(s: &str, f: impl Fn(&str) -> anyhow::Result<T>) -> anyhow::Result<Vec<T>> {
-    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(f).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(f)
+        .collect()
 }
 
 fn main() {
@@ -201,7 +208,15 @@ fn main() {
             client_cores: "1".into(),
             ..RunArgs::default()
         }),
-        Some(Cmd::Serve { engine, transport, listen, cert, key, shards, cores }) => (|| {
+        Some(Cmd::Serve {
+            engine,
+            transport,
+            listen,
+            cert,
+            key,
+            shards,
+            cores,
+        }) => (|| {
             server::serve(ServeOpts {
                 engine: EngineId::parse(&engine)?,
                 transport: Transport::parse(&transport)?,
@@ -213,14 +228,42 @@ fn main() {
             })
         })(),
         Some(Cmd::Load {
-            target, transport, conns, payload, duration, warmup, depth, rate, ca, mode,
-            client_cores, server_pid, engine_label, json,
+            target,
+            transport,
+            conns,
+            payload,
+            duration,
+            warmup,
+            depth,
+            rate,
+            ca,
+            mode,
+            client_cores,
+            server_pid,
+            engine_label,
+            json,
         }) => cmd_load(LoadArgs {
-            target, transport, conns, payload, duration, warmup, depth, rate, ca, mode,
-            client_cores, server_pid, engine_label, json,
+            target,
+            transport,
+            conns,
+            payload,
+            duration,
+            warmup,
+            depth,
+            rate,
+            ca,
+            mode,
+            client_cores,
+            server_pid,
+            engine_label,
+            json,
         }),
         Some(Cmd::Run(a)) => cmd_run(a),
-        Some(Cmd::Check { baseline, report, widen_pct }) => cmd_check(&baseline, &report, widen_pct),
+        Some(Cmd::Check {
+            baseline,
+            report,
+            widen_pct,
+        }) => cmd_check(&baseline, &report, widen_pct),
         Some(Cmd::Chart { report, svg }) => (|| {
             chart::write_svg(&report::Report::load(&report)?, &svg)?;
             eprintln!("wrote {}", svg.display());
@@ -259,20 +302,34 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
     let tls = match (t, &a.ca) {
         (Transport::Tls, Some(ca)) => {
             let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
-            Some(tlsutil::client_config(&pem, tlsutil::Provider::AwsLcRs, true)?)
+            Some(tlsutil::client_config(
+                &pem,
+                tlsutil::Provider::AwsLcRs,
+                true,
+            )?)
         }
-        (Transport::Tls, None) => bail!("--transport tls needs --ca PEM (the server prints its cert path)"),
+        (Transport::Tls, None) => {
+            bail!("--transport tls needs --ca PEM (the server prints its cert path)")
+        }
         (Transport::Tcp, _) => None,
     };
     let (scenario, payload, depth) = match a.mode.as_str() {
         "echo" => (
-            if a.depth > 1 { Scenario::Pipelined } else { Scenario::Small },
+            if a.depth > 1 {
+                Scenario::Pipelined
+            } else {
+                Scenario::Small
+            },
             a.payload,
             a.depth,
         ),
         "stream" => (
             Scenario::Stream,
-            if a.payload == 1024 { 64 * 1024 } else { a.payload },
+            if a.payload == 1024 {
+                64 * 1024
+            } else {
+                a.payload
+            },
             if a.depth == 1 { 4 } else { a.depth },
         ),
         m => bail!("unknown mode {m:?} (echo|stream)"),
@@ -297,13 +354,20 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
     let row = run::load_row(scenario, t, &a.engine_label, &spec, &r);
     println!("{}", serde_json::to_string_pretty(&row)?);
     if r.errors > 0 {
-        eprintln!("{} connection errors; first: {}", r.errors, r.first_error.unwrap_or_default());
+        eprintln!(
+            "{} connection errors; first: {}",
+            r.errors,
+            r.first_error.unwrap_or_default()
+        );
     }
     if let Some(p) = a.json {
         report::Report {
             commit: report::git_commit(),
             date: report::now_rfc3339(),
-            machine: report::Machine { cpus: sys::cpus(), kernel: sys::kernel() },
+            machine: report::Machine {
+                cpus: sys::cpus(),
+                kernel: sys::kernel(),
+            },
             limits: report::Limits::default(),
             results: vec![row],
         }
@@ -314,7 +378,11 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
 }
 
 fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
-    let duration = a.duration.unwrap_or(if a.full { Duration::from_secs(10) } else { Duration::from_secs(2) });
+    let duration = a.duration.unwrap_or(if a.full {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(2)
+    });
     let warmup = (duration / 4).min(Duration::from_secs(1));
     let ncpu = sys::cpus();
     let keep = |v: Vec<usize>, what: &str| -> Vec<usize> {
@@ -330,7 +398,10 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     let json = a.json.unwrap_or_else(|| {
         PathBuf::from("perf-out").join(format!("report-{}.json", date.replace(':', "")))
     });
-    let out_dir = json.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let out_dir = json
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let opts = RunOpts {
         scenarios: split_list(&a.scenarios, Scenario::parse)?,
         transports: split_list(&a.transports, Transport::parse)?,
@@ -341,7 +412,11 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         server_cores,
         client_cores,
         shards: a.shards,
-        out_dir: if out_dir.as_os_str().is_empty() { PathBuf::from(".") } else { out_dir },
+        out_dir: if out_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            out_dir
+        },
     };
     if opts.engines.is_empty() || opts.transports.is_empty() || opts.scenarios.is_empty() {
         return Err(anyhow!("nothing to run"));
@@ -358,18 +433,47 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
 }
 
 fn cmd_check(baseline: &PathBuf, reports: &[PathBuf], widen_pct: f64) -> anyhow::Result<()> {
-    let base = report::Report::load(baseline)?;
-    let reps = reports.iter().map(|p| report::Report::load(p)).collect::<anyhow::Result<Vec<_>>>()?;
-    if reps.len() < 3 {
-        eprintln!("note: median of {} run(s); spec/PERFORMANCE.md §5 asks for 3", reps.len());
+    let schema: serde_json::Value = serde_json::from_str(report::SCHEMA)?;
+    for p in std::iter::once(baseline).chain(reports) {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        )
+        .with_context(|| format!("parse {}", p.display()))?;
+        let errs = report::validate_schema(&schema, &v);
+        if !errs.is_empty() {
+            bail!(
+                "{} does not match perf/report.schema.json:\n  {}",
+                p.display(),
+                errs.join("\n  ")
+            );
+        }
     }
-    let o = check::check(&base, &reps, check::Gates::default().widened(widen_pct / 100.0));
+    let base = report::Report::load(baseline)?;
+    let reps = reports
+        .iter()
+        .map(|p| report::Report::load(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if reps.len() < 3 {
+        eprintln!(
+            "note: median of {} run(s); spec/PERFORMANCE.md §5 asks for 3",
+            reps.len()
+        );
+    }
+    let o = check::check(
+        &base,
+        &reps,
+        check::Gates::default().widened(widen_pct / 100.0),
+    );
     print!("{}", check::render(&o));
     if o.regressed() {
         eprintln!("REGRESSION: at least one gate failed");
         std::process::exit(1);
     }
-    println!("no regression ({} metrics compared over the median of {} runs)", o.verdicts.len(), o.runs);
+    println!(
+        "no regression ({} metrics compared over the median of {} runs)",
+        o.verdicts.len(),
+        o.runs
+    );
     Ok(())
 }
 

@@ -9,6 +9,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+/// The JSON schema of reports and baselines (`perf/report.schema.json`).
+pub const SCHEMA: &str = include_str!("../report.schema.json");
+
 /// A whole report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -123,7 +126,8 @@ impl Row {
 impl Report {
     /// Reads a report (or baseline) file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let s = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let s =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         serde_json::from_str(&s).with_context(|| format!("parse {}", path.display()))
     }
 
@@ -208,7 +212,9 @@ fn walk(s: &serde_json::Value, v: &serde_json::Value, path: &str, errs: &mut Vec
     if let Some(t) = s.get("type") {
         let ok = match t {
             serde_json::Value::String(t) => type_ok(t, v),
-            serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).any(|t| type_ok(t, v)),
+            serde_json::Value::Array(ts) => {
+                ts.iter().filter_map(|t| t.as_str()).any(|t| type_ok(t, v))
+            }
             _ => true,
         };
         if !ok {
@@ -247,8 +253,6 @@ fn walk(s: &serde_json::Value, v: &serde_json::Value, path: &str, errs: &mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SCHEMA: &str = include_str!("../report.schema.json");
 
     pub(crate) fn sample() -> Report {
         Report {
@@ -300,9 +304,22 @@ mod tests {
         // Every field the issue names is present in every row, null where it does not apply.
         let row = &v["results"][1];
         for k in [
-            "scenario", "transport", "engine", "conns", "payload", "depth", "frames_per_sec",
-            "gbps", "p50_us", "p95_us", "p99_us", "p999_us", "server_cpu_us_per_frame",
-            "handshakes_per_sec", "resumed", "rss_per_conn_bytes",
+            "scenario",
+            "transport",
+            "engine",
+            "conns",
+            "payload",
+            "depth",
+            "frames_per_sec",
+            "gbps",
+            "p50_us",
+            "p95_us",
+            "p99_us",
+            "p999_us",
+            "server_cpu_us_per_frame",
+            "handshakes_per_sec",
+            "resumed",
+            "rss_per_conn_bytes",
         ] {
             assert!(row.get(k).is_some(), "missing {k}");
         }
@@ -332,7 +349,12 @@ mod tests {
             if p.extension().is_some_and(|x| x == "json") {
                 let v: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-                assert_eq!(validate_schema(&schema, &v), Vec::<String>::new(), "{}", p.display());
+                assert_eq!(
+                    validate_schema(&schema, &v),
+                    Vec::<String>::new(),
+                    "{}",
+                    p.display()
+                );
                 Report::load(&p).unwrap();
                 n += 1;
             }

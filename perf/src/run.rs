@@ -59,7 +59,9 @@ impl Scenario {
         Self::ALL
             .into_iter()
             .find(|x| x.name() == s)
-            .ok_or_else(|| anyhow!("unknown scenario {s:?} (small|pipelined|stream|handshake|idle)"))
+            .ok_or_else(|| {
+                anyhow!("unknown scenario {s:?} (small|pipelined|stream|handshake|idle)")
+            })
     }
 }
 
@@ -132,7 +134,9 @@ pub fn spawn_server(
     if let Some((c, k)) = tls {
         cmd.arg("--cert").arg(c).arg("--key").arg(k);
     }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null());
     let mut child = cmd.spawn().context("spawn ron-perf serve")?;
     let pid = child.id();
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
@@ -161,13 +165,20 @@ pub fn spawn_server(
         }
         Err(_) => {
             let status = proc_.child.try_wait().ok().flatten();
-            bail!("server {} did not become ready (exit: {status:?})", engine.name())
+            bail!(
+                "server {} did not become ready (exit: {status:?})",
+                engine.name()
+            )
         }
     }
 }
 
 fn join(cores: &[usize]) -> String {
-    cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+    cores
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn progress(msg: &str) {
@@ -175,13 +186,7 @@ fn progress(msg: &str) {
 }
 
 /// Builds a report row from a load result.
-pub fn load_row(
-    scenario: Scenario,
-    t: Transport,
-    e: &str,
-    spec: &LoadSpec,
-    r: &LoadResult,
-) -> Row {
+pub fn load_row(scenario: Scenario, t: Transport, e: &str, spec: &LoadSpec, r: &LoadResult) -> Row {
     Row {
         scenario: scenario.name().to_owned(),
         transport: t.as_str().to_owned(),
@@ -252,8 +257,12 @@ pub fn measure_limits(core: Option<usize>, dur: Duration) -> Limits {
         });
         match h.join() {
             Ok(Ok(g)) => {
-                progress(&format!("limit: TLS 1.3 open+seal 64 KiB, {}: {g:.2} Gb/s", p.name()));
-                l.tls_open_seal_gbps_by_provider.insert(p.name().to_owned(), g);
+                progress(&format!(
+                    "limit: TLS 1.3 open+seal 64 KiB, {}: {g:.2} Gb/s",
+                    p.name()
+                ));
+                l.tls_open_seal_gbps_by_provider
+                    .insert(p.name().to_owned(), g);
             }
             Ok(Err(e)) => progress(&format!("limit: TLS open+seal {} failed: {e:#}", p.name())),
             Err(_) => progress("limit: TLS open+seal thread panicked"),
@@ -266,7 +275,9 @@ pub fn measure_limits(core: Option<usize>, dur: Duration) -> Limits {
         .reduce(f64::max);
     match std::thread::spawn(move || limits::loopback_tcp_gbps(core, dur)).join() {
         Ok(Ok(g)) => {
-            progress(&format!("limit: loopback TCP stream, one core: {g:.2} Gb/s"));
+            progress(&format!(
+                "limit: loopback TCP stream, one core: {g:.2} Gb/s"
+            ));
             l.loopback_tcp_gbps = Some(g);
         }
         Ok(Err(e)) => progress(&format!("limit: loopback TCP failed: {e:#}")),
@@ -294,7 +305,8 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
     let ss = tlsutil::SelfSigned::generate()?;
     let (cert, key) = ss.write_to(&o.out_dir.join("tls"))?;
     let tls_cfg = tlsutil::client_config(ss.cert_pem.as_bytes(), tlsutil::Provider::AwsLcRs, true)?;
-    let tls_cold = tlsutil::client_config(ss.cert_pem.as_bytes(), tlsutil::Provider::AwsLcRs, false)?;
+    let tls_cold =
+        tlsutil::client_config(ss.cert_pem.as_bytes(), tlsutil::Provider::AwsLcRs, false)?;
 
     let mut rows = Vec::new();
     for &t in &o.transports {
@@ -319,7 +331,11 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             ) {
                 Ok(s) => s,
                 Err(err) => {
-                    progress(&format!("server {} {} failed: {err:#}", e.name(), t.as_str()));
+                    progress(&format!(
+                        "server {} {} failed: {err:#}",
+                        e.name(),
+                        t.as_str()
+                    ));
                     continue;
                 }
             };
@@ -345,7 +361,12 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                         Some(row)
                     }
                     Err(err) => {
-                        progress(&format!("{} {} {} failed: {err:#}", sc.name(), t.as_str(), e.name()));
+                        progress(&format!(
+                            "{} {} {} failed: {err:#}",
+                            sc.name(),
+                            t.as_str(),
+                            e.name()
+                        ));
                         None
                     }
                 }
@@ -354,22 +375,62 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                 match sc {
                     Scenario::Small => {
                         let r1 = go(sc, base.clone(), &mut rows);
-                        go(sc, LoadSpec { payload: 4096, ..base.clone() }, &mut rows);
+                        go(
+                            sc,
+                            LoadSpec {
+                                payload: 4096,
+                                ..base.clone()
+                            },
+                            &mut rows,
+                        );
                         if equal_rate.is_none() {
-                            equal_rate = r1.and_then(|r| r.frames_per_sec).map(|f| (f * 0.5).max(1000.0).round());
+                            equal_rate = r1
+                                .and_then(|r| r.frames_per_sec)
+                                .map(|f| (f * 0.5).max(1000.0).round());
                         }
                         if let Some(rate) = equal_rate {
-                            go(sc, LoadSpec { rate: Some(rate), ..base.clone() }, &mut rows);
+                            go(
+                                sc,
+                                LoadSpec {
+                                    rate: Some(rate),
+                                    ..base.clone()
+                                },
+                                &mut rows,
+                            );
                         }
                     }
                     Scenario::Pipelined => {
-                        go(sc, LoadSpec { depth: 8, ..base.clone() }, &mut rows);
+                        go(
+                            sc,
+                            LoadSpec {
+                                depth: 8,
+                                ..base.clone()
+                            },
+                            &mut rows,
+                        );
                         if o.full {
-                            go(sc, LoadSpec { depth: 8, payload: 4096, ..base.clone() }, &mut rows);
+                            go(
+                                sc,
+                                LoadSpec {
+                                    depth: 8,
+                                    payload: 4096,
+                                    ..base.clone()
+                                },
+                                &mut rows,
+                            );
                         }
                     }
                     Scenario::Stream => {
-                        go(sc, LoadSpec { conns: 8, payload: 64 * 1024, depth: 4, ..base.clone() }, &mut rows);
+                        go(
+                            sc,
+                            LoadSpec {
+                                conns: 8,
+                                payload: 64 * 1024,
+                                depth: 4,
+                                ..base.clone()
+                            },
+                            &mut rows,
+                        );
                     }
                     Scenario::Handshake => {
                         if t != Transport::Tls {
@@ -387,7 +448,10 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                             ) {
                                 Ok(h) => {
                                     let secs = h.window.as_secs_f64();
-                                    let pct = |q: f64| (!h.hist.is_empty()).then(|| h.hist.value_at_quantile(q) as f64);
+                                    let pct = |q: f64| {
+                                        (!h.hist.is_empty())
+                                            .then(|| h.hist.value_at_quantile(q) as f64)
+                                    };
                                     let actually = h.handshakes > 0 && h.resumed * 2 > h.handshakes;
                                     if resumed && !actually {
                                         progress(&format!(
@@ -406,8 +470,12 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                                         p99_us: pct(0.99),
                                         p999_us: pct(0.999),
                                         resumed: Some(if resumed { actually } else { false }),
-                                        server_cpu_pct: h.server_cpu.map(|c| c.as_secs_f64() / secs * 100.0),
-                                        client_cpu_pct: Some(h.client_cpu.as_secs_f64() / secs * 100.0),
+                                        server_cpu_pct: h
+                                            .server_cpu
+                                            .map(|c| c.as_secs_f64() / secs * 100.0),
+                                        client_cpu_pct: Some(
+                                            h.client_cpu.as_secs_f64() / secs * 100.0,
+                                        ),
                                         ..Row::default()
                                     };
                                     progress(&describe(&row, h.errors, &h.first_error));
@@ -423,12 +491,20 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                         std::thread::sleep(Duration::from_millis(200));
                         let before = sys::rss_bytes(srv.pid)?;
                         progress(&format!("idle: opening {n} connections to {}", e.name()));
-                        let hold = client::hold_idle(srv.addr, tls.clone(), n, o.client_cores.first().copied())?;
+                        let hold = client::hold_idle(
+                            srv.addr,
+                            tls.clone(),
+                            n,
+                            o.client_cores.first().copied(),
+                        )?;
                         std::thread::sleep(Duration::from_millis(300));
                         let after = sys::rss_bytes(srv.pid)?;
                         let per = (after as f64 - before as f64) / hold.opened.max(1) as f64;
                         if let Some(err) = &hold.first_error {
-                            progress(&format!("idle: {} of {n} opened; first error: {err}", hold.opened));
+                            progress(&format!(
+                                "idle: {} of {n} opened; first error: {err}",
+                                hold.opened
+                            ));
                         }
                         if let Some(mut row) = go(sc, base.clone(), &mut Vec::new()) {
                             row.conns = hold.opened as u64;
@@ -448,7 +524,10 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             drop(srv);
         }
     }
-    progress(&format!("suite done in {:.0} s", started.elapsed().as_secs_f64()));
+    progress(&format!(
+        "suite done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(Report {
         commit: report::git_commit(),
         date: report::now_rfc3339(),

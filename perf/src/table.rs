@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::report::{Report, Row};
+use crate::server::{EngineId, Role};
 
 fn thr(r: &Row) -> Option<f64> {
     r.handshakes_per_sec.or(r.frames_per_sec)
@@ -80,7 +81,7 @@ pub fn render(rep: &Report) -> String {
         let bare = by("bare-uring");
         let best_peer = rows
             .iter()
-            .filter(|r| r.engine == "monoio" || r.engine == "tokio-uring")
+            .filter(|r| EngineId::parse(&r.engine).is_ok_and(|e| e.role() == Role::Peer))
             .filter_map(|r| thr(r))
             .reduce(f64::max);
         for r in rows {
@@ -89,7 +90,9 @@ pub fn render(rep: &Report) -> String {
             } else {
                 rep.limits.loopback_tcp_gbps
             };
-            let is_peer_or_floor = matches!(r.engine.as_str(), "monoio" | "tokio-uring" | "bare-uring");
+            let is_peer_or_floor = EngineId::parse(&r.engine)
+                .map(|e| e.role() != Role::Engine)
+                .unwrap_or(false);
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 shape(r),
@@ -140,8 +143,14 @@ mod tests {
         let rep = Report {
             commit: "0123456789abcdef".into(),
             date: "2025-01-01T00:00:00Z".into(),
-            machine: Machine { cpus: 2, kernel: "6.18".into() },
-            limits: Limits { loopback_tcp_gbps: Some(8.192), ..Limits::default() },
+            machine: Machine {
+                cpus: 2,
+                kernel: "6.18".into(),
+            },
+            limits: Limits {
+                loopback_tcp_gbps: Some(8.192),
+                ..Limits::default()
+            },
             results: vec![
                 row("tokio", 100_000.0),
                 row("uring", 150_000.0),

@@ -158,7 +158,10 @@ mod tests {
     fn key_file_is_0600() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let (_c, k) = SelfSigned::generate().unwrap().write_to(dir.path()).unwrap();
+        let (_c, k) = SelfSigned::generate()
+            .unwrap()
+            .write_to(dir.path())
+            .unwrap();
         let mode = std::fs::metadata(k).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }

@@ -90,11 +90,7 @@ impl InflateGuard {
             let before_in = d.total_in();
             let before_out = d.total_out();
             let status = d
-                .decompress_vec(
-                    &compressed[consumed(&d)..],
-                    &mut out,
-                    FlushDecompress::None,
-                )
+                .decompress_vec(&compressed[consumed(&d)..], &mut out, FlushDecompress::None)
                 .map_err(invalid)?;
             match status {
                 Status::StreamEnd => return finish(&d, compressed, out),

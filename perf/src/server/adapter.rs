@@ -9,6 +9,8 @@ use ron_transport::engine::{Conn, Engine, Listener};
 
 use super::ServeOpts;
 
+// Used by `serve_tokio` / `serve_uring` once the engines are on main.
+#[allow(dead_code)]
 /// Accepts forever and echoes every frame back on the same connection.
 pub async fn serve_adapter<E: Engine>(
     engine: &E,

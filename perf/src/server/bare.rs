@@ -88,7 +88,9 @@ fn run(listener: &std::net::TcpListener) -> io::Result<()> {
     loop {
         match ring.ring.submit_and_wait(1) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINTR)
+                    || e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(e),
         }
         done.clear();
@@ -160,7 +162,11 @@ fn run(listener: &std::net::TcpListener) -> io::Result<()> {
 /// # Safety
 /// No operation may be in flight for `key`.
 #[allow(unsafe_code)]
-unsafe fn after_data(ring: &mut Ring, conns: &mut slab::Slab<Conn>, key: usize) -> io::Result<bool> {
+unsafe fn after_data(
+    ring: &mut Ring,
+    conns: &mut slab::Slab<Conn>,
+    key: usize,
+) -> io::Result<bool> {
     let c = &mut conns[key];
     let Ok(sc) = wire::scan(&c.buf[..c.filled]) else {
         return Ok(false);
@@ -189,9 +195,13 @@ unsafe fn after_data(ring: &mut Ring, conns: &mut slab::Slab<Conn>, key: usize) 
 unsafe fn queue_recv(ring: &mut Ring, conns: &mut slab::Slab<Conn>, key: usize) -> io::Result<()> {
     let c = &mut conns[key];
     let tail = &mut c.buf[c.filled..];
-    let e = opcode::Recv::new(types::Fd(c.fd.as_raw_fd()), tail.as_mut_ptr(), tail.len() as u32)
-        .build()
-        .user_data(user_data(key, KIND_RECV));
+    let e = opcode::Recv::new(
+        types::Fd(c.fd.as_raw_fd()),
+        tail.as_mut_ptr(),
+        tail.len() as u32,
+    )
+    .build()
+    .user_data(user_data(key, KIND_RECV));
     // SAFETY: the receive writes into `c.buf[filled..]`, heap memory owned by the slab entry.
     // The entry (and so the Vec's heap block, which does not move when the slab grows) is only
     // removed, and the Vec only resized, in the completion handler of this connection's single

@@ -99,7 +99,9 @@ impl EngineId {
         Self::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| anyhow!("unknown engine {s:?} (tokio|uring|monoio|tokio-uring|bare-uring)"))
+            .ok_or_else(|| {
+                anyhow!("unknown engine {s:?} (tokio|uring|monoio|tokio-uring|bare-uring)")
+            })
     }
 
     /// Its role in the comparison.
@@ -258,7 +260,8 @@ pub fn serve(mut opts: ServeOpts) -> anyhow::Result<()> {
             }
             ready(addr, &opts);
             for h in hs {
-                h.join().map_err(|_| anyhow!("bare-uring shard panicked"))??;
+                h.join()
+                    .map_err(|_| anyhow!("bare-uring shard panicked"))??;
             }
             Ok(())
         }

@@ -24,7 +24,10 @@ fn needed_capacity(buf: &[u8]) -> Result<usize, wire::FrameError> {
 }
 
 /// Runs the monoio echo server.
-pub fn serve_monoio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
+pub fn serve_monoio(
+    opts: &ServeOpts,
+    ready: &dyn Fn(SocketAddr, &ServeOpts),
+) -> anyhow::Result<()> {
     let ls = bind_reuseport(opts.listen, opts.shards)?;
     let addr = ls[0].local_addr()?;
     let mut hs = Vec::new();
@@ -55,7 +58,9 @@ async fn monoio_conn(mut s: monoio::net::TcpStream) {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
     loop {
-        let Ok(need) = needed_capacity(&buf) else { return };
+        let Ok(need) = needed_capacity(&buf) else {
+            return;
+        };
         if buf.capacity() < need {
             buf.reserve(need - buf.len());
         }
@@ -100,7 +105,8 @@ pub fn serve_tokio_uring(
     }
     ready(addr, opts);
     for h in hs {
-        h.join().map_err(|_| anyhow!("tokio-uring shard panicked"))??;
+        h.join()
+            .map_err(|_| anyhow!("tokio-uring shard panicked"))??;
     }
     Ok(())
 }
@@ -109,7 +115,9 @@ async fn tokio_uring_conn(s: tokio_uring::net::TcpStream) {
     use tokio_uring::buf::BoundedBuf;
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
     loop {
-        let Ok(need) = needed_capacity(&buf) else { return };
+        let Ok(need) = needed_capacity(&buf) else {
+            return;
+        };
         if buf.capacity() < need {
             buf.reserve(need - buf.len());
         }
