@@ -399,18 +399,18 @@ mod tests {
         m.backend(Backend::Tcp).io_read_size.observe(5000.0);
         m.pq_handshake_result(Backend::Tls, PqLabel::Hybrid, true);
         let families = m.registry().gather();
-        let mut names: Vec<&str> = families.iter().map(|f| f.get_name()).collect();
+        let mut names: Vec<&str> = families.iter().map(|f| f.name()).collect();
         names.sort_unstable();
         let mut want = METRIC_NAMES.to_vec();
         want.sort_unstable();
         assert_eq!(names, want);
 
         let labels = |name: &str| -> Vec<String> {
-            let f = families.iter().find(|f| f.get_name() == name).unwrap();
+            let f = families.iter().find(|f| f.name() == name).unwrap();
             let mut l: Vec<String> = f.get_metric()[0]
                 .get_label()
                 .iter()
-                .map(|l| l.get_name().to_string())
+                .map(|l| l.name().to_string())
                 .collect();
             l.sort();
             l
