@@ -302,11 +302,7 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
     let tls = match (t, &a.ca) {
         (Transport::Tls, Some(ca)) => {
             let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
-            Some(tlsutil::client_config(
-                &pem,
-                tlsutil::Provider::AwsLcRs,
-                true,
-            )?)
+            Some(tlsutil::library_client_config(&pem, true)?)
         }
         (Transport::Tls, None) => {
             bail!("--transport tls needs --ca PEM (the server prints its cert path)")

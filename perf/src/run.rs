@@ -236,6 +236,11 @@ fn describe(row: &Row, errors: u64, first: &Option<String>) -> String {
     if let Some(m) = row.rss_per_conn_bytes {
         s.push_str(&format!(" {m:.0} B/conn"));
     }
+    if let (Some(cli), Some(srv)) = (row.client_cpu_pct, row.server_cpu_pct) {
+        if client_bound(cli, srv) {
+            s.push_str("  CLIENT-BOUND? (client core saturated before the server's)");
+        }
+    }
     if errors > 0 {
         s.push_str(&format!(
             "  ({errors} errors, first: {})",
@@ -243,6 +248,12 @@ fn describe(row: &Row, errors: u64, first: &Option<String>) -> String {
         ));
     }
     s
+}
+
+/// True if a row looks limited by the client rather than the server: the client's cores are
+/// nearly saturated (≥ 90 % per client thread) while the server still had headroom.
+pub fn client_bound(client_pct: f64, server_pct: f64) -> bool {
+    client_pct >= 90.0 && server_pct < client_pct - 10.0
 }
 
 /// Measures the physical limits (each on a pinned thread of its own).
@@ -304,9 +315,8 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
 
     let ss = tlsutil::SelfSigned::generate()?;
     let (cert, key) = ss.write_to(&o.out_dir.join("tls"))?;
-    let tls_cfg = tlsutil::client_config(ss.cert_pem.as_bytes(), tlsutil::Provider::AwsLcRs, true)?;
-    let tls_cold =
-        tlsutil::client_config(ss.cert_pem.as_bytes(), tlsutil::Provider::AwsLcRs, false)?;
+    let tls_cfg = tlsutil::library_client_config(ss.cert_pem.as_bytes(), true)?;
+    let tls_cold = tlsutil::library_client_config(ss.cert_pem.as_bytes(), false)?;
 
     let mut rows = Vec::new();
     for &t in &o.transports {

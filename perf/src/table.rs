@@ -72,8 +72,8 @@ pub fn render(rep: &Report) -> String {
             .join(", "),
         fmt_opt(rep.limits.loopback_tcp_gbps, 2),
     ));
-    s.push_str("| shape | engine | frames/s or hs/s | Gb/s | p50 µs | p95 µs | p99 µs | p99.9 µs | srv CPU µs/frame | srv CPU % | cli CPU % | B/conn | ×tokio | ×best peer | ÷bare | CPU ×tokio | of limit |\n");
-    s.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    s.push_str("| shape | engine | frames/s or hs/s | Gb/s | p50 µs | p95 µs | p99 µs | p99.9 µs | srv CPU µs/frame | srv CPU % | cli CPU % | cli CPU µs/frame | B/conn | ×tokio | ×best peer | ÷bare | CPU ×tokio | of limit |\n");
+    s.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for g in order {
         let rows = &groups[&g];
         let by = |name: &str| rows.iter().find(|r| r.engine == name).copied();
@@ -94,7 +94,7 @@ pub fn render(rep: &Report) -> String {
                 .map(|e| e.role() != Role::Engine)
                 .unwrap_or(false);
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 shape(r),
                 r.engine,
                 fmt_opt(thr(r), 0),
@@ -106,6 +106,13 @@ pub fn render(rep: &Report) -> String {
                 fmt_opt(r.server_cpu_us_per_frame, 2),
                 fmt_opt(r.server_cpu_pct, 0),
                 fmt_opt(r.client_cpu_pct, 0),
+                fmt_opt(
+                    match (r.client_cpu_pct, thr(r)) {
+                        (Some(c), Some(t)) if t > 0.0 => Some(c / 100.0 * 1e6 / t),
+                        _ => None,
+                    },
+                    2
+                ),
                 fmt_opt(r.rss_per_conn_bytes, 0),
                 ratio(thr(r), tokio.and_then(thr)),
                 if is_peer_or_floor { "–".to_owned() } else { ratio(thr(r), best_peer) },
@@ -163,7 +170,7 @@ mod tests {
         let uring = t.lines().find(|l| l.contains("| uring |")).unwrap();
         let cells: Vec<&str> = uring.split('|').map(str::trim).collect();
         // ×tokio, ×best peer (monoio), ÷bare, CPU ×tokio, of limit
-        assert_eq!(&cells[13..18], &["1.50", "1.25", "0.75", "0.67", "0.15"]);
+        assert_eq!(&cells[14..19], &["1.50", "1.25", "0.75", "0.67", "0.15"]);
         let monoio = t.lines().find(|l| l.contains("| monoio |")).unwrap();
         assert!(monoio.contains("| 1.20 | – |"));
         assert!(t.starts_with("commit 0123456789ab"));

@@ -136,6 +136,27 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// The load client's TLS config: ron-transport's own client policy
+/// (`ron_transport::tls::client_config_from_ca_pem`, aws-lc-rs, TLS 1.3 only, `pq.mode = off`),
+/// trusting exactly `ca_pem`. With `resumption` false, every handshake is cold.
+pub fn library_client_config(
+    ca_pem: &[u8],
+    resumption: bool,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let cfg = ron_transport::tls::client_config_from_ca_pem(
+        ca_pem,
+        ron_transport::config::PqMode::Off,
+        &[],
+    )
+    .map_err(|e| anyhow!("client config: {e}"))?;
+    if resumption {
+        return Ok(cfg);
+    }
+    let mut cold = (*cfg).clone();
+    cold.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cold))
+}
+
 /// The server name the rig dials (an IP address SAN of the generated certificate).
 pub fn server_name(addr: std::net::SocketAddr) -> ServerName<'static> {
     ServerName::IpAddress(addr.ip().into())
@@ -152,6 +173,7 @@ mod tests {
             server_config(ss.cert_pem.as_bytes(), ss.key_pem.as_bytes(), p).unwrap();
             client_config(ss.cert_pem.as_bytes(), p, true).unwrap();
         }
+        library_client_config(ss.cert_pem.as_bytes(), false).unwrap();
     }
 
     #[test]
