@@ -24,6 +24,7 @@ pub use metrics::{PqLabel, TransportMetrics};
 pub use readiness::{Readiness, ReadyState, TransportHealth};
 pub mod engine;
 pub mod limits;
+pub mod logging;
 pub mod policy;
 pub mod rate;
 #[cfg(feature = "tls")]

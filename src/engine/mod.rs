@@ -20,6 +20,10 @@
 //! Every timeout counts `rejected_total{reason="timeout"}` once and closes the connection.
 //! After a connection has failed, `recv` returns that error once, then `IoClosed`.
 
+pub mod auto;
+pub mod setup;
+pub mod tokio;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

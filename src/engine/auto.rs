@@ -1,0 +1,235 @@
+//! Engine auto-selection: probe io_uring and pick the uring engine where it works, the tokio
+//! engine otherwise — and say which and why ([`EngineChoice`], one `event="engine_select"` log
+//! line). A working tokio fallback is a healthy engine: readiness stays `Ready`; the choice and
+//! its reason are reported separately, not as `Degraded`.
+//!
+//! [`AutoEngine`] is an enum over concrete engines so the hot path keeps static dispatch:
+//! consumers write their serving code generically over [`Engine`](crate::engine::Engine) and
+//! match once. The uring variant is added when the uring engine lands; until then a successful
+//! probe still selects tokio, with reason [`REASON_URING_NOT_BUILT`].
+
+use std::io;
+
+use crate::engine::setup::EngineSetup;
+use crate::engine::tokio::TokioEngine;
+use crate::engine::EngineKind;
+use crate::error::TransportError;
+
+/// Reason given when io_uring works but no uring engine is compiled in yet.
+pub const REASON_URING_NOT_BUILT: &str = "uring engine not built yet";
+
+/// Why io_uring cannot be used here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UringUnavailable {
+    /// `kernel.io_uring_disabled` is 1 or 2 and `io_uring_setup` was refused.
+    SysctlDisabled {
+        /// The sysctl value read from `/proc/sys/kernel/io_uring_disabled`.
+        value: u8,
+    },
+    /// `EPERM` with the sysctl allowing it: a seccomp profile (container runtime) blocks it.
+    Seccomp,
+    /// `ENOSYS`: the kernel has no io_uring (too old, or built without `CONFIG_IO_URING`), or
+    /// a seccomp filter answers `ENOSYS`.
+    NoSys,
+    /// `ENOMEM`: locked-memory limit (`RLIMIT_MEMLOCK`) too low for the rings on older kernels.
+    NoMem,
+    /// Any other errno.
+    Other {
+        /// The raw errno (0 if none was given).
+        errno: i32,
+    },
+}
+
+impl UringUnavailable {
+    /// Stable snake_case reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SysctlDisabled { .. } => "io_uring_disabled_sysctl",
+            Self::Seccomp => "io_uring_blocked_seccomp",
+            Self::NoSys => "io_uring_enosys",
+            Self::NoMem => "io_uring_enomem",
+            Self::Other { .. } => "io_uring_setup_failed",
+        }
+    }
+}
+
+/// Result of probing io_uring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UringProbe {
+    /// `io_uring_setup` succeeded.
+    Available,
+    /// It failed, classified.
+    Unavailable(UringUnavailable),
+}
+
+/// Classifies an `io_uring_setup` failure from its errno and the
+/// `kernel.io_uring_disabled` sysctl (if readable). Pure: unit-tested without a kernel.
+pub fn classify(errno: Option<i32>, io_uring_disabled: Option<u8>) -> UringUnavailable {
+    match errno {
+        Some(libc::EPERM) | Some(libc::EACCES) => match io_uring_disabled {
+            Some(v) if v > 0 => UringUnavailable::SysctlDisabled { value: v },
+            _ => UringUnavailable::Seccomp,
+        },
+        Some(libc::ENOSYS) => UringUnavailable::NoSys,
+        Some(libc::ENOMEM) => UringUnavailable::NoMem,
+        Some(e) => UringUnavailable::Other { errno: e },
+        None => UringUnavailable::Other { errno: 0 },
+    }
+}
+
+/// Reads `/proc/sys/kernel/io_uring_disabled` (absent on kernels before 6.6).
+pub fn io_uring_disabled_sysctl() -> Option<u8> {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Probes io_uring by creating (and dropping) a two-entry ring.
+pub fn probe_uring() -> UringProbe {
+    match io_uring::IoUring::new(2) {
+        Ok(ring) => {
+            drop(ring);
+            UringProbe::Available
+        }
+        Err(e) => UringProbe::Unavailable(classify_io_error(&e)),
+    }
+}
+
+fn classify_io_error(e: &io::Error) -> UringUnavailable {
+    classify(e.raw_os_error(), io_uring_disabled_sysctl())
+}
+
+/// Which engine auto-selection picked, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineChoice {
+    /// The engine picked.
+    pub kind: EngineKind,
+    /// Stable snake_case reason (`uring_available`, an [`UringUnavailable::as_str`] value, or
+    /// [`REASON_URING_NOT_BUILT`]).
+    pub reason: &'static str,
+    /// The probe outcome behind the choice.
+    pub probe: UringProbe,
+}
+
+impl EngineChoice {
+    /// The choice for a probe outcome, given which engines are compiled in.
+    pub fn decide(probe: UringProbe, uring_built: bool) -> Self {
+        match probe {
+            UringProbe::Available if uring_built => Self {
+                kind: EngineKind::Uring,
+                reason: "uring_available",
+                probe,
+            },
+            UringProbe::Available => Self {
+                kind: EngineKind::Tokio,
+                reason: REASON_URING_NOT_BUILT,
+                probe,
+            },
+            UringProbe::Unavailable(why) => Self {
+                kind: EngineKind::Tokio,
+                reason: why.as_str(),
+                probe,
+            },
+        }
+    }
+}
+
+/// The engine auto-selection built. Match once and run generic code over the concrete engine.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AutoEngine {
+    /// The tokio engine.
+    Tokio(TokioEngine),
+}
+
+impl AutoEngine {
+    /// Probes io_uring, builds the engine it allows, logs the choice and returns both.
+    pub fn build(setup: EngineSetup) -> Result<(Self, EngineChoice), TransportError> {
+        let choice = EngineChoice::decide(probe_uring(), false);
+        tracing::info!(
+            target: "ron_transport",
+            event = "engine_select",
+            engine = choice.kind.as_str(),
+            reason = choice.reason,
+            "engine selected"
+        );
+        // A `match choice.kind` with a uring arm goes here with the uring engine.
+        let engine = Self::Tokio(setup.build_tokio()?);
+        Ok((engine, choice))
+    }
+
+    /// Which engine this is.
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Self::Tokio(_) => EngineKind::Tokio,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            classify(Some(libc::EPERM), Some(2)),
+            UringUnavailable::SysctlDisabled { value: 2 }
+        );
+        assert_eq!(
+            classify(Some(libc::EPERM), Some(1)),
+            UringUnavailable::SysctlDisabled { value: 1 }
+        );
+        assert_eq!(classify(Some(libc::EPERM), Some(0)), UringUnavailable::Seccomp);
+        assert_eq!(classify(Some(libc::EPERM), None), UringUnavailable::Seccomp);
+        assert_eq!(classify(Some(libc::ENOSYS), Some(0)), UringUnavailable::NoSys);
+        assert_eq!(classify(Some(libc::ENOMEM), None), UringUnavailable::NoMem);
+        assert_eq!(
+            classify(Some(libc::EINVAL), None),
+            UringUnavailable::Other {
+                errno: libc::EINVAL
+            }
+        );
+        assert_eq!(classify(None, None).as_str(), "io_uring_setup_failed");
+    }
+
+    #[test]
+    fn decisions() {
+        let c = EngineChoice::decide(UringProbe::Available, false);
+        assert_eq!((c.kind, c.reason), (EngineKind::Tokio, REASON_URING_NOT_BUILT));
+        let c = EngineChoice::decide(UringProbe::Available, true);
+        assert_eq!((c.kind, c.reason), (EngineKind::Uring, "uring_available"));
+        let c = EngineChoice::decide(UringProbe::Unavailable(UringUnavailable::Seccomp), true);
+        assert_eq!(
+            (c.kind, c.reason),
+            (EngineKind::Tokio, "io_uring_blocked_seccomp")
+        );
+    }
+
+    #[test]
+    fn probe_matches_sysctl() {
+        // On this host the probe either works or is explained; it never panics.
+        match probe_uring() {
+            UringProbe::Available => {}
+            UringProbe::Unavailable(why) => {
+                println!("io_uring unavailable here: {}", why.as_str());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn build_picks_tokio_and_stays_ready() {
+        use crate::readiness::{ReadyState, TransportHealth};
+        let setup = EngineSetup::new(
+            crate::config::ValidConfig::defaults(),
+            crate::metrics::TransportMetrics::new(),
+        )
+        .unwrap();
+        let (engine, choice) = AutoEngine::build(setup).unwrap();
+        assert_eq!(engine.kind(), EngineKind::Tokio);
+        assert_eq!(choice.kind, EngineKind::Tokio);
+        let AutoEngine::Tokio(e) = engine;
+        assert_eq!(e.readiness(), ReadyState::Ready);
+    }
+}

@@ -1,0 +1,192 @@
+//! Engine-neutral set-up: turns a validated configuration and a metrics instance into the state
+//! every engine shares — the admission/pacing [`Policy`], the [`Readiness`] publisher, the TLS
+//! server/client configs the config asks for, the backend label and the process-wide
+//! connection-id allocator — bundled as [`EngineShared`].
+//!
+//! It owns no sockets and no runtime: [`EngineSetup::build_tokio`] hands the shared state to the
+//! tokio engine, and the uring engine consumes the same [`EngineShared`]. Tests and the perf rig
+//! inject in-memory TLS configs with [`EngineSetup::with_tls_server`] /
+//! [`EngineSetup::with_tls_client`] instead of files.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio_rustls::rustls::{ClientConfig, ServerConfig};
+
+use crate::config::{Backend, ConfigHandle, ValidConfig};
+use crate::engine::tokio::TokioEngine;
+use crate::error::TransportError;
+use crate::metrics::{PqLabel, TransportMetrics};
+use crate::policy::Policy;
+use crate::readiness::{Readiness, ReadyState};
+
+/// Builder for the state shared by an engine instance.
+#[derive(Debug)]
+pub struct EngineSetup {
+    config: ConfigHandle,
+    metrics: Arc<TransportMetrics>,
+    tls_server: Option<Arc<ServerConfig>>,
+    tls_client: Option<Arc<ClientConfig>>,
+    readiness: Option<Readiness>,
+}
+
+impl EngineSetup {
+    /// Set-up over a fixed validated config. Fails with `Unsupported` for a backend no engine
+    /// here can speak (`arti` needs its own side runtime).
+    pub fn new(cfg: ValidConfig, metrics: Arc<TransportMetrics>) -> Result<Self, TransportError> {
+        Self::from_handle(ConfigHandle::new(cfg), metrics)
+    }
+
+    /// Set-up over a live config handle: timeouts, limits and rates are re-read from its
+    /// current snapshot on every operation, so a reload applies to open connections.
+    pub fn from_handle(
+        config: ConfigHandle,
+        metrics: Arc<TransportMetrics>,
+    ) -> Result<Self, TransportError> {
+        if config.load().backend == Backend::Arti {
+            return Err(TransportError::Unsupported {
+                what: "backend `arti` is served by the arti side runtime, not a socket engine"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            config,
+            metrics,
+            tls_server: None,
+            tls_client: None,
+            readiness: None,
+        })
+    }
+
+    /// Uses `cfg` as the TLS server config instead of loading `tls.cert_path`/`tls.key_path`.
+    pub fn with_tls_server(mut self, cfg: Arc<ServerConfig>) -> Self {
+        self.tls_server = Some(cfg);
+        self
+    }
+
+    /// Uses `cfg` as the TLS client config instead of building one from `tls_client.*`.
+    pub fn with_tls_client(mut self, cfg: Arc<ClientConfig>) -> Self {
+        self.tls_client = Some(cfg);
+        self
+    }
+
+    /// Publishes readiness through `readiness` (e.g. one shared with a consumer's `/readyz`).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// Builds the shared state. For `backend = "tls"`: the server config comes from the
+    /// override or, if `tls.enabled`, from the PEM files (errors are fatal: fail closed); the
+    /// client config comes from the override or `tls_client.*` (an error there only disables
+    /// dialing, reported by `dial`, so a listener-only node does not need a trust store).
+    pub fn build_shared(self) -> Result<Arc<EngineShared>, TransportError> {
+        let cfg = self.config.load();
+        let backend = cfg.backend;
+        let mut tls_server = self.tls_server;
+        let mut tls_client = self.tls_client;
+        let mut tls_client_error = None;
+        if backend == Backend::Tls {
+            if tls_server.is_none() && cfg.tls_enabled {
+                tls_server = Some(load_server_config(&cfg)?);
+            }
+            if tls_client.is_none() {
+                match load_client_config(&cfg) {
+                    Ok(c) => tls_client = Some(c),
+                    Err(e) => {
+                        tracing::warn!(
+                            target: "ron_transport",
+                            event = "setup",
+                            backend = backend.as_str(),
+                            error = %e,
+                            "TLS client config unavailable; dialing is disabled"
+                        );
+                        tls_client_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        let readiness = self
+            .readiness
+            .unwrap_or_else(|| Readiness::new("ron-transport", ReadyState::Ready));
+        readiness.set(ReadyState::Ready);
+        let policy = Policy::new(self.config, self.metrics.clone());
+        Ok(Arc::new(EngineShared {
+            policy,
+            metrics: self.metrics,
+            readiness,
+            backend,
+            pq_mode: if cfg.pq_mode == crate::config::PqMode::Hybrid {
+                PqLabel::Hybrid
+            } else {
+                PqLabel::Off
+            },
+            tls_server,
+            tls_client,
+            tls_client_error,
+        }))
+    }
+
+    /// Builds the shared state and the tokio engine over it.
+    pub fn build_tokio(self) -> Result<TokioEngine, TransportError> {
+        Ok(TokioEngine::new(self.build_shared()?))
+    }
+}
+
+/// The state one engine instance shares between its listeners, dialers and connections.
+#[derive(Debug)]
+pub struct EngineShared {
+    /// Admission (caps) and pacing (token buckets); also the live config snapshot.
+    pub policy: Arc<Policy>,
+    /// The metrics instance every event is counted in.
+    pub metrics: Arc<TransportMetrics>,
+    /// The readiness publisher.
+    pub readiness: Readiness,
+    /// The backend label this engine speaks.
+    pub backend: Backend,
+    /// The configured key-exchange posture (the `mode` of a failed `pq_handshake_total`).
+    pub pq_mode: PqLabel,
+    /// TLS server config (listeners), when the backend is TLS and one is configured.
+    pub tls_server: Option<Arc<ServerConfig>>,
+    /// TLS client config (dialers), when the backend is TLS and one could be built.
+    pub tls_client: Option<Arc<ClientConfig>>,
+    /// Why `tls_client` is missing, if building it failed.
+    pub tls_client_error: Option<String>,
+}
+
+impl EngineShared {
+    /// The current config snapshot.
+    pub fn config(&self) -> Arc<ValidConfig> {
+        self.policy.config()
+    }
+
+    /// A new process-unique connection id (never 0).
+    pub fn next_conn_id(&self) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(feature = "tls")]
+fn load_server_config(cfg: &ValidConfig) -> Result<Arc<ServerConfig>, TransportError> {
+    crate::tls::server_config(cfg)
+}
+
+#[cfg(feature = "tls")]
+fn load_client_config(cfg: &ValidConfig) -> Result<Arc<ClientConfig>, TransportError> {
+    crate::tls::client_config(cfg)
+}
+
+#[cfg(not(feature = "tls"))]
+fn load_server_config(_cfg: &ValidConfig) -> Result<Arc<ServerConfig>, TransportError> {
+    Err(TransportError::Unsupported {
+        what: "backend `tls` needs the `tls` feature".into(),
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn load_client_config(_cfg: &ValidConfig) -> Result<Arc<ClientConfig>, TransportError> {
+    Err(TransportError::Unsupported {
+        what: "backend `tls` needs the `tls` feature".into(),
+    })
+}

@@ -1,0 +1,322 @@
+//! The tokio listener: accept, admit (caps and rate state) *before* any TLS handshake or buffer,
+//! then hand out the connection. TLS handshakes run concurrently as tracked tasks (bounded by
+//! `read_timeout`, and in number by the connection cap they already hold), so one slow client
+//! cannot stall `accept` for everybody else.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Backend;
+use crate::engine::tokio::conn::TokioConn;
+use crate::engine::tokio::stream::Stream;
+use crate::engine::tokio::{pq_label, EngineInner};
+use crate::engine::{ConnInfo, EngineKind, Listener};
+use crate::error::{RejectReason, TimeoutOp, TransportError};
+use crate::metrics::PqLabel;
+use crate::policy::ConnPermit;
+use crate::readiness::ReadyState;
+
+/// A bound tokio listener.
+pub struct TokioListener {
+    inner: Arc<EngineInner>,
+    tcp: TcpListener,
+    local: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    /// TLS handshakes in flight; each yields a ready connection or `None` (already counted).
+    handshakes: JoinSet<Option<TokioConn>>,
+}
+
+impl std::fmt::Debug for TokioListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokioListener")
+            .field("local", &self.local)
+            .field("tls", &self.acceptor.is_some())
+            .field("handshakes", &self.handshakes.len())
+            .finish()
+    }
+}
+
+impl TokioListener {
+    pub(crate) async fn bind(
+        inner: Arc<EngineInner>,
+        addr: SocketAddr,
+    ) -> Result<Self, TransportError> {
+        let shared = &inner.shared;
+        if inner.shutdown.is_cancelled() {
+            return Err(TransportError::Cancelled);
+        }
+        let acceptor = match shared.backend {
+            Backend::Tcp => None,
+            Backend::Tls => match &shared.tls_server {
+                Some(cfg) => Some(TlsAcceptor::from(cfg.clone())),
+                None => {
+                    shared.readiness.set(ReadyState::NotReady {
+                        reason: "tls_config_missing",
+                    });
+                    return Err(TransportError::Unsupported {
+                        what: "tls listener needs tls.enabled with cert/key paths, or \
+                               EngineSetup::with_tls_server"
+                            .into(),
+                    });
+                }
+            },
+            Backend::Arti => {
+                return Err(TransportError::Unsupported {
+                    what: "the tokio engine does not speak arti".into(),
+                })
+            }
+        };
+        let tcp = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                shared.readiness.set(ReadyState::NotReady {
+                    reason: "bind_failed",
+                });
+                return Err(TransportError::Io(e));
+            }
+        };
+        let local = tcp.local_addr()?;
+        tracing::info!(
+            target: "ron_transport",
+            event = "listen",
+            backend = shared.backend.as_str(),
+            local_addr = %local,
+            "listening"
+        );
+        Ok(Self {
+            inner,
+            tcp,
+            local,
+            acceptor,
+            handshakes: JoinSet::new(),
+        })
+    }
+
+    /// Admits one accepted socket. `None`: refused (counted, logged, socket closed).
+    fn admit(&self, peer: SocketAddr) -> Option<ConnPermit> {
+        let shared = &self.inner.shared;
+        match shared.policy.admit(peer.ip()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::info!(
+                    target: "ron_transport",
+                    event = "reject",
+                    reason = e.reject_reason().map(RejectReason::as_str),
+                    backend = shared.backend.as_str(),
+                    peer_addr = %peer,
+                    "connection refused at accept"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Listener for TokioListener {
+    type Conn = TokioConn;
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    async fn accept(&mut self) -> Result<TokioConn, TransportError> {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = self.inner.shutdown.cancelled() => {
+                    self.handshakes.abort_all();
+                    return Err(TransportError::Cancelled);
+                }
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    match done {
+                        Ok(Some(conn)) => return Ok(conn),
+                        Ok(None) => continue,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => continue,
+                    }
+                }
+                r = self.tcp.accept() => r,
+            };
+            let (sock, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => match e.kind() {
+                    io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::Interrupted => continue,
+                    _ if is_fd_exhaustion(&e) => {
+                        // EMFILE/ENFILE: back off instead of spinning on the ready listener.
+                        tracing::warn!(target: "ron_transport", event = "accept", error = %e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    _ => return Err(TransportError::Io(e)),
+                },
+            };
+            let started = Instant::now();
+            // Caps and rate state first: a refused peer costs no handshake and no buffer.
+            let Some(permit) = self.admit(peer) else {
+                drop(sock);
+                continue;
+            };
+            let shared = &self.inner.shared;
+            shared.metrics.backend(shared.backend).accepts.inc();
+            if let Err(e) = sock.set_nodelay(true) {
+                tracing::debug!(target: "ron_transport", event = "accept", error = %e);
+                continue;
+            }
+            let local = match sock.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            match &self.acceptor {
+                None => {
+                    let info = ConnInfo {
+                        conn_id: shared.next_conn_id(),
+                        peer_addr: peer,
+                        local_addr: local,
+                        backend: Backend::Tcp,
+                        engine: EngineKind::Tokio,
+                        alpn: None,
+                        pq: PqLabel::Off,
+                        resumed: false,
+                    };
+                    shared
+                        .metrics
+                        .backend(Backend::Tcp)
+                        .handshake(PqLabel::Off)
+                        .observe(started.elapsed().as_secs_f64());
+                    log_accept(&info, started);
+                    return Ok(self
+                        .inner
+                        .make_conn(Stream::Tcp(sock), permit, info, None));
+                }
+                Some(acceptor) => {
+                    let task = tls_accept(
+                        self.inner.clone(),
+                        acceptor.clone(),
+                        sock,
+                        peer,
+                        local,
+                        permit,
+                        started,
+                    );
+                    self.handshakes.spawn(self.inner.tasks.track_future(task));
+                }
+            }
+        }
+    }
+}
+
+/// Server-side TLS handshake, bounded by `read_timeout` (slow-loris protection).
+async fn tls_accept(
+    inner: Arc<EngineInner>,
+    acceptor: TlsAcceptor,
+    sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    permit: ConnPermit,
+    started: Instant,
+) -> Option<TokioConn> {
+    let shared = &inner.shared;
+    let backend = shared.backend;
+    let bound = shared.config().read_timeout;
+    let result = tokio::select! {
+        biased;
+        _ = inner.shutdown.cancelled() => Err(TransportError::Cancelled),
+        r = tokio::time::timeout(bound, acceptor.accept(sock)) => match r {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(TransportError::Tls { detail: e.to_string() }),
+            Err(_) => Err(TransportError::timeout(TimeoutOp::Handshake)),
+        },
+    };
+    let bm = shared.metrics.backend(backend);
+    match result {
+        Ok(tls) => {
+            let (_, session) = tls.get_ref();
+            let pq = pq_label(session);
+            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            let resumed =
+                session.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+            bm.handshake(pq).observe(started.elapsed().as_secs_f64());
+            shared.metrics.pq_handshake_result(backend, pq, true);
+            let info = ConnInfo {
+                conn_id: shared.next_conn_id(),
+                peer_addr: peer,
+                local_addr: local,
+                backend,
+                engine: EngineKind::Tokio,
+                alpn,
+                pq,
+                resumed,
+            };
+            log_accept(&info, started);
+            let stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+            Some(inner.make_conn(stream, permit, info, None))
+        }
+        Err(e) => {
+            if let TransportError::Tls { .. } = e {
+                bm.tls_failures.inc();
+                shared
+                    .metrics
+                    .pq_handshake_result(backend, shared.pq_mode, false);
+            }
+            if let Some(reason) = e.reject_reason() {
+                shared.metrics.reject(reason);
+            }
+            tracing::info!(
+                target: "ron_transport",
+                event = if e.reject_reason().is_some() { "reject" } else { "handshake" },
+                reason = e.reject_reason().map(RejectReason::as_str),
+                backend = backend.as_str(),
+                peer_addr = %peer,
+                duration_ms = started.elapsed().as_millis() as u64,
+                error = %e,
+                "handshake failed"
+            );
+            drop(permit);
+            None
+        }
+    }
+}
+
+fn log_accept(info: &ConnInfo, started: Instant) {
+    if info.backend == Backend::Tls {
+        log_handshake(info, started, None);
+    }
+    tracing::info!(
+        target: "ron_transport",
+        event = "accept",
+        conn_id = %format_args!("{:016x}", info.conn_id),
+        backend = info.backend.as_str(),
+        peer_addr = %info.peer_addr,
+        pq = info.pq.as_str(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "accepted"
+    );
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// One `event="handshake"` line for a finished TLS handshake.
+pub(crate) fn log_handshake(info: &ConnInfo, started: Instant, corr_id: Option<&str>) {
+    tracing::info!(
+        target: "ron_transport",
+        event = "handshake",
+        conn_id = %format_args!("{:016x}", info.conn_id),
+        corr_id,
+        backend = info.backend.as_str(),
+        peer_addr = %info.peer_addr,
+        pq = info.pq.as_str(),
+        resumed = info.resumed,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "tls handshake done"
+    );
+}

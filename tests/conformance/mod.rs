@@ -1,0 +1,87 @@
+//! The engine conformance suite (spec/IDB P-4, P-6): one set of cases every engine must pass
+//! unchanged — same limits, timeouts, metrics and reason strings.
+//!
+//! An engine's test file implements [`EngineUnderTest`] and invokes [`conformance_suite!`]:
+//!
+//! ```ignore
+//! mod util;
+//! #[macro_use]
+//! mod conformance;
+//!
+//! struct UringUnderTest;
+//! impl conformance::EngineUnderTest for UringUnderTest { /* build, live_tasks */ }
+//! conformance_suite!(UringUnderTest);
+//! ```
+//!
+//! which generates one `#[test]` per case per tokio scheduler (`current_thread` and
+//! `multi_thread`). Cases talk to the engine only through the adapter traits, plus raw loopback
+//! sockets where a misbehaving peer is needed.
+
+#![allow(dead_code)]
+
+pub mod cases;
+
+use std::sync::Arc;
+
+use ron_transport::{Engine, TransportMetrics, ValidConfig};
+
+pub use crate::util::tls::TlsFixture;
+
+/// How the suite builds the engine under test.
+pub trait EngineUnderTest: 'static {
+    /// The engine type.
+    type E: Engine;
+
+    /// Builds an engine from `cfg` (its backend decides TCP or TLS), counting into `metrics`.
+    /// For TLS, `tls` carries the server and client configs to use instead of files.
+    fn build(cfg: ValidConfig, tls: Option<TlsFixture>, metrics: Arc<TransportMetrics>)
+        -> Self::E;
+
+    /// Per-connection tasks (readers, writers, handshakes) the engine still runs.
+    fn live_tasks(engine: &Self::E) -> usize;
+}
+
+/// Generates every conformance case for `$eut` on both tokio schedulers.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($eut:ty) => {
+        $crate::conformance_suite!(@sched $eut, current_thread, run_current_thread);
+        $crate::conformance_suite!(@sched $eut, multi_thread, run_multi_thread);
+    };
+    (@sched $eut:ty, $module:ident, $runner:ident) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@cases $eut, $runner;
+                echo_tcp,
+                echo_tls,
+                frame_ceiling,
+                read_timeout,
+                write_timeout,
+                idle_timeout,
+                dial_timeout,
+                max_conns_tcp,
+                max_conns_tls,
+                per_peer_cap,
+                egress_rate,
+                tls_wrong_ca,
+                tls_handshake_timeout,
+                pq_hybrid,
+                busy_when_inbox_full,
+                cancel_quiesces,
+                graceful_close_tcp,
+                graceful_close_tls,
+                metrics_smoke,
+                shutdown_drains_and_aborts,
+            );
+        }
+    };
+    (@cases $eut:ty, $runner:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::util::$runner($crate::conformance::cases::$case::<$eut>());
+            }
+        )*
+    };
+}

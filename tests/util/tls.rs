@@ -1,0 +1,76 @@
+//! In-memory TLS fixtures: rcgen self-signed certificates for `localhost` and `127.0.0.1`, and
+//! the rustls configs built from them through `ron_transport::tls`.
+
+use std::sync::Arc;
+
+use ron_transport::rustls::{ClientConfig, ServerConfig};
+use ron_transport::PqMode;
+
+/// A server config and a client config for one test.
+#[derive(Clone, Debug)]
+pub struct TlsFixture {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+struct Cert {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn self_signed() -> Cert {
+    let ck = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ])
+    .expect("rcgen self-signed certificate");
+    Cert {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.key_pair.serialize_pem(),
+    }
+}
+
+fn server_config(c: &Cert, pq: PqMode) -> Arc<ServerConfig> {
+    ron_transport::tls::server_config_from_pem(
+        c.cert_pem.as_bytes(),
+        zeroize::Zeroizing::new(c.key_pem.as_bytes().to_vec()),
+        pq,
+        &[],
+    )
+    .expect("server config from rcgen PEM")
+}
+
+fn client_config(trusted: &Cert, pq: PqMode) -> Arc<ClientConfig> {
+    ron_transport::tls::client_config_from_ca_pem(trusted.cert_pem.as_bytes(), pq, &[])
+        .expect("client config from rcgen PEM")
+}
+
+impl TlsFixture {
+    /// Server and client that trust each other, both with `pq`.
+    pub fn new(pq: PqMode) -> Self {
+        let c = self_signed();
+        Self {
+            server: server_config(&c, pq),
+            client: client_config(&c, pq),
+        }
+    }
+
+    /// Server and client with the given modes each.
+    pub fn with_modes(server_pq: PqMode, client_pq: PqMode) -> Self {
+        let c = self_signed();
+        Self {
+            server: server_config(&c, server_pq),
+            client: client_config(&c, client_pq),
+        }
+    }
+
+    /// A client that trusts a *different* self-signed CA than the server's certificate.
+    pub fn wrong_ca() -> Self {
+        let server_cert = self_signed();
+        let other = self_signed();
+        Self {
+            server: server_config(&server_cert, PqMode::Off),
+            client: client_config(&other, PqMode::Off),
+        }
+    }
+}
