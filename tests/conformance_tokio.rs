@@ -17,10 +17,16 @@ struct TokioUnderTest;
 impl EngineUnderTest for TokioUnderTest {
     type E = TokioEngine;
 
-    fn build(cfg: ValidConfig, tls: Option<TlsFixture>, metrics: Arc<TransportMetrics>) -> TokioEngine {
+    fn build(
+        cfg: ValidConfig,
+        tls: Option<TlsFixture>,
+        metrics: Arc<TransportMetrics>,
+    ) -> TokioEngine {
         let mut setup = EngineSetup::new(cfg, metrics).expect("setup");
         if let Some(tls) = tls {
-            setup = setup.with_tls_server(tls.server).with_tls_client(tls.client);
+            setup = setup
+                .with_tls_server(tls.server)
+                .with_tls_client(tls.client);
         }
         setup.build_tokio().expect("tokio engine")
     }

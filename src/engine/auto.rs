@@ -181,9 +181,15 @@ mod tests {
             classify(Some(libc::EPERM), Some(1)),
             UringUnavailable::SysctlDisabled { value: 1 }
         );
-        assert_eq!(classify(Some(libc::EPERM), Some(0)), UringUnavailable::Seccomp);
+        assert_eq!(
+            classify(Some(libc::EPERM), Some(0)),
+            UringUnavailable::Seccomp
+        );
         assert_eq!(classify(Some(libc::EPERM), None), UringUnavailable::Seccomp);
-        assert_eq!(classify(Some(libc::ENOSYS), Some(0)), UringUnavailable::NoSys);
+        assert_eq!(
+            classify(Some(libc::ENOSYS), Some(0)),
+            UringUnavailable::NoSys
+        );
         assert_eq!(classify(Some(libc::ENOMEM), None), UringUnavailable::NoMem);
         assert_eq!(
             classify(Some(libc::EINVAL), None),
@@ -197,7 +203,10 @@ mod tests {
     #[test]
     fn decisions() {
         let c = EngineChoice::decide(UringProbe::Available, false);
-        assert_eq!((c.kind, c.reason), (EngineKind::Tokio, REASON_URING_NOT_BUILT));
+        assert_eq!(
+            (c.kind, c.reason),
+            (EngineKind::Tokio, REASON_URING_NOT_BUILT)
+        );
         let c = EngineChoice::decide(UringProbe::Available, true);
         assert_eq!((c.kind, c.reason), (EngineKind::Uring, "uring_available"));
         let c = EngineChoice::decide(UringProbe::Unavailable(UringUnavailable::Seccomp), true);

@@ -155,7 +155,21 @@ async fn echo<T: EngineUnderTest>(backend: Backend) {
 
     // Various sizes, one at a time (including 0, header-boundary and the 1 MiB ceiling).
     let sizes = [
-        0usize, 1, 3, 4, 5, 100, 4095, 4096, 4097, 16384, 65535, 65536, 65537, 300_000, 1 << 20,
+        0usize,
+        1,
+        3,
+        4,
+        5,
+        100,
+        4095,
+        4096,
+        4097,
+        16384,
+        65535,
+        65536,
+        65537,
+        300_000,
+        1 << 20,
     ];
     let mut wire = 0u64;
     for (i, &n) in sizes.iter().enumerate() {
@@ -264,13 +278,13 @@ pub async fn frame_ceiling<T: EngineUnderTest>() {
         "{err:?}"
     );
     assert_eq!(err.reject_reason(), Some(RejectReason::TooLarge));
-    assert_eq!(rejected(&server.metrics, RejectReason::TooLarge), before + 1);
+    assert_eq!(
+        rejected(&server.metrics, RejectReason::TooLarge),
+        before + 1
+    );
     // After the error: IoClosed.
     let again = within("recv after failure", SLACK, srv.recv()).await;
-    assert!(
-        matches!(again, Err(TransportError::IoClosed)),
-        "{again:?}"
-    );
+    assert!(matches!(again, Err(TransportError::IoClosed)), "{again:?}");
     // The peer sees the connection end (EOF or reset), never a frame.
     match within("peer sees close", SLACK, conn.recv()).await {
         Ok(None) | Err(_) => {}
@@ -280,7 +294,10 @@ pub async fn frame_ceiling<T: EngineUnderTest>() {
         snap(&server.metrics, Backend::Tcp).inflight == 0
     })
     .await;
-    assert_eq!(rejected(&server.metrics, RejectReason::TooLarge), before + 1);
+    assert_eq!(
+        rejected(&server.metrics, RejectReason::TooLarge),
+        before + 1
+    );
     drop(srv);
 }
 
@@ -365,7 +382,11 @@ pub async fn write_timeout<T: EngineUnderTest>() {
         snap(&server.metrics, Backend::Tcp).inflight == 0
     })
     .await;
-    assert_eq!(inbox_depth(&server.metrics), 0, "dropped frames leave the gauge");
+    assert_eq!(
+        inbox_depth(&server.metrics),
+        0,
+        "dropped frames leave the gauge"
+    );
 }
 
 pub async fn idle_timeout<T: EngineUnderTest>() {
@@ -403,7 +424,8 @@ pub async fn dial_timeout<T: EngineUnderTest>() {
     use socket2::{Domain, Socket, Type};
     // A listener with backlog 0 that never accepts: once its queue is full, SYNs are dropped.
     let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
     l.listen(0).unwrap();
     let addr = l.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -432,7 +454,10 @@ pub async fn dial_timeout<T: EngineUnderTest>() {
         corr_id: Some("dial-timeout-test".into()),
         ..DialOptions::default()
     };
-    let err = expect_err(within("dial", SLACK, client.engine.dial(addr, opts)).await, "dial");
+    let err = expect_err(
+        within("dial", SLACK, client.engine.dial(addr, opts)).await,
+        "dial",
+    );
     let took = start.elapsed();
     println!("dial timeout after {took:?} (deadline 300ms)");
     assert_timeout(&err, TimeoutOp::Dial);
@@ -456,7 +481,11 @@ async fn max_conns<T: EngineUnderTest>(backend: Backend) {
     let addr = listener.local_addr();
     let (mut accepted, acceptor) = spawn_acceptor(listener);
 
-    let a = client.engine.dial(addr, dial_opts()).await.expect("first dial");
+    let a = client
+        .engine
+        .dial(addr, dial_opts())
+        .await
+        .expect("first dial");
     let a_srv = within("accept A", SLACK, accepted.recv()).await.unwrap();
     let before = snap(&server.metrics, backend);
     assert_eq!(before.accepts, 1);
@@ -476,7 +505,10 @@ async fn max_conns<T: EngineUnderTest>(backend: Backend) {
     })
     .await;
     let after = snap(&server.metrics, backend);
-    assert_eq!(after.accepts, 1, "refused peer is not an accepted connection");
+    assert_eq!(
+        after.accepts, 1,
+        "refused peer is not an accepted connection"
+    );
     assert_eq!(
         after.hs_off + after.hs_hybrid,
         handshakes_before,
@@ -484,7 +516,10 @@ async fn max_conns<T: EngineUnderTest>(backend: Backend) {
     );
     assert_eq!(after.tls_failures, 0);
     assert_eq!(rejected(&server.metrics, RejectReason::Tls), 0);
-    assert!(accepted.try_recv().is_err(), "refused peer never reaches accept");
+    assert!(
+        accepted.try_recv().is_err(),
+        "refused peer never reaches accept"
+    );
 
     // Releasing A frees the slot.
     drop(a_srv);
@@ -493,7 +528,11 @@ async fn max_conns<T: EngineUnderTest>(backend: Backend) {
         snap(&server.metrics, backend).inflight == 0
     })
     .await;
-    let c = client.engine.dial(addr, dial_opts()).await.expect("dial after release");
+    let c = client
+        .engine
+        .dial(addr, dial_opts())
+        .await
+        .expect("dial after release");
     let _c_srv = within("accept C", SLACK, accepted.recv()).await.unwrap();
     assert_eq!(snap(&server.metrics, backend).accepts, 2);
     drop(c);
@@ -630,7 +669,10 @@ pub async fn tls_wrong_ca<T: EngineUnderTest>() {
     assert_eq!(c.tls_failures, 1);
     assert_eq!(c.hs_off + c.hs_hybrid, 0);
     assert_eq!(rejected(&client.metrics, RejectReason::Tls), 1);
-    assert_eq!(pq_handshakes(&client.metrics, Backend::Tls, "off", "fail"), 1);
+    assert_eq!(
+        pq_handshakes(&client.metrics, Backend::Tls, "off", "fail"),
+        1
+    );
 
     // The server sees the client's alert as a failed handshake too.
     wait_until("server counts the failure", SLACK, || {
@@ -669,7 +711,10 @@ pub async fn tls_handshake_timeout<T: EngineUnderTest>() {
     .await;
     let s = snap(&server.metrics, Backend::Tls);
     assert_eq!(s.accepts, 1);
-    assert_eq!(s.tls_failures, 0, "a stalled handshake is a timeout, not a TLS failure");
+    assert_eq!(
+        s.tls_failures, 0,
+        "a stalled handshake is a timeout, not a TLS failure"
+    );
     assert_eq!(s.hs_off + s.hs_hybrid, 0);
     assert_eq!(s.inflight, 0);
     echo_task.abort();
@@ -699,12 +744,24 @@ pub async fn pq_hybrid<T: EngineUnderTest>() {
     assert_eq!(recv_frame(&mut conn).await, payload(1000, 2));
     let s = snap(&server.metrics, Backend::Tls);
     let c = snap(&client.metrics, Backend::Tls);
-    assert_eq!((s.hs_hybrid, s.hs_off), (1, 0), "server histogram pq=hybrid");
-    assert_eq!((c.hs_hybrid, c.hs_off), (1, 0), "client histogram pq=hybrid");
-    assert_eq!(pq_handshakes(&server.metrics, Backend::Tls, "hybrid", "ok"), 1);
-    assert!(server.metrics.render().contains(
-        "handshake_latency_seconds_count{backend=\"tls\",pq=\"hybrid\"} 1"
-    ));
+    assert_eq!(
+        (s.hs_hybrid, s.hs_off),
+        (1, 0),
+        "server histogram pq=hybrid"
+    );
+    assert_eq!(
+        (c.hs_hybrid, c.hs_off),
+        (1, 0),
+        "client histogram pq=hybrid"
+    );
+    assert_eq!(
+        pq_handshakes(&server.metrics, Backend::Tls, "hybrid", "ok"),
+        1
+    );
+    assert!(server
+        .metrics
+        .render()
+        .contains("handshake_latency_seconds_count{backend=\"tls\",pq=\"hybrid\"} 1"));
 
     // Only the server asks: classical fallback, labelled off.
     let fx = TlsFixture::with_modes(PqMode::Hybrid, PqMode::Off);
@@ -833,7 +890,11 @@ async fn graceful_close<T: EngineUnderTest>(backend: Backend) {
     }
     let closing = tokio::spawn(async move { srv.close().await });
     for i in 0..FRAMES {
-        assert_eq!(recv_frame(&mut conn).await, payload(1024 + i, i as u8), "frame {i}");
+        assert_eq!(
+            recv_frame(&mut conn).await,
+            payload(1024 + i, i as u8),
+            "frame {i}"
+        );
     }
     let end = within("EOF after the last frame", SLACK, conn.recv()).await;
     assert!(matches!(end, Ok(None)), "{end:?}");
@@ -874,7 +935,10 @@ pub async fn metrics_smoke<T: EngineUnderTest>() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let err = expect_err(client.engine.dial(closed, dial_opts()).await, "dial a closed port");
+    let err = expect_err(
+        client.engine.dial(closed, dial_opts()).await,
+        "dial a closed port",
+    );
     assert_eq!(err.kind(), "io");
 
     let mut conn = client.engine.dial(addr, dial_opts()).await.unwrap();
@@ -950,7 +1014,10 @@ pub async fn shutdown_drains_and_aborts<T: EngineUnderTest>() {
         within("EOF", SLACK, healthy.recv()).await,
         Ok(None)
     ));
-    wait_until("no tasks left", SLACK, || T::live_tasks(&server.engine) == 0).await;
+    wait_until("no tasks left", SLACK, || {
+        T::live_tasks(&server.engine) == 0
+    })
+    .await;
     within("accept loop ends", SLACK, acceptor).await.unwrap();
     assert!(server.engine.dial(addr, dial_opts()).await.is_err());
     drop((h_srv, stuck));

@@ -34,8 +34,7 @@ pub trait EngineUnderTest: 'static {
 
     /// Builds an engine from `cfg` (its backend decides TCP or TLS), counting into `metrics`.
     /// For TLS, `tls` carries the server and client configs to use instead of files.
-    fn build(cfg: ValidConfig, tls: Option<TlsFixture>, metrics: Arc<TransportMetrics>)
-        -> Self::E;
+    fn build(cfg: ValidConfig, tls: Option<TlsFixture>, metrics: Arc<TransportMetrics>) -> Self::E;
 
     /// Per-connection tasks (readers, writers, handshakes) the engine still runs.
     fn live_tasks(engine: &Self::E) -> usize;

@@ -19,11 +19,9 @@ struct Cert {
 }
 
 fn self_signed() -> Cert {
-    let ck = rcgen::generate_simple_self_signed(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-    ])
-    .expect("rcgen self-signed certificate");
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("rcgen self-signed certificate");
     Cert {
         cert_pem: ck.cert.pem(),
         key_pem: ck.key_pair.serialize_pem(),

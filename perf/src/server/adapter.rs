@@ -3,14 +3,16 @@
 //! exactly what a consumer of the library gets, limits and metrics included.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use ron_transport::config::{Backend, Config, ValidConfig};
+use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::{Conn, Engine, Listener};
+use ron_transport::metrics::TransportMetrics;
 
-use super::ServeOpts;
+use super::{ServeOpts, Transport};
 
-// Used by `serve_tokio` / `serve_uring` once the engines are on main.
-#[allow(dead_code)]
 /// Accepts forever and echoes every frame back on the same connection.
 pub async fn serve_adapter<E: Engine>(
     engine: &E,
@@ -40,7 +42,7 @@ pub async fn serve_adapter<E: Engine>(
 
 /// Whether ron-transport's tokio engine is in this build.
 pub fn tokio_available() -> Result<(), String> {
-    Err("ron-transport's tokio engine is not on main yet".to_owned())
+    Ok(())
 }
 
 /// Whether ron-transport's uring engine is in this build.
@@ -48,11 +50,41 @@ pub fn uring_available() -> Result<(), String> {
     Err("ron-transport's uring engine is not on main yet".to_owned())
 }
 
-/// Serves with the tokio engine.
+/// The engine configuration the rig serves with: the library defaults, except caps and
+/// timeouts opened wide enough for the idle scenario (10,000 connections held for minutes);
+/// TLS from the PEM files through the library's own loader (0600 check included).
+pub fn serve_config(opts: &ServeOpts) -> anyhow::Result<ValidConfig> {
+    let mut c = Config::default();
+    c.bind_addr = Some(opts.listen);
+    c.max_conns = 1_000_000;
+    c.idle_timeout = Duration::from_secs(3600);
+    c.read_timeout = Duration::from_secs(60);
+    c.write_timeout = Duration::from_secs(60);
+    if opts.transport == Transport::Tls {
+        c.backend = Backend::Tls;
+        c.tls_enabled = true;
+        c.tls_cert_path = opts.cert.clone();
+        c.tls_key_path = opts.key.clone();
+    } else {
+        c.backend = Backend::Tcp;
+    }
+    c.validate().map_err(|e| anyhow!("config: {e}"))
+}
+
+/// Serves with the tokio engine on a multi-thread runtime with one worker per shard (all
+/// pinned to the server cores by `serve`).
 pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
-    let _ = (opts, ready);
-    tokio_available().map_err(|e| anyhow!(e))?;
-    bail!("unreachable: tokio engine unavailable")
+    let cfg = serve_config(opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.shards.max(1))
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let engine = EngineSetup::new(cfg, TransportMetrics::new())
+            .and_then(|s| s.build_tokio())
+            .map_err(|e| anyhow!("tokio engine: {e}"))?;
+        serve_adapter(&engine, opts, ready).await
+    })
 }
 
 /// Serves with the uring engine.

@@ -213,7 +213,9 @@ impl TokioSender {
         }
         let max = self.core.policy.config().max_frame_bytes;
         if frame.len() as u64 > max {
-            self.core.metrics.reject(crate::error::RejectReason::TooLarge);
+            self.core
+                .metrics
+                .reject(crate::error::RejectReason::TooLarge);
             return Err(TransportError::TooLarge {
                 len: frame.len() as u64,
                 max,
@@ -346,7 +348,10 @@ impl TokioConn {
 
     /// Drops the read half (and its share of the connection).
     fn drop_reader(&mut self) {
-        *self.reader.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .reader
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Reports the terminal error once, then `IoClosed`.
@@ -365,7 +370,10 @@ impl TokioConn {
     async fn recv_inner(&mut self) -> Result<Option<Bytes>, TransportError> {
         let core = self.sender.core.clone();
         let step = {
-            let reader = self.reader.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let reader = self
+                .reader
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
             match reader.as_mut() {
                 Some(st) => next_frame(st, &core).await,
                 None => Step::Failed(core.closed_error()),

@@ -192,9 +192,7 @@ impl Listener for TokioListener {
                         .handshake(PqLabel::Off)
                         .observe(started.elapsed().as_secs_f64());
                     log_accept(&info, started);
-                    return Ok(self
-                        .inner
-                        .make_conn(Stream::Tcp(sock), permit, info, None));
+                    return Ok(self.inner.make_conn(Stream::Tcp(sock), permit, info, None));
                 }
                 Some(acceptor) => {
                     let task = tls_accept(
@@ -302,7 +300,10 @@ fn log_accept(info: &ConnInfo, started: Instant) {
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// One `event="handshake"` line for a finished TLS handshake.

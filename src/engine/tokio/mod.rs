@@ -205,33 +205,34 @@ impl TokioEngine {
         };
         // Outbound connections count against the same caps as inbound ones.
         let permit = shared.policy.admit(addr.ip())?;
-        let established = async {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let local = tcp.local_addr()?;
-            match connector {
-                None => Ok::<_, TransportError>((Stream::Tcp(tcp), local, None, PqLabel::Off)),
-                Some(connector) => {
-                    let name = server_name(opts, shared, addr)?;
-                    let tls = connector.connect(name, tcp).await.map_err(|e| {
-                        TransportError::Tls {
-                            detail: e.to_string(),
-                        }
-                    })?;
-                    let (_, session) = tls.get_ref();
-                    let pq = pq_label(session);
-                    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-                    let resumed = session.handshake_kind()
-                        == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
-                    Ok((
-                        Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))),
-                        local,
-                        Some((alpn, resumed)),
-                        pq,
-                    ))
+        let established =
+            async {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let local = tcp.local_addr()?;
+                match connector {
+                    None => Ok::<_, TransportError>((Stream::Tcp(tcp), local, None, PqLabel::Off)),
+                    Some(connector) => {
+                        let name = server_name(opts, shared, addr)?;
+                        let tls = connector.connect(name, tcp).await.map_err(|e| {
+                            TransportError::Tls {
+                                detail: e.to_string(),
+                            }
+                        })?;
+                        let (_, session) = tls.get_ref();
+                        let pq = pq_label(session);
+                        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+                        let resumed = session.handshake_kind()
+                            == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+                        Ok((
+                            Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))),
+                            local,
+                            Some((alpn, resumed)),
+                            pq,
+                        ))
+                    }
                 }
-            }
-        };
+            };
         let (stream, local, tls_facts, pq) = tokio::select! {
             biased;
             _ = inner.shutdown.cancelled() => return Err(TransportError::Cancelled),

@@ -101,11 +101,7 @@ pub(crate) async fn run(live: Arc<Live>, mut wr: WriteHalf, mut rx: mpsc::Receiv
     drop(live);
 }
 
-async fn write_loop(
-    live: &Live,
-    wr: &mut WriteHalf,
-    rx: &mut mpsc::Receiver<Bytes>,
-) -> Exit {
+async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Bytes>) -> Exit {
     let core = &live.core;
     let mut draining = false;
     let mut segs: VecDeque<Bytes> = VecDeque::with_capacity(MAX_IOVECS);
