@@ -18,13 +18,14 @@
 //! # Live reload
 //!
 //! Caps (`max_conns`, `per_peer.max_conns`) are read from the live config snapshot on every
-//! [`Policy::admit`]. Rates are re-applied whenever the snapshot changes (detected cheaply by
-//! `Arc::ptr_eq` on the loaded snapshot): on every admit, on [`Policy::refresh`], and from the
-//! pacing hot path at most once per [`RELOAD_CHECK_INTERVAL_NS`] (one relaxed load per call
-//! otherwise). Global and per-peer buckets are updated in place; per-connection buckets pick up
-//! the new rate on their next pacing call (an epoch compare).
+//! [`Policy::admit`]. Rates are re-applied whenever the snapshot changes: every pacing call
+//! compares [`ConfigHandle::generation`] with the generation last applied (two loads of
+//! rarely-written cache lines), and admission/[`Policy::refresh`] also compare the snapshot
+//! itself (`Arc::ptr_eq`). Global and per-peer buckets are updated in place; per-connection
+//! buckets pick up the new rate on their next pacing call (an epoch compare).
 //!
-//! Hot-path cost with every rate at 0: `pace_ingress` / `pace_egress` are two relaxed loads.
+//! Hot-path cost with every rate at 0: `pace_ingress` / `pace_egress` are three atomic loads
+//! (config generation, applied generation, "any rate enabled") and no RMW.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,9 +37,6 @@ use crate::config::{ConfigHandle, ValidConfig};
 use crate::error::TransportError;
 use crate::metrics::TransportMetrics;
 use crate::rate::{default_burst, TokenBucket};
-
-/// How often (at most) the pacing hot path looks for a reloaded config, in nanoseconds.
-pub const RELOAD_CHECK_INTERVAL_NS: u64 = 50_000_000;
 
 /// Monotonic nanoseconds since the first call in this process (the clock fed to buckets).
 pub fn now_ns() -> u64 {
@@ -116,13 +114,14 @@ pub struct Policy {
     epoch: AtomicU64,
     /// Any bucket enabled at all? (hot-path short cut)
     rates_active: AtomicBool,
-    /// Last time (caller clock) the hot path looked for a reload.
-    last_check_ns: AtomicU64,
+    /// The `ConfigHandle::generation` whose rates are applied.
+    applied_gen: AtomicU64,
 }
 
 impl Policy {
     /// Policy over a live config handle, counting into `metrics`.
     pub fn new(config: ConfigHandle, metrics: Arc<TransportMetrics>) -> Arc<Self> {
+        let gen = config.generation();
         let cfg = config.load();
         let rates = Rates::of(&cfg);
         let p = Self {
@@ -134,7 +133,7 @@ impl Policy {
             per_peer_burst: AtomicU64::new(default_burst(rates.per_peer, rates.max_frame)),
             epoch: AtomicU64::new(0),
             rates_active: AtomicBool::new(rates.any()),
-            last_check_ns: AtomicU64::new(0),
+            applied_gen: AtomicU64::new(gen),
             applied: Mutex::new((cfg, rates)),
             conns: AtomicU32::new(0),
             peers: Mutex::new(HashMap::new()),
@@ -194,12 +193,15 @@ impl Policy {
     /// Re-applies rates if the config snapshot changed since the last time. Engines may call it
     /// right after a reload; admission and pacing call it on their own.
     pub fn refresh(&self) {
+        let gen = self.config.generation();
         let cfg = self.config.load();
-        self.apply(&cfg);
+        self.apply(gen, &cfg);
     }
 
-    fn apply(&self, cfg: &Arc<ValidConfig>) {
+    /// Applies `cfg`, loaded *after* reading generation `gen`.
+    fn apply(&self, gen: u64, cfg: &Arc<ValidConfig>) {
         let mut applied = lock(&self.applied);
+        self.applied_gen.store(gen, Ordering::Release);
         if Arc::ptr_eq(&applied.0, cfg) {
             return;
         }
@@ -234,18 +236,10 @@ impl Policy {
         self.epoch.fetch_add(1, Ordering::Release);
     }
 
-    /// Cheap periodic reload check for the hot path.
+    /// Cheap reload check for the hot path.
     #[inline]
-    fn maybe_refresh(&self, now_ns: u64) {
-        let last = self.last_check_ns.load(Ordering::Relaxed);
-        if now_ns.wrapping_sub(last) < RELOAD_CHECK_INTERVAL_NS {
-            return;
-        }
-        if self
-            .last_check_ns
-            .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
+    fn maybe_refresh(&self) {
+        if self.config.generation() != self.applied_gen.load(Ordering::Acquire) {
             self.refresh();
         }
     }
@@ -263,8 +257,9 @@ impl Policy {
         peer: IpAddr,
         now_ns: u64,
     ) -> Result<ConnPermit, TransportError> {
+        let gen = self.config.generation();
         let cfg = self.config.load();
-        self.apply(&cfg);
+        self.apply(gen, &cfg);
         match self.try_admit(&cfg, peer, now_ns) {
             Ok(p) => Ok(p),
             Err(e) => {
@@ -395,8 +390,8 @@ impl ConnPermit {
 
     /// Reload check + "anything enabled?"; false ⇒ no bucket limits anything.
     #[inline]
-    fn active(&self, now_ns: u64) -> bool {
-        self.policy.maybe_refresh(now_ns);
+    fn active(&self) -> bool {
+        self.policy.maybe_refresh();
         if !self.policy.rates_active.load(Ordering::Relaxed) {
             return false;
         }
@@ -415,7 +410,7 @@ impl ConnPermit {
     /// returns how long the reader must pause before reading again (zero if none).
     #[inline]
     pub fn pace_ingress(&self, n: u64, now_ns: u64) -> Duration {
-        if !self.active(now_ns) {
+        if !self.active() {
             return Duration::ZERO;
         }
         self.conn_in
@@ -428,7 +423,7 @@ impl ConnPermit {
     /// buckets and returns how long the writer must wait first (zero if none).
     #[inline]
     pub fn pace_egress(&self, n: u64, now_ns: u64) -> Duration {
-        if !self.active(now_ns) {
+        if !self.active() {
             return Duration::ZERO;
         }
         self.conn_out
@@ -444,7 +439,7 @@ impl ConnPermit {
     /// consume in one step instead.
     #[inline]
     pub fn egress_available(&self, n: u64, now_ns: u64) -> bool {
-        if !self.active(now_ns) {
+        if !self.active() {
             return true;
         }
         self.conn_out.can_consume(n, now_ns)
@@ -455,7 +450,7 @@ impl ConnPermit {
     /// Takes `n` egress tokens from all three egress buckets if each can give them now;
     /// otherwise takes none and returns false.
     pub fn try_egress(&self, n: u64, now_ns: u64) -> bool {
-        if !self.active(now_ns) {
+        if !self.active() {
             return true;
         }
         if !self.conn_out.try_consume(n, now_ns) {
@@ -546,7 +541,7 @@ mod tests {
     #[test]
     fn ingress_debt_refuses_admission() {
         let p = policy(|c| c.per_peer_bytes_per_sec = 1 << 20);
-        let t = 10 * RELOAD_CHECK_INTERVAL_NS;
+        let t = 1_000_000_000;
         let c = p.admit_at(A, t).unwrap();
         // Burst is max(rate/10, 1 MiB) = 1 MiB; 3 MiB puts the peer 2 s in debt.
         assert_eq!(c.pace_ingress(3 << 20, t), Duration::from_secs(2));

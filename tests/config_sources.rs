@@ -115,7 +115,7 @@ const ENV_TABLE: [(&str, &str, Check); 29] = [
 ];
 
 #[test]
-fn every_env_var_maps_to_its_key() {
+fn config_every_env_var_maps_to_its_key() {
     assert_eq!(Key::ALL.len(), ENV_TABLE.len());
     let defaults = Config::default();
     for (i, (var, value, check)) in ENV_TABLE.into_iter().enumerate() {
@@ -142,7 +142,7 @@ fn every_env_var_maps_to_its_key() {
 }
 
 #[test]
-fn env_values_are_parse_errors_naming_the_variable() {
+fn config_env_values_are_parse_errors_naming_the_variable() {
     for (var, value) in [
         ("RON_TRANSPORT_BACKEND", "quic"),
         ("RON_TRANSPORT_BIND_ADDR", "localhost"),
@@ -163,7 +163,7 @@ fn env_values_are_parse_errors_naming_the_variable() {
 }
 
 #[test]
-fn unknown_env_var_with_prefix_is_an_error_and_others_are_ignored() {
+fn config_unknown_env_var_with_prefix_is_an_error_and_others_are_ignored() {
     let err = merge_env(&[("RON_TRANSPORT_MAX_CONN", "5")]).unwrap_err();
     assert!(
         matches!(err, ConfigError::UnknownKey { ref key, .. } if key == "RON_TRANSPORT_MAX_CONN"),
@@ -179,7 +179,7 @@ fn unknown_env_var_with_prefix_is_an_error_and_others_are_ignored() {
 }
 
 #[test]
-fn later_env_pairs_override_earlier_ones() {
+fn config_later_env_pairs_override_earlier_ones() {
     let cfg = merge_env(&[
         ("RON_TRANSPORT_MAX_CONNS", "5"),
         ("RON_TRANSPORT_MAX_CONNS", "6"),
@@ -191,7 +191,7 @@ fn later_env_pairs_override_earlier_ones() {
 /// Per key: (file TOML fragment, env value) with distinct values, env must win; without env
 /// the file value must win over the default.
 #[test]
-fn precedence_env_over_file_over_defaults_for_every_key() {
+fn config_precedence_env_over_file_over_defaults_for_every_key() {
     let cases: [(Key, &str, &str); 29] = [
         (Key::Backend, "backend = \"arti\"", "tls"),
         (Key::BindAddr, "bind_addr = \"10.0.0.1:1\"", "10.0.0.2:2"),
@@ -353,7 +353,7 @@ level  = "info"
 "#;
 
 #[test]
-fn spec_example_document_parses() {
+fn config_spec_example_document_parses() {
     let cfg = Config::from_toml_str(SPEC_EXAMPLE).unwrap();
     assert_eq!(cfg.backend, Backend::Tls);
     assert_eq!(
@@ -370,7 +370,7 @@ fn spec_example_document_parses() {
 }
 
 #[test]
-fn bare_and_wrapped_documents_are_equivalent_in_toml_and_json() {
+fn config_bare_and_wrapped_documents_are_equivalent_in_toml_and_json() {
     let bare = "max_conns = 7\n[limits]\nchunk_bytes = \"8KiB\"\n";
     let wrapped = "[transport]\nmax_conns = 7\n[transport.limits]\nchunk_bytes = \"8KiB\"\n";
     let json_bare = r#"{"max_conns": 7, "limits": {"chunk_bytes": "8KiB"}}"#;
@@ -384,7 +384,7 @@ fn bare_and_wrapped_documents_are_equivalent_in_toml_and_json() {
 }
 
 #[test]
-fn file_format_is_chosen_by_extension_then_content() {
+fn config_file_format_is_chosen_by_extension_then_content() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("t.json");
     std::fs::write(&json, r#"{"max_conns": 11}"#).unwrap();
@@ -402,7 +402,7 @@ fn file_format_is_chosen_by_extension_then_content() {
 }
 
 #[test]
-fn required_file_missing_is_a_file_error() {
+fn config_required_file_missing_is_a_file_error() {
     let err = ConfigLoader::new()
         .file("/nonexistent/ron/transport.toml")
         .load()
@@ -414,7 +414,7 @@ fn required_file_missing_is_a_file_error() {
 }
 
 #[test]
-fn unknown_keys_are_errors_naming_the_key_path() {
+fn config_unknown_keys_are_errors_naming_the_key_path() {
     for (doc, key) in [
         ("max_conn = 5", "max_conn"),
         ("[limits]\nmax_frame = \"1MiB\"", "limits.max_frame"),
@@ -433,7 +433,7 @@ fn unknown_keys_are_errors_naming_the_key_path() {
 }
 
 #[test]
-fn deprecated_max_body_alias_maps_to_max_frame_with_a_warning() {
+fn config_deprecated_max_body_alias_maps_to_max_frame_with_a_warning() {
     let m = ConfigLoader::new()
         .toml_str("[limits]\nmax_body_bytes = \"512KiB\"")
         .merge()
@@ -485,7 +485,7 @@ fn deprecated_max_body_alias_maps_to_max_frame_with_a_warning() {
 
 /// §11 "Fuzz malformed TOML/JSON": typed error, never a panic, pointing at the key.
 #[test]
-fn malformed_toml_and_json_give_typed_errors_naming_the_key() {
+fn config_malformed_toml_and_json_give_typed_errors_naming_the_key() {
     let keyed: [(&str, bool, &str); 14] = [
         ("max_conns = \"many\"", false, "max_conns"),
         ("max_conns = 1.5", false, "max_conns"),
@@ -545,14 +545,14 @@ fn malformed_toml_and_json_give_typed_errors_naming_the_key() {
 }
 
 #[test]
-fn sensitive_values_are_not_echoed_in_parse_errors() {
+fn config_sensitive_values_are_not_echoed_in_parse_errors() {
     let err = Config::from_toml_str("[tls]\nkey_path = 42").unwrap_err();
     assert_eq!(err.key(), Some("tls.key_path"));
     assert!(!err.to_string().contains("42"), "{err}");
 }
 
 #[test]
-fn documents_round_trip_through_format() {
+fn config_documents_round_trip_through_format() {
     let mut cfg = Config::from_toml_str(SPEC_EXAMPLE).unwrap();
     cfg.tls_client_alpn = vec!["h2".into(), "http/1.1".into()];
     cfg.uds_allow_uids = vec![0, 1000];

@@ -10,7 +10,7 @@ use ron_transport::config::{
 };
 
 #[test]
-fn format_picks_the_largest_exact_unit() {
+fn config_format_picks_the_largest_exact_unit() {
     assert_eq!(format_size(65536), "64KiB");
     assert_eq!(format_size(1024 * 1024), "1MiB");
     assert_eq!(format_size(3 * 1024 * 1024 + 1024), "3073KiB");
@@ -23,7 +23,7 @@ fn format_picks_the_largest_exact_unit() {
 }
 
 #[test]
-fn spec_units_parse() {
+fn config_spec_units_parse() {
     assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
     assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
     assert_eq!(parse_size("7B").unwrap(), 7);
@@ -35,7 +35,7 @@ fn spec_units_parse() {
 }
 
 #[test]
-fn garbage_negative_and_overflow_are_parse_errors_naming_the_key() {
+fn config_garbage_negative_and_overflow_are_parse_errors_naming_the_key() {
     for (toml, key) in [
         ("read_timeout = \"-5s\"", "read_timeout"),
         ("read_timeout = \"5\"", "read_timeout"),
@@ -83,7 +83,7 @@ fn any_duration() -> impl Strategy<Value = Duration> {
 
 proptest! {
     #[test]
-    fn sizes_round_trip(n in any_size()) {
+    fn config_sizes_round_trip(n in any_size()) {
         let text = format_size(n);
         prop_assert_eq!(parse_size(&text), Ok(n));
         // The unit is the largest that divides exactly.
@@ -93,33 +93,33 @@ proptest! {
     }
 
     #[test]
-    fn durations_round_trip(d in any_duration()) {
+    fn config_durations_round_trip(d in any_duration()) {
         let text = format_duration(d);
         prop_assert_eq!(parse_duration(&text), Ok(d));
     }
 
     #[test]
-    fn parse_then_format_is_stable(n in 0u64..1_000_000_000, unit in prop::sample::select(vec!["B", "KiB", "MiB", ""])) {
+    fn config_parse_then_format_is_stable(n in 0u64..1_000_000_000, unit in prop::sample::select(vec!["B", "KiB", "MiB", ""])) {
         let text = format!("{n}{unit}");
         let v = parse_size(&text).unwrap();
         prop_assert_eq!(parse_size(&format_size(v)), Ok(v));
     }
 
     #[test]
-    fn duration_parse_then_format_is_stable(n in 0u64..1_000_000_000, unit in prop::sample::select(vec!["ms", "s", "m", "h"])) {
+    fn config_duration_parse_then_format_is_stable(n in 0u64..1_000_000_000, unit in prop::sample::select(vec!["ms", "s", "m", "h"])) {
         let d = parse_duration(&format!("{n}{unit}")).unwrap();
         prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
     }
 
     #[test]
-    fn arbitrary_text_never_panics(s in ".{0,40}") {
+    fn config_arbitrary_text_never_panics(s in ".{0,40}") {
         let _ = parse_size(&s);
         let _ = parse_duration(&s);
     }
 
     /// Sizes accepted for `limits.*` through a file stay in range after a format/parse trip.
     #[test]
-    fn frame_and_chunk_stay_in_accepted_ranges(frame in 65536u64..=1048576, chunk in 4096u64..=262144) {
+    fn config_frame_and_chunk_stay_in_accepted_ranges(frame in 65536u64..=1048576, chunk in 4096u64..=262144) {
         let chunk = chunk.min(frame);
         let toml = format!("[limits]\nmax_frame_bytes = \"{}\"\nchunk_bytes = \"{}\"", format_size(frame), format_size(chunk));
         let cfg = Config::from_toml_str(&toml).unwrap();

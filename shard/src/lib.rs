@@ -1,5 +1,48 @@
 //! ron-shard: the thread-per-core io_uring runtime under ron-transport (mechanism only).
 //!
-//! NOTE(skeleton): the shard helper fills this crate; `tls_pump` belongs to the TLS-pump helper.
+//! One shard per pinned core owns an io_uring (SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN
+//! when the kernel allows), a provided-buffer ring for multishot receives, its connections, its
+//! timers and its stats cells. An accepting shard runs a multishot accept, asks the caller's
+//! admission hook before any work, and hands each admitted socket to the shard with the fewest
+//! connections; a connection never moves after that.
+//!
+//! Two ways in:
+//! - shard-local: implement [`ConnHandler`]; it runs on the owning shard with no cross-thread
+//!   hop, receives frames in place ([`Frame`]) and can echo them without copying;
+//! - handles: [`ConnHandle`] / [`FrameTx`] are `Send` and work from any executor through
+//!   bounded queues (writer inbox 256 frames, full ⇒ `Busy`; inbound backpressure stops reads).
+//!
+//! Layout: [`frame`] and [`conn`] are sans-IO state machines (bytes and `now` in, frames and
+//! deadlines out); `shard` drives them; `sys` is the only module with `unsafe`.
+//!
+//! No config schema, metric names or policy live here: those belong to `ron-transport`.
+#![deny(missing_docs)]
 
+pub mod balance;
+pub mod conn;
+pub mod frame;
+pub mod handle;
+pub mod handler;
+pub mod probe;
+pub mod runtime;
+mod shard;
+pub mod stats;
+mod sys;
 pub mod tls_pump;
+
+pub use conn::{ConnState, TimeoutKind, Timeouts};
+pub use frame::{Decoded, FrameDecoder, FrameError};
+pub use handle::{
+    bridge, handle_listener, Accepted, ConnHandle, FrameTx, HandleListener, HandleOptions,
+    SendError,
+};
+pub use handler::{
+    AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, CtxSendError,
+    DialError, DialHooks, Frame, Reject,
+};
+pub use probe::{probe, ProbeFailure, ProbeReport};
+pub use runtime::{
+    bind, DrainReport, ListenerId, Runtime, RuntimeConfig, ShardError, Shutdown, StartError,
+};
+pub use shard::{ConnOptions, ShardReport};
+pub use stats::StatsSnapshot;

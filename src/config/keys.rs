@@ -1,6 +1,6 @@
 //! The key table of spec/CONFIG.md §3: for each of the 29 keys its dotted name, env var, CLI
-//! flag (§6), value kind, reload class (§5) and whether its value is sensitive; plus the typed
-//! [`Value`] that every source (file, env, CLI) produces and that is applied to a [`Config`].
+//! flag (§6), value kind, reload class (§5) and whether its value is sensitive; plus the
+//! typed `Value` that every source (file, env, CLI) produces and that is applied to a [`Config`].
 //!
 //! Sources only produce `(Key, Value)` assignments; precedence and validation live elsewhere.
 

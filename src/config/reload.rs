@@ -1,6 +1,6 @@
 //! What a reload changed (spec/CONFIG.md §5): the per-key diff between two snapshots, each
 //! change classed live or rebind, rendered for logs without secrets (sensitive values such as
-//! key/cert/CA/macaroon paths and SNI show only as `<redacted>`; file contents are never read
+//! key/cert/CA/macaroon paths and SNI show only as `<redacted>` or `<unset>`; file contents are never read
 //! here).
 
 use std::fmt;
@@ -107,7 +107,9 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<KeyChange> {
             (a != b).then(|| {
                 let (a, b) = (a.to_text(), b.to_text());
                 let redact = |s: String| {
-                    if key.is_sensitive() {
+                    if key.is_sensitive() && s.is_empty() {
+                        "<unset>".to_owned()
+                    } else if key.is_sensitive() {
                         "<redacted>".to_owned()
                     } else {
                         s

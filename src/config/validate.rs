@@ -248,7 +248,9 @@ fn check_key(path: &Path) -> Result<(), ConfigError> {
     // `pem` drops.
     PrivateKeyDer::from_pem_slice(&pem)
         .map(drop)
-        .map_err(|e| invalid("tls.key_path", format!("no usable private key: {e}")))
+        // The parser's message can quote the offending input line (key material): never
+        // forward it.
+        .map_err(|_| invalid("tls.key_path", "no usable PEM private key in file"))
 }
 
 /// Reads a regular file of at most [`MAX_PEM_FILE_BYTES`] into a zeroizing buffer.

@@ -1,0 +1,1223 @@
+//! One shard: a pinned thread that owns an io_uring, a provided-buffer ring, its connections
+//! (a slab addressed through SQE tags: op kind + slab index + generation), its timers (a
+//! deadline heap fed by each connection's sans-IO [`ConnState`]) and its stats cells.
+//!
+//! Everything here is single-threaded; other threads reach a shard only through
+//! [`ShardShared`]: a bounded command queue (listen, adopt an accepted fd, dial, shutdown), a
+//! wake queue holding at most one entry per connection (deduplicated by the connection's
+//! `queued` flag), and an eventfd doorbell the ring keeps a read armed on.
+//!
+//! It does not interpret frames or decide policy: admission is the caller's
+//! [`AcceptHooks::admit`], and handlers decide what to send.
+#![forbid(unsafe_code)]
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use slab::Slab;
+
+use crate::balance::Balancer;
+use crate::conn::{ConnState, TimeoutKind, Timeouts};
+use crate::frame::Decoded;
+use crate::handler::{
+    AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, DialError,
+    DialHooks, Frame, FrameSrc, RemoteShared,
+};
+use crate::stats::ShardStats;
+use crate::sys::{self, BufRing, Completion, OpId, OutSeg, Resource, Ring, RingSlice, SendBatch};
+
+/// Per-connection options fixed at accept/dial time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnOptions {
+    /// Frame ceiling (checked before allocating).
+    pub max_frame: u32,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+    /// Set TCP_NODELAY.
+    pub nodelay: bool,
+}
+
+impl Default for ConnOptions {
+    fn default() -> Self {
+        Self {
+            max_frame: 1 << 20,
+            timeouts: Timeouts::default(),
+            nodelay: true,
+        }
+    }
+}
+
+/// Outcome of one shard's drain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardReport {
+    /// Connections that closed during the drain, before the deadline.
+    pub drained: u64,
+    /// Connections aborted at the deadline.
+    pub aborted: u64,
+}
+
+pub(crate) enum Command {
+    Listen {
+        id: u64,
+        fd: OwnedFd,
+        hooks: Arc<dyn AcceptHooks>,
+        opts: ConnOptions,
+    },
+    StopListen {
+        id: u64,
+    },
+    Adopt(Adopt),
+    Dial {
+        addr: SocketAddr,
+        deadline: Instant,
+        opts: ConnOptions,
+        hooks: Box<dyn DialHooks>,
+    },
+    Shutdown {
+        deadline: Instant,
+        reply: tokio::sync::oneshot::Sender<ShardReport>,
+    },
+}
+
+pub(crate) struct Adopt {
+    fd: OwnedFd,
+    peer: SocketAddr,
+    local: SocketAddr,
+    token: AdmitToken,
+    hooks: Arc<dyn AcceptHooks>,
+    opts: ConnOptions,
+}
+
+/// The part of a shard other threads may touch.
+pub(crate) struct ShardShared {
+    pub(crate) id: usize,
+    cmd_tx: Sender<Command>,
+    wake_tx: Sender<Arc<RemoteShared>>,
+    efd: File,
+    notified: AtomicBool,
+    pub(crate) stats: ShardStats,
+}
+
+impl std::fmt::Debug for ShardShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardShared").field("id", &self.id).finish()
+    }
+}
+
+impl ShardShared {
+    /// Queues a command and rings the doorbell. Gives the command back if the queue is full or
+    /// the shard has stopped.
+    pub(crate) fn send_cmd(&self, cmd: Command) -> Result<(), Box<(Command, &'static str)>> {
+        match self.cmd_tx.try_send(cmd) {
+            Ok(()) => {
+                self.doorbell();
+                Ok(())
+            }
+            Err(TrySendError::Full(c)) => Err(Box::new((c, "busy"))),
+            Err(TrySendError::Disconnected(c)) => Err(Box::new((c, "stopped"))),
+        }
+    }
+
+    pub(crate) fn post_wake(&self, r: Arc<RemoteShared>) {
+        if self.wake_tx.send(r).is_ok() {
+            self.doorbell();
+        }
+    }
+
+    fn doorbell(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            sys::eventfd_notify(&self.efd);
+        }
+    }
+}
+
+/// Static per-shard configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ShardConfig {
+    pub ring_entries: u32,
+    pub defer_taskrun: bool,
+    pub buf_entries: u16,
+    pub buf_size: u32,
+    pub chunk_bytes: usize,
+    pub zc_threshold: Option<usize>,
+    pub command_capacity: usize,
+    pub out_high_water: usize,
+}
+
+/// Creates the shared half of a shard and the receivers its thread needs.
+pub(crate) fn shared(
+    id: usize,
+    cfg: &ShardConfig,
+) -> std::io::Result<(Arc<ShardShared>, ShardQueues)> {
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(cfg.command_capacity);
+    // Unbounded by type, bounded by construction: a connection has at most one entry queued
+    // (its `queued` flag), so the queue never holds more than the shard's connections.
+    let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+    let efd = sys::eventfd()?;
+    let read_efd = efd.try_clone()?;
+    Ok((
+        Arc::new(ShardShared {
+            id,
+            cmd_tx,
+            wake_tx,
+            efd,
+            notified: AtomicBool::new(false),
+            stats: ShardStats::default(),
+        }),
+        ShardQueues {
+            cmd_rx,
+            wake_rx,
+            efd: read_efd,
+        },
+    ))
+}
+
+/// The receiving ends, moved into the shard thread.
+pub(crate) struct ShardQueues {
+    cmd_rx: Receiver<Command>,
+    wake_rx: Receiver<Arc<RemoteShared>>,
+    efd: File,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Shutdown = 4,
+    Connect = 5,
+    Event = 6,
+}
+
+const GEN_MASK: u32 = 0x00ff_ffff;
+
+/// SQE tag: op kind (8 bits) | generation (24 bits) | slab index (32 bits).
+fn tag(kind: Kind, idx: usize, gen: u32) -> u64 {
+    ((kind as u64) << 56) | (u64::from(gen & GEN_MASK) << 32) | (idx as u64 & 0xffff_ffff)
+}
+
+fn untag(t: u64) -> (u8, usize, u32) {
+    (
+        (t >> 56) as u8,
+        (t & 0xffff_ffff) as usize,
+        ((t >> 32) as u32) & GEN_MASK,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Conn(usize, u32),
+    Dial(usize, u32),
+    Listener(usize, u32),
+}
+
+/// Per-connection I/O bookkeeping (what the ctx touches, plus op handles).
+pub(crate) struct ConnIo {
+    pub(crate) out: VecDeque<OutSeg>,
+    pub(crate) want_read: bool,
+    pub(crate) close: Option<(CloseReason, bool)>,
+    pub(crate) remote: ConnRemote,
+    recv_op: Option<OpId>,
+    recv_cancelled: bool,
+    starved: bool,
+    send_op: Option<OpId>,
+    zc_sent: Option<i32>,
+    eof: bool,
+    timer: Option<Instant>,
+}
+
+struct Conn {
+    gen: u32,
+    fd: Rc<OwnedFd>,
+    meta: ConnMeta,
+    state: ConnState,
+    handler: Option<Box<dyn ConnHandler>>,
+    io: ConnIo,
+}
+
+struct PendingDial {
+    gen: u32,
+    fd: Rc<OwnedFd>,
+    op: OpId,
+    hooks: Option<Box<dyn DialHooks>>,
+    opts: ConnOptions,
+    peer: SocketAddr,
+    timed_out: bool,
+}
+
+struct ListenerSlot {
+    gen: u32,
+    id: u64,
+    fd: Rc<OwnedFd>,
+    hooks: Arc<dyn AcceptHooks>,
+    opts: ConnOptions,
+    op: Option<OpId>,
+}
+
+struct Drain {
+    deadline: Instant,
+    reply: Option<tokio::sync::oneshot::Sender<ShardReport>>,
+    drained: u64,
+}
+
+/// A shard's event loop state (lives on its thread).
+pub(crate) struct Shard {
+    id: usize,
+    cfg: ShardConfig,
+    ring: Ring,
+    bufs: Rc<BufRing>,
+    efd: Rc<File>,
+    shared: Arc<ShardShared>,
+    peers: Arc<[Arc<ShardShared>]>,
+    queues: ShardQueues,
+    conns: Slab<Conn>,
+    dials: Slab<PendingDial>,
+    listeners: Slab<ListenerSlot>,
+    next_gen: u32,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    starved: Vec<(usize, u32)>,
+    balancer: Balancer,
+    conn_ids: Arc<AtomicU64>,
+    drain: Option<Drain>,
+    comps: Vec<Completion>,
+    decoded: Vec<Decoded>,
+    now: Instant,
+}
+
+impl Shard {
+    /// Builds the shard's ring and buffer ring (on its own thread).
+    pub(crate) fn new(
+        id: usize,
+        cfg: ShardConfig,
+        shared: Arc<ShardShared>,
+        peers: Arc<[Arc<ShardShared>]>,
+        queues: ShardQueues,
+        conn_ids: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        let mut ring = Ring::new(sys::RingOptions {
+            entries: cfg.ring_entries,
+            defer_taskrun: cfg.defer_taskrun,
+        })?;
+        let bufs = BufRing::new(cfg.buf_entries, cfg.buf_size, 0)?;
+        ring.register_buf_ring(bufs.clone())?;
+        let efd = Rc::new(queues.efd.try_clone()?);
+        let n = peers.len();
+        Ok(Self {
+            id,
+            cfg,
+            ring,
+            bufs,
+            efd,
+            shared,
+            peers,
+            queues,
+            conns: Slab::with_capacity(1024),
+            dials: Slab::new(),
+            listeners: Slab::new(),
+            next_gen: 1,
+            timers: BinaryHeap::new(),
+            starved: Vec::new(),
+            balancer: Balancer::new(n),
+            conn_ids,
+            drain: None,
+            comps: Vec::with_capacity(256),
+            decoded: Vec::with_capacity(64),
+            now: Instant::now(),
+        })
+    }
+
+    fn gen(&mut self) -> u32 {
+        let g = self.next_gen;
+        self.next_gen = (self.next_gen + 1) & GEN_MASK;
+        if self.next_gen == 0 {
+            self.next_gen = 1;
+        }
+        g
+    }
+
+    /// Runs until shut down.
+    pub(crate) fn run(mut self) {
+        self.arm_doorbell();
+        loop {
+            self.now = Instant::now();
+            self.process_commands();
+            self.process_wakes();
+            self.unstarve();
+            if self.check_drain() {
+                break;
+            }
+            let wait = self.next_wait();
+            if self.ring.submit_and_wait(wait).is_err() {
+                // The ring itself failed (not an op): nothing can progress. Abort everything.
+                self.abort_all(CloseReason::Shutdown);
+                if let Some(d) = self.drain.as_mut().and_then(|d| d.reply.take()) {
+                    let _ = d.send(ShardReport::default());
+                }
+                break;
+            }
+            self.now = Instant::now();
+            let mut comps = std::mem::take(&mut self.comps);
+            self.ring.complete(&mut comps);
+            for c in comps.drain(..) {
+                self.dispatch(c);
+            }
+            self.comps = comps;
+            self.fire_timers();
+        }
+    }
+
+    fn next_wait(&self) -> Option<Duration> {
+        let mut t = self.now + Duration::from_secs(5);
+        if let Some(Reverse((d, _))) = self.timers.peek() {
+            t = t.min(*d);
+        }
+        if let Some(d) = &self.drain {
+            t = t.min(d.deadline);
+        }
+        Some(t.saturating_duration_since(self.now))
+    }
+
+    fn arm_doorbell(&mut self) {
+        let efd = self.efd.clone();
+        // If this fails the shard can still run; commands are also polled every iteration.
+        let _ = self.ring.read_eventfd(&efd, tag(Kind::Event, 0, 0));
+    }
+
+    fn process_commands(&mut self) {
+        while let Ok(cmd) = self.queues.cmd_rx.try_recv() {
+            match cmd {
+                Command::Listen {
+                    id,
+                    fd,
+                    hooks,
+                    opts,
+                } => self.listen(id, fd, hooks, opts),
+                Command::StopListen { id } => self.stop_listen(Some(id)),
+                Command::Adopt(a) => self.adopt(a),
+                Command::Dial {
+                    addr,
+                    deadline,
+                    opts,
+                    hooks,
+                } => self.dial(addr, deadline, opts, hooks),
+                Command::Shutdown { deadline, reply } => self.begin_drain(deadline, reply),
+            }
+        }
+    }
+
+    fn process_wakes(&mut self) {
+        while let Ok(r) = self.queues.wake_rx.try_recv() {
+            r.queued.store(false, Ordering::Release);
+            let bits = r.bits.swap(0, Ordering::AcqRel);
+            let (idx, gen) = (r.key.0 as usize, r.key.1);
+            if self.conns.get(idx).is_some_and(|c| c.gen == gen) {
+                self.call(idx, |h, ctx| h.on_wake(ctx, bits));
+                self.service(idx);
+            }
+        }
+    }
+
+    fn unstarve(&mut self) {
+        if self.starved.is_empty() || self.bufs.held() >= usize::from(self.bufs.entries()) {
+            return;
+        }
+        for (idx, gen) in std::mem::take(&mut self.starved) {
+            if let Some(c) = self.conns.get_mut(idx) {
+                if c.gen == gen {
+                    c.io.starved = false;
+                    self.service(idx);
+                }
+            }
+        }
+    }
+
+    // ---- listeners ----
+
+    fn listen(&mut self, id: u64, fd: OwnedFd, hooks: Arc<dyn AcceptHooks>, opts: ConnOptions) {
+        if self.drain.is_some() {
+            return;
+        }
+        let gen = self.gen();
+        let idx = self.listeners.insert(ListenerSlot {
+            gen,
+            id,
+            fd: Rc::new(fd),
+            hooks,
+            opts,
+            op: None,
+        });
+        self.arm_accept(idx);
+    }
+
+    fn arm_accept(&mut self, idx: usize) {
+        let Some(l) = self.listeners.get(idx) else {
+            return;
+        };
+        let fd = l.fd.clone();
+        let t = tag(Kind::Accept, idx, l.gen);
+        match self.ring.accept_multi(&fd, t) {
+            Ok(op) => self.listeners[idx].op = Some(op),
+            Err(_) => {
+                let gen = self.listeners[idx].gen;
+                self.timers.push(Reverse((
+                    self.now + Duration::from_millis(50),
+                    TimerKey::Listener(idx, gen),
+                )));
+            }
+        }
+    }
+
+    fn stop_listen(&mut self, id: Option<u64>) {
+        let idxs: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| id.is_none_or(|id| l.id == id))
+            .map(|(i, _)| i)
+            .collect();
+        for idx in idxs {
+            let l = self.listeners.remove(idx);
+            if let Some(op) = l.op {
+                let _ = self.ring.cancel(op);
+            }
+            // The accept op holds its own Rc of the fd: it closes when the op completes.
+        }
+    }
+
+    fn on_accept(&mut self, idx: usize, gen: u32, c: Completion) {
+        let live = self
+            .listeners
+            .get(idx)
+            .is_some_and(|l| l.gen & GEN_MASK == gen);
+        if !live {
+            // Stopped listener: an fd accepted before the cancel landed is closed here.
+            drop(sys::adopt_fd(c.result));
+            return;
+        }
+        if !c.more {
+            self.listeners[idx].op = None;
+        }
+        if c.result >= 0 {
+            if let Some(fd) = sys::adopt_fd(c.result) {
+                ShardStats::add(&self.shared.stats.accepted, 1);
+                self.admit(idx, fd);
+            }
+        }
+        if !c.more {
+            if matches!(
+                -c.result,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            ) {
+                // Out of descriptors/memory: back off instead of spinning.
+                let gen = self.listeners[idx].gen;
+                self.timers.push(Reverse((
+                    self.now + Duration::from_millis(50),
+                    TimerKey::Listener(idx, gen),
+                )));
+            } else {
+                self.arm_accept(idx);
+            }
+        }
+    }
+
+    fn admit(&mut self, lidx: usize, fd: OwnedFd) {
+        let sock = socket2::SockRef::from(&fd);
+        let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
+            return; // already reset by the peer; fd closes here
+        };
+        let (Some(peer), Some(local)) = (peer.as_socket(), local.as_socket()) else {
+            return;
+        };
+        let l = &self.listeners[lidx];
+        let hooks = l.hooks.clone();
+        let opts = l.opts;
+        let token = match hooks.admit(peer) {
+            Ok(t) => t,
+            Err(_) => {
+                ShardStats::add(&self.shared.stats.rejected, 1);
+                return; // fd dropped: closed before any buffer or read
+            }
+        };
+        let peers = self.peers.clone();
+        let target = self.balancer.pick(|i| {
+            let s = &peers[i].stats;
+            (
+                s.open.load(Ordering::Relaxed),
+                s.adopted.load(Ordering::Relaxed),
+            )
+        });
+        let adopt = Adopt {
+            fd,
+            peer,
+            local,
+            token,
+            hooks,
+            opts,
+        };
+        if target == self.id {
+            self.adopt(adopt);
+            return;
+        }
+        if let Err(e) = peers[target].send_cmd(Command::Adopt(adopt)) {
+            if let (Command::Adopt(a), _) = *e {
+                self.balancer.undo(target);
+                self.adopt(a);
+            }
+        }
+    }
+
+    // ---- connections ----
+
+    fn adopt(&mut self, a: Adopt) {
+        ShardStats::add(&self.shared.stats.adopted, 1);
+        if self.drain.is_some() {
+            return; // shutting down: refuse (fd closes here)
+        }
+        if a.opts.nodelay {
+            let _ = socket2::SockRef::from(&a.fd).set_nodelay(true);
+        }
+        let hooks = a.hooks;
+        let token = a.token;
+        self.install(a.fd, a.peer, a.local, false, a.opts, |meta, remote| {
+            hooks.open(token, meta, remote)
+        });
+    }
+
+    fn install(
+        &mut self,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        local: SocketAddr,
+        outbound: bool,
+        opts: ConnOptions,
+        make: impl FnOnce(&ConnMeta, ConnRemote) -> Box<dyn ConnHandler>,
+    ) {
+        let gen = self.gen();
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key();
+        let meta = ConnMeta {
+            id: self.conn_ids.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            shard: self.id,
+            outbound,
+        };
+        let remote = ConnRemote(Arc::new(RemoteShared {
+            shard: self.shared.clone(),
+            key: (idx as u32, gen),
+            bits: AtomicU32::new(0),
+            queued: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+        }));
+        let handler = make(&meta, remote.clone());
+        entry.insert(Conn {
+            gen,
+            fd: Rc::new(fd),
+            meta,
+            state: ConnState::new(self.now, opts.max_frame, opts.timeouts),
+            handler: Some(handler),
+            io: ConnIo {
+                out: VecDeque::new(),
+                want_read: true,
+                close: None,
+                remote,
+                recv_op: None,
+                recv_cancelled: false,
+                starved: false,
+                send_op: None,
+                zc_sent: None,
+                eof: false,
+                timer: None,
+            },
+        });
+        ShardStats::add(&self.shared.stats.open, 1);
+        self.call(idx, |h, ctx| h.on_open(ctx));
+        self.service(idx);
+    }
+
+    /// Runs a handler callback with a ctx.
+    fn call(&mut self, idx: usize, f: impl FnOnce(&mut dyn ConnHandler, &mut ConnCtx<'_>)) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let Some(mut h) = conn.handler.take() else {
+            return;
+        };
+        {
+            let mut ctx = ConnCtx {
+                io: &mut conn.io,
+                state: &mut conn.state,
+                meta: &conn.meta,
+                now,
+            };
+            f(&mut *h, &mut ctx);
+        }
+        conn.handler = Some(h);
+    }
+
+    /// Reconciles a connection after any event: close, arm receive, submit output, re-arm timer.
+    fn service(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let key_tag_gen = conn.gen;
+        if let Some((reason, graceful)) = conn.io.close.clone() {
+            if !graceful {
+                self.finish(idx, reason);
+                return;
+            }
+            conn.io.want_read = false;
+            if let (Some(op), false) = (conn.io.recv_op, conn.io.recv_cancelled) {
+                conn.io.recv_cancelled = true;
+                let _ = self.ring.cancel(op);
+            }
+            if conn.io.out.is_empty() && conn.io.send_op.is_none() {
+                if !conn.io.eof || reason != CloseReason::PeerClosed {
+                    let fd = conn.fd.clone();
+                    let _ = self
+                        .ring
+                        .shutdown_write(&fd, tag(Kind::Shutdown, idx, key_tag_gen));
+                }
+                self.finish(idx, reason);
+                return;
+            }
+        } else {
+            // Reading. Output above the high-water mark pauses reading too, so a peer that
+            // does not read cannot make its connection hold receive buffers without bound.
+            let want = conn.io.want_read && conn.state.queued() < self.cfg.out_high_water;
+            if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
+                let fd = conn.fd.clone();
+                match self.ring.recv_multi(&fd, tag(Kind::Recv, idx, key_tag_gen)) {
+                    Ok(op) => self.conns[idx].io.recv_op = Some(op),
+                    Err(e) => {
+                        self.conns[idx].io.close = Some((
+                            CloseReason::Io(e.raw_os_error().unwrap_or(libc::EIO)),
+                            false,
+                        ));
+                        self.finish(idx, CloseReason::Io(e.raw_os_error().unwrap_or(libc::EIO)));
+                        return;
+                    }
+                }
+            } else if !want {
+                if let (Some(op), false) = (conn.io.recv_op, conn.io.recv_cancelled) {
+                    conn.io.recv_cancelled = true;
+                    let _ = self.ring.cancel(op);
+                }
+            }
+        }
+        // Output.
+        let conn = &mut self.conns[idx];
+        if conn.io.send_op.is_none() && !conn.io.out.is_empty() {
+            let mut segs = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(seg) = conn.io.out.front() {
+                if !segs.is_empty()
+                    && (bytes + seg.remaining() > self.cfg.chunk_bytes || segs.len() >= 256)
+                {
+                    break;
+                }
+                bytes += seg.remaining();
+                // Invariant: front() was Some just above.
+                segs.push(conn.io.out.pop_front().expect("front exists"));
+            }
+            let zc = self.cfg.zc_threshold.is_some_and(|t| bytes >= t);
+            let batch = SendBatch::new(segs);
+            let fd = conn.fd.clone();
+            match self
+                .ring
+                .send(&fd, batch, zc, tag(Kind::Send, idx, key_tag_gen))
+            {
+                Ok(op) => {
+                    let st = &self.shared.stats;
+                    ShardStats::add(&st.send_submissions, 1);
+                    if zc {
+                        ShardStats::add(&st.sends_zc, 1);
+                    }
+                    self.conns[idx].io.send_op = Some(op);
+                }
+                Err(e) => {
+                    self.finish(idx, CloseReason::Io(e.raw_os_error().unwrap_or(libc::EIO)));
+                    return;
+                }
+            }
+        }
+        // Timer.
+        let conn = &mut self.conns[idx];
+        if let Some(d) = conn.state.poll_timeout() {
+            if conn.io.timer.is_none_or(|t| d < t) {
+                conn.io.timer = Some(d);
+                self.timers
+                    .push(Reverse((d, TimerKey::Conn(idx, conn.gen))));
+            }
+        }
+    }
+
+    /// Removes a connection: cancels its ops (their completions release buffers; the last one
+    /// closes the fd), tells the handler.
+    fn finish(&mut self, idx: usize, reason: CloseReason) {
+        let mut conn = self.conns.remove(idx);
+        if let Some(op) = conn.io.recv_op.take() {
+            if !conn.io.recv_cancelled {
+                let _ = self.ring.cancel(op);
+            }
+        }
+        if let Some(op) = conn.io.send_op.take() {
+            if !matches!(conn.io.close, Some((_, true))) {
+                let _ = self.ring.cancel(op);
+            }
+        }
+        conn.io.out.clear();
+        conn.io.remote.0.gone.store(true, Ordering::Release);
+        let st = &self.shared.stats;
+        ShardStats::sub(&st.open, 1);
+        ShardStats::add(&st.closed, 1);
+        match &reason {
+            CloseReason::Frame(_) => ShardStats::add(&st.too_large, 1),
+            CloseReason::Timeout(TimeoutKind::Read) => ShardStats::add(&st.timeout_read, 1),
+            CloseReason::Timeout(TimeoutKind::Write) => ShardStats::add(&st.timeout_write, 1),
+            CloseReason::Timeout(TimeoutKind::Idle) => ShardStats::add(&st.timeout_idle, 1),
+            _ => {}
+        }
+        if let Some(d) = &mut self.drain {
+            if reason == CloseReason::Shutdown {
+                ShardStats::add(&st.aborted, 1);
+            } else {
+                d.drained += 1;
+                ShardStats::add(&st.drained, 1);
+            }
+        }
+        if let Some(mut h) = conn.handler.take() {
+            h.on_close(&reason);
+        }
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let (kind, idx, gen) = untag(c.tag);
+        match kind {
+            k if k == Kind::Recv as u8 => self.on_recv(idx, gen, c),
+            k if k == Kind::Send as u8 => self.on_send(idx, gen, c),
+            k if k == Kind::Accept as u8 => self.on_accept(idx, gen, c),
+            k if k == Kind::Connect as u8 => self.on_connect(idx, gen, c),
+            k if k == Kind::Event as u8 => {
+                self.shared.notified.store(false, Ordering::Release);
+                self.arm_doorbell();
+            }
+            _ => {} // Shutdown: nothing to do; its resource (fd Rc) is dropped with `c`.
+        }
+    }
+
+    fn live(&self, idx: usize, gen: u32) -> bool {
+        self.conns.get(idx).is_some_and(|c| c.gen & GEN_MASK == gen)
+    }
+
+    fn on_recv(&mut self, idx: usize, gen: u32, c: Completion) {
+        if !self.live(idx, gen) {
+            return;
+        }
+        let conn = &mut self.conns[idx];
+        if !c.more {
+            conn.io.recv_op = None;
+            conn.io.recv_cancelled = false;
+        }
+        if c.result > 0 {
+            if let Some(buf) = c.buf {
+                if conn.io.close.is_none() {
+                    self.deliver(idx, buf);
+                }
+            }
+        } else if c.result == 0 {
+            conn.io.eof = true;
+            if conn.io.close.is_none() {
+                conn.io.close = Some(if conn.state.mid_frame() {
+                    (CloseReason::PeerClosedMidFrame, false)
+                } else {
+                    (CloseReason::PeerClosed, true)
+                });
+            }
+        } else {
+            match -c.result {
+                libc::ENOBUFS => {
+                    ShardStats::add(&self.shared.stats.recv_no_buffers, 1);
+                    conn.io.starved = true;
+                    self.starved.push((idx, conn.gen));
+                }
+                libc::ECANCELED => {}
+                e => {
+                    if conn.io.close.is_none() {
+                        conn.io.close = Some((CloseReason::Io(e), false));
+                    }
+                }
+            }
+        }
+        self.service(idx);
+    }
+
+    fn deliver(&mut self, idx: usize, buf: RingSlice) {
+        let now = self.now;
+        let st = &self.shared.stats;
+        ShardStats::add(&st.bytes_in, buf.len() as u64);
+        ShardStats::add(&st.recv_completions, 1);
+        let mut decoded = std::mem::take(&mut self.decoded);
+        let conn = &mut self.conns[idx];
+        let res = conn
+            .state
+            .handle_recv(now, buf.as_slice(), |d| decoded.push(d));
+        if let Some(mut h) = conn.handler.take() {
+            let data = buf.as_slice();
+            let (mut n, mut in_place) = (0u64, 0u64);
+            for d in decoded.drain(..) {
+                if conn.io.close.is_some() {
+                    break;
+                }
+                let mut ctx = ConnCtx {
+                    io: &mut conn.io,
+                    state: &mut conn.state,
+                    meta: &conn.meta,
+                    now,
+                };
+                n += 1;
+                match &d {
+                    Decoded::InPlace { start, len } => {
+                        in_place += 1;
+                        let frame = Frame {
+                            payload: &data[*start..*start + *len],
+                            src: FrameSrc::Ring(&buf, *start),
+                        };
+                        h.on_frame(&mut ctx, frame);
+                    }
+                    Decoded::Assembled(b) => {
+                        let frame = Frame {
+                            payload: b,
+                            src: FrameSrc::Owned(b),
+                        };
+                        h.on_frame(&mut ctx, frame);
+                    }
+                }
+            }
+            conn.handler = Some(h);
+            ShardStats::add(&st.frames_in, n);
+            ShardStats::add(&st.frames_in_place, in_place);
+        }
+        decoded.clear();
+        self.decoded = decoded;
+        if let Err(e) = res {
+            let conn = &mut self.conns[idx];
+            if conn.io.close.is_none() || matches!(conn.io.close, Some((_, true))) {
+                conn.io.close = Some((CloseReason::Frame(e), false));
+            }
+        }
+    }
+
+    fn on_send(&mut self, idx: usize, gen: u32, c: Completion) {
+        if !self.live(idx, gen) {
+            return;
+        }
+        let conn = &mut self.conns[idx];
+        if c.more {
+            // Zero-copy: data accepted; buffers come back with the notification.
+            conn.io.zc_sent = Some(c.result);
+            return;
+        }
+        let result = if c.notif {
+            conn.io.zc_sent.take().unwrap_or(c.result)
+        } else {
+            c.result
+        };
+        conn.io.send_op = None;
+        let segs = match c.res {
+            Some(Resource::Send(_, batch)) => batch.segs,
+            _ => Vec::new(),
+        };
+        if result < 0 {
+            if result != -libc::ECANCELED && conn.io.close.as_ref().is_none_or(|c| c.1) {
+                conn.io.close = Some((CloseReason::Io(-result), false));
+            }
+            self.service(idx);
+            return;
+        }
+        let n = result as usize;
+        ShardStats::add(&self.shared.stats.bytes_out, n as u64);
+        conn.state.handle_sent(self.now, n);
+        let mut rem = n;
+        let mut left = Vec::new();
+        let mut frames = 0u64;
+        for mut s in segs {
+            if rem > 0 {
+                rem -= s.advance(rem);
+            }
+            if s.remaining() > 0 {
+                left.push(s);
+            } else {
+                frames += 1;
+            }
+        }
+        ShardStats::add(&self.shared.stats.frames_out, frames);
+        for s in left.into_iter().rev() {
+            conn.io.out.push_front(s);
+        }
+        if conn.state.queued() < self.cfg.chunk_bytes / 2 && conn.io.close.is_none() {
+            self.call(idx, |h, ctx| h.on_writable(ctx));
+        }
+        self.service(idx);
+    }
+
+    // ---- dial ----
+
+    fn dial(
+        &mut self,
+        addr: SocketAddr,
+        deadline: Instant,
+        opts: ConnOptions,
+        hooks: Box<dyn DialHooks>,
+    ) {
+        if self.drain.is_some() {
+            ShardStats::add(&self.shared.stats.dial_failed, 1);
+            hooks.failed(DialError::Unavailable("shutdown"));
+            return;
+        }
+        let sock = match socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM.cloexec(),
+            Some(socket2::Protocol::TCP),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                ShardStats::add(&self.shared.stats.dial_failed, 1);
+                hooks.failed(DialError::Io(e));
+                return;
+            }
+        };
+        if opts.nodelay {
+            let _ = sock.set_nodelay(true);
+        }
+        let fd = Rc::new(OwnedFd::from(sock));
+        let gen = self.gen();
+        let entry = self.dials.vacant_entry();
+        let idx = entry.key();
+        match self.ring.connect(
+            &fd,
+            socket2::SockAddr::from(addr),
+            tag(Kind::Connect, idx, gen),
+        ) {
+            Ok(op) => {
+                entry.insert(PendingDial {
+                    gen,
+                    fd,
+                    op,
+                    hooks: Some(hooks),
+                    opts,
+                    peer: addr,
+                    timed_out: false,
+                });
+                self.timers
+                    .push(Reverse((deadline, TimerKey::Dial(idx, gen))));
+            }
+            Err(e) => {
+                ShardStats::add(&self.shared.stats.dial_failed, 1);
+                hooks.failed(DialError::Io(e));
+            }
+        }
+    }
+
+    fn on_connect(&mut self, idx: usize, gen: u32, c: Completion) {
+        if self.dials.get(idx).is_none_or(|d| d.gen != gen) {
+            return;
+        }
+        let mut d = self.dials.remove(idx);
+        let result = c.result;
+        // Release the op's resources (its Rc of the socket) before taking the socket back.
+        drop(c);
+        let Some(hooks) = d.hooks.take() else { return };
+        let st = &self.shared.stats;
+        if result < 0 {
+            ShardStats::add(&st.dial_failed, 1);
+            if d.timed_out {
+                ShardStats::add(&st.timeout_dial, 1);
+                hooks.failed(DialError::Timeout);
+            } else if self.drain.is_some() && result == -libc::ECANCELED {
+                hooks.failed(DialError::Unavailable("shutdown"));
+            } else {
+                hooks.failed(DialError::Io(std::io::Error::from_raw_os_error(-result)));
+            }
+            return;
+        }
+        let local = socket2::SockRef::from(&*d.fd)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        let Some(local) = local else {
+            ShardStats::add(&st.dial_failed, 1);
+            hooks.failed(DialError::Io(std::io::Error::other("no local address")));
+            return;
+        };
+        ShardStats::add(&st.dialed, 1);
+        // The connect op has completed, so ours is the last Rc (the op's resource was dropped).
+        let fd = match Rc::try_unwrap(d.fd) {
+            Ok(fd) => fd,
+            Err(_) => {
+                hooks.failed(DialError::Io(std::io::Error::other("socket still shared")));
+                return;
+            }
+        };
+        let peer = d.peer;
+        self.install(fd, peer, local, true, d.opts, |meta, remote| {
+            hooks.connected(meta, remote)
+        });
+    }
+
+    // ---- timers ----
+
+    fn fire_timers(&mut self) {
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if t > self.now {
+                break;
+            }
+            self.timers.pop();
+            match key {
+                TimerKey::Conn(idx, gen) => {
+                    let Some(conn) = self.conns.get_mut(idx) else {
+                        continue;
+                    };
+                    if conn.gen != gen || conn.io.timer != Some(t) {
+                        continue;
+                    }
+                    conn.io.timer = None;
+                    if let Some(kind) = conn.state.handle_timeout(self.now) {
+                        conn.io.close = Some((CloseReason::Timeout(kind), false));
+                    }
+                    self.service(idx);
+                }
+                TimerKey::Dial(idx, gen) => {
+                    if let Some(d) = self.dials.get_mut(idx) {
+                        if d.gen == gen && !d.timed_out {
+                            d.timed_out = true;
+                            let op = d.op;
+                            let _ = self.ring.cancel(op);
+                        }
+                    }
+                }
+                TimerKey::Listener(idx, gen) => {
+                    if self
+                        .listeners
+                        .get(idx)
+                        .is_some_and(|l| l.gen == gen && l.op.is_none())
+                    {
+                        self.arm_accept(idx);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- shutdown ----
+
+    fn begin_drain(&mut self, deadline: Instant, reply: tokio::sync::oneshot::Sender<ShardReport>) {
+        self.stop_listen(None);
+        let ops: Vec<OpId> = self.dials.iter().map(|(_, d)| d.op).collect();
+        for op in ops {
+            let _ = self.ring.cancel(op);
+        }
+        self.drain = Some(Drain {
+            deadline,
+            reply: Some(reply),
+            drained: 0,
+        });
+        let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for idx in idxs {
+            self.call(idx, |h, ctx| h.on_drain(ctx));
+            self.service(idx);
+        }
+    }
+
+    fn abort_all(&mut self, reason: CloseReason) -> u64 {
+        let idxs: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        let n = idxs.len() as u64;
+        for idx in idxs {
+            self.finish(idx, reason.clone());
+        }
+        n
+    }
+
+    /// True when the shard should exit.
+    fn check_drain(&mut self) -> bool {
+        let Some(d) = &self.drain else {
+            return false;
+        };
+        let deadline = d.deadline;
+        if self.conns.is_empty() && self.dials.is_empty() {
+            let drained = d.drained;
+            self.reply(ShardReport {
+                drained,
+                aborted: 0,
+            });
+            return true;
+        }
+        if self.now >= deadline {
+            let aborted = self.abort_all(CloseReason::Shutdown);
+            let drained = self.drain.as_ref().map_or(0, |d| d.drained);
+            // Pending dials: their cancels are in flight; report them failed now.
+            let dials: Vec<usize> = self.dials.iter().map(|(i, _)| i).collect();
+            for i in dials {
+                let mut d = self.dials.remove(i);
+                let _ = self.ring.cancel(d.op);
+                if let Some(h) = d.hooks.take() {
+                    h.failed(DialError::Unavailable("shutdown"));
+                }
+            }
+            self.reply(ShardReport { drained, aborted });
+            return true;
+        }
+        false
+    }
+
+    fn reply(&mut self, r: ShardReport) {
+        if let Some(tx) = self.drain.as_mut().and_then(|d| d.reply.take()) {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        // Handlers see an explicit close before the ring (and every op's resources) goes away.
+        self.abort_all(CloseReason::Shutdown);
+        self.ring.cancel_all_and_drain(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        for (kind, idx, gen) in [
+            (Kind::Recv, 0usize, 1u32),
+            (Kind::Send, 123_456, GEN_MASK),
+            (Kind::Accept, u32::MAX as usize, 7),
+        ] {
+            let t = tag(kind, idx, gen);
+            assert_eq!(untag(t), (kind as u8, idx, gen));
+        }
+        // Generation wraps within 24 bits and never collides with the kind byte.
+        assert_eq!(untag(tag(Kind::Event, 1, GEN_MASK + 2)).2, 1);
+    }
+
+    #[test]
+    fn idle_connection_footprint_is_small() {
+        // Per idle connection the shard keeps a `Conn` slot (no receive buffer: receives use
+        // the shared provided-buffer ring) plus the handler box and the remote.
+        let slot = std::mem::size_of::<Conn>();
+        let remote = std::mem::size_of::<RemoteShared>();
+        assert!(slot + remote < 1024, "slot {slot} + remote {remote}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Per-shard counters: plain cells written only by the owning shard (a Relaxed load + store,
+//! never a contended read-modify-write on the hot path) and read by any thread at scrape time
+//! as a [`StatsSnapshot`]. Names here are mechanism-level; metric names belong to the caller.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A shard's live counter cells (owner-written).
+        #[derive(Debug, Default)]
+        pub(crate) struct ShardStats {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of one shard's counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct StatsSnapshot {
+            /// Shard index.
+            pub shard: usize,
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl ShardStats {
+            pub(crate) fn snapshot(&self, shard: usize) -> StatsSnapshot {
+                StatsSnapshot {
+                    shard,
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Field-wise sum (for totals across shards).
+            pub fn merge(mut self, other: &Self) -> Self {
+                $(self.$name += other.$name;)*
+                self
+            }
+        }
+    };
+}
+
+stats! {
+    /// Connections accepted by this shard's listeners (before admission).
+    accepted,
+    /// Accepted connections refused by the admission hook (closed immediately).
+    rejected,
+    /// Connections handed to this shard by the balancer (including from itself).
+    adopted,
+    /// Connections established by dialing from this shard.
+    dialed,
+    /// Dials that failed (error or timeout).
+    dial_failed,
+    /// Connections currently open on this shard (gauge).
+    open,
+    /// Connections closed on this shard.
+    closed,
+    /// Frames received.
+    frames_in,
+    /// Frames queued for sending.
+    frames_out,
+    /// Payload+header bytes received.
+    bytes_in,
+    /// Bytes written to sockets.
+    bytes_out,
+    /// Connections closed for a frame above the ceiling.
+    too_large,
+    /// Read timeouts.
+    timeout_read,
+    /// Write timeouts.
+    timeout_write,
+    /// Idle timeouts.
+    timeout_idle,
+    /// Dial timeouts.
+    timeout_dial,
+    /// Connections that closed during a shutdown drain before the deadline.
+    drained,
+    /// Connections aborted at the shutdown deadline.
+    aborted,
+    /// Multishot receives that ran out of provided buffers (re-armed later).
+    recv_no_buffers,
+    /// Sends submitted as zero-copy (SENDMSG_ZC).
+    sends_zc,
+    /// Send submissions (each may carry several coalesced frames).
+    send_submissions,
+    /// Receive completions carrying data.
+    recv_completions,
+    /// Frames delivered in place (no copy).
+    frames_in_place,
+}
+
+impl ShardStats {
+    /// Adds `n` to `cell`. Only the owning shard calls this, so load + store is race-free.
+    #[inline]
+    pub(crate) fn add(cell: &AtomicU64, n: u64) {
+        cell.store(
+            cell.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Subtracts `n` from a gauge cell.
+    #[inline]
+    pub(crate) fn sub(cell: &AtomicU64, n: u64) {
+        cell.store(
+            cell.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! `Send` handles used from tokio: dial, accept, bounded writer inbox (Busy), inbound
+//! backpressure (reads pause and resume without loss), close and cancel.
+
+mod common;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use ron_shard::{
+    bind, handle_listener, AdmitToken, CloseReason, ConnOptions, HandleOptions, SendError,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialed_handle_round_trips_through_an_echo_shard() {
+    let Some(rt) = runtime(2) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, ConnOptions::default(), hooks).unwrap();
+    let mut h = rt
+        .dial_handle(
+            addr,
+            Duration::from_secs(5),
+            ConnOptions::default(),
+            HandleOptions::default(),
+        )
+        .await
+        .expect("dial");
+    assert!(h.meta().outbound);
+    assert_eq!(h.meta().peer, addr);
+    let tx = h.sender();
+    let sender = tokio::spawn(async move {
+        for i in 0..2000u32 {
+            tx.send(Bytes::copy_from_slice(&i.to_be_bytes()))
+                .await
+                .unwrap();
+        }
+    });
+    for i in 0..2000u32 {
+        let f = h.recv().await.unwrap().unwrap();
+        assert_eq!(&f[..], i.to_be_bytes());
+    }
+    sender.await.unwrap();
+    let big = Bytes::from(vec![7u8; 300_000]);
+    h.send(big.clone()).await.unwrap();
+    assert_eq!(h.recv().await.unwrap().unwrap(), big);
+    assert_eq!(h.close_and_wait().await, CloseReason::Local);
+    let s = total(&rt);
+    assert_eq!(s.dialed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_errors_are_typed() {
+    let Some(rt) = runtime(1) else { return };
+    // Nothing listens on this port (bound then dropped).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = rt
+        .dial_handle(
+            addr,
+            Duration::from_secs(5),
+            ConnOptions::default(),
+            HandleOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "io");
+    // Unroutable (TEST-NET-1) with a short deadline: a timeout (or an immediate network error
+    // where the host has no route; both are typed).
+    let err = rt
+        .dial_handle(
+            "192.0.2.1:9".parse().unwrap(),
+            Duration::from_millis(100),
+            ConnOptions::default(),
+            HandleOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.reason(), "timeout" | "io"), "{err:?}");
+    assert!(total(&rt).dial_failed >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_writer_inbox_is_busy_and_cancel_is_prompt() {
+    let Some(rt) = runtime(1) else { return };
+    // A peer that accepts and never reads.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = std::thread::spawn(move || l.accept().unwrap().0);
+    let mut h = rt
+        .dial_handle(
+            addr,
+            Duration::from_secs(5),
+            ConnOptions::default(),
+            HandleOptions {
+                inbox_capacity: 256,
+                ..HandleOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let _peer = acceptor.join().unwrap();
+    let frame = Bytes::from(vec![1u8; 64 * 1024]);
+    let mut sent = 0usize;
+    let busy = loop {
+        match h.try_send(frame.clone()) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        if sent % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(sent < 20_000, "never got Busy");
+    };
+    assert_eq!(busy, SendError::Busy);
+    assert_eq!(busy.reason(), "busy");
+    assert!(
+        sent >= 256,
+        "the inbox holds 256 frames before Busy (sent {sent})"
+    );
+    h.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(5), h.recv())
+        .await
+        .unwrap();
+    assert_eq!(r, Err(CloseReason::Aborted));
+    assert!(matches!(
+        h.try_send(frame),
+        Err(SendError::Closed(Some(CloseReason::Aborted)))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_handles_apply_inbound_backpressure_without_loss() {
+    let Some(rt) = runtime(2) else { return };
+    let (hooks, mut accepted) = handle_listener(
+        |_peer| Ok(AdmitToken::empty()),
+        16,
+        HandleOptions {
+            inbound_capacity: 2,
+            ..HandleOptions::default()
+        },
+    );
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, ConnOptions::default(), hooks).unwrap();
+    const N: u32 = 5000;
+    let client = std::thread::spawn(move || {
+        let mut c = connect(addr);
+        for i in 0..N {
+            write_frame(&mut c, &[i.to_be_bytes().as_slice(), &[0u8; 200]].concat());
+        }
+        // Then read the server's goodbye frame and EOF.
+        let bye = read_frame(&mut c).unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+        (bye, rest.len())
+    });
+    let mut h = accepted.accept().await.unwrap();
+    // Let the client fill the small inbound channel and the socket buffers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..N {
+        let f = h.recv().await.unwrap().unwrap();
+        assert_eq!(&f[..4], i.to_be_bytes(), "frame {i}");
+        assert_eq!(f.len(), 204);
+    }
+    h.send(Bytes::from_static(b"bye")).await.unwrap();
+    h.close();
+    assert_eq!(h.recv().await, Ok(None));
+    let (bye, rest) = client.join().unwrap();
+    assert_eq!((bye.as_slice(), rest), (&b"bye"[..], 0));
+}

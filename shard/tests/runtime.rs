@@ -1,0 +1,158 @@
+//! End-to-end tests of the shard-local handler API over loopback TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ron_shard::{bind, CloseReason, ConnOptions, TimeoutKind, Timeouts};
+
+fn listen(
+    rt: &ron_shard::Runtime,
+    hooks: Arc<EchoHooks>,
+    opts: ConnOptions,
+) -> std::net::SocketAddr {
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, opts, hooks).unwrap();
+    addr
+}
+
+#[test]
+fn echo_small_and_large_frames_in_order() {
+    let Some(rt) = runtime(2) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let addr = listen(&rt, hooks.clone(), ConnOptions::default());
+    let mut c = connect(addr);
+    // Sizes around the 16 KiB receive buffers and the 64 KiB chunk, up to the 1 MiB ceiling.
+    let sizes = [
+        0usize,
+        1,
+        100,
+        16 * 1024 - 4,
+        16 * 1024,
+        40_000,
+        64 * 1024,
+        200_000,
+        1 << 20,
+    ];
+    for (i, n) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..*n).map(|j| (i + j) as u8).collect();
+        write_frame(&mut c, &payload);
+        assert_eq!(read_frame(&mut c).unwrap(), payload, "size {n}");
+    }
+    // Pipelined burst of small frames: all come back in order.
+    let mut burst = Vec::new();
+    for i in 0..500u32 {
+        let p = i.to_be_bytes();
+        burst.extend_from_slice(&4u32.to_be_bytes());
+        burst.extend_from_slice(&p);
+    }
+    c.write_all(&burst).unwrap();
+    for i in 0..500u32 {
+        assert_eq!(read_frame(&mut c).unwrap(), i.to_be_bytes());
+    }
+    let s = total(&rt);
+    assert_eq!(s.frames_in, (sizes.len() + 500) as u64);
+    assert!(
+        s.frames_in_place > 0,
+        "small frames are delivered in place: {s:?}"
+    );
+    // A handler-initiated graceful close: FIN after the flush.
+    write_frame(&mut c, b"close-me");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    eventually("close recorded", || {
+        hooks.closes.lock().unwrap().as_slice() == [CloseReason::Local]
+    });
+    assert_eq!(total(&rt).open, 0);
+}
+
+#[test]
+fn oversized_frame_closes_before_reading_the_body() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let opts = ConnOptions {
+        max_frame: 1024,
+        ..ConnOptions::default()
+    };
+    let addr = listen(&rt, hooks.clone(), opts);
+    let mut c = connect(addr);
+    c.write_all(&1025u32.to_be_bytes()).unwrap();
+    let mut buf = [0u8; 16];
+    // The server closes (EOF or reset) without echoing.
+    let n = c.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    eventually("too_large counted", || total(&rt).too_large == 1);
+    let closes = hooks.closes.lock().unwrap().clone();
+    assert_eq!(closes.len(), 1);
+    assert_eq!(closes[0].as_str(), "too_large");
+}
+
+#[test]
+fn admission_refusal_closes_without_reading() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks {
+        deny_all: true,
+        ..EchoHooks::default()
+    });
+    let addr = listen(&rt, hooks.clone(), ConnOptions::default());
+    for _ in 0..5 {
+        let mut c = connect(addr);
+        let _ = c.write_all(b"\0\0\0\x01x");
+        let mut buf = [0u8; 8];
+        assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    }
+    eventually("5 rejections", || total(&rt).rejected == 5);
+    let s = total(&rt);
+    assert_eq!((s.accepted, s.adopted, s.bytes_in), (5, 0, 0));
+    assert!(hooks.opened_on.lock().unwrap().is_empty());
+}
+
+#[test]
+fn idle_and_read_timeouts_close_with_reason() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let opts = ConnOptions {
+        timeouts: Timeouts {
+            read: Some(Duration::from_millis(150)),
+            write: None,
+            idle: Some(Duration::from_millis(300)),
+        },
+        ..ConnOptions::default()
+    };
+    let addr = listen(&rt, hooks.clone(), opts);
+    // Idle: connect and say nothing.
+    let mut idle = connect(addr);
+    // Slow loris: half a header, then silence (the read deadline is shorter than idle).
+    let mut loris = connect(addr);
+    loris.write_all(&[0, 0]).unwrap();
+    let mut b = [0u8; 4];
+    assert_eq!(idle.read(&mut b).unwrap_or(0), 0);
+    assert_eq!(loris.read(&mut b).unwrap_or(0), 0);
+    eventually("both timed out", || {
+        let s = total(&rt);
+        s.timeout_idle == 1 && s.timeout_read == 1
+    });
+    let closes = hooks.closes.lock().unwrap().clone();
+    assert!(closes.contains(&CloseReason::Timeout(TimeoutKind::Idle)));
+    assert!(closes.contains(&CloseReason::Timeout(TimeoutKind::Read)));
+}
+
+#[test]
+fn peer_close_mid_frame_is_reported() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let addr = listen(&rt, hooks.clone(), ConnOptions::default());
+    let mut c = connect(addr);
+    c.write_all(&[0, 0, 0, 10, 1, 2]).unwrap();
+    drop(c);
+    eventually("closed", || hooks.closes.lock().unwrap().len() == 1);
+    assert_eq!(
+        hooks.closes.lock().unwrap()[0],
+        CloseReason::PeerClosedMidFrame
+    );
+}

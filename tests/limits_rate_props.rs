@@ -1,0 +1,100 @@
+//! Property tests for the GCRA token bucket (spec/TESTS.md §1.3): never overspends over any
+//! window, paces 10× offered load to the configured rate (±20 %), time-scaling linearity.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use ron_transport::rate::{default_burst, TokenBucket};
+
+const S: u64 = 1_000_000_000;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Over every window of simulated time, admitted bytes ≤ rate·t + burst + one max request
+    /// (+ 1 byte per request of fixed-point rounding slack).
+    #[test]
+    fn never_overspends(
+        rate in 1u64..=1_000_000_000,
+        burst in 0u64..2_000_000,
+        reqs in prop::collection::vec((0u64..50_000_000, 1u64..100_000), 1..150),
+    ) {
+        let b = TokenBucket::new(rate, burst);
+        let mut now = S;
+        let mut admitted: Vec<(u64, u64)> = Vec::new();
+        let max_req = reqs.iter().map(|r| r.1).max().unwrap_or(0);
+        for &(dt, n) in &reqs {
+            now += dt;
+            if b.try_consume(n, now) {
+                admitted.push((now, n));
+            }
+        }
+        for i in 0..admitted.len() {
+            let mut sum = 0u128;
+            for (j, &(t, n)) in admitted.iter().enumerate().skip(i) {
+                sum += u128::from(n);
+                let window = u128::from(t - admitted[i].0);
+                let bound = u128::from(rate) * window / u128::from(S)
+                    + u128::from(burst)
+                    + u128::from(max_req)
+                    + (j - i + 1) as u128;
+                prop_assert!(sum <= bound, "window {i}..={j}: {sum} > {bound}");
+            }
+        }
+    }
+
+    /// Refusals never consume: after a refusal, the same request at the same instant is
+    /// refused again, and `available` is unchanged.
+    #[test]
+    fn refusal_is_free(rate in 1u64..1_000_000, burst in 1u64..100_000, n in 1u64..200_000) {
+        let b = TokenBucket::new(rate, burst);
+        let t = 5 * S;
+        prop_assert!(b.try_consume(burst, t));
+        let avail = b.available(t);
+        if !b.try_consume(n, t) {
+            prop_assert_eq!(b.available(t), avail);
+            prop_assert!(!b.try_consume(n, t));
+        }
+    }
+
+    /// A sender offering 10× the rate and obeying `consume_paced` achieves the configured rate
+    /// within ±20 % over a simulated clock.
+    #[test]
+    fn pacing_within_20_percent(
+        rate in 16_384u64..=200_000_000,
+        chunk in 1024u64..=65_536,
+        max_frame in 65_536u64..=1_048_576,
+    ) {
+        let burst = default_burst(rate, max_frame);
+        let b = TokenBucket::new(rate, burst);
+        // Long enough that the burst is ≤ 5 % of the bytes moved.
+        let dur = (10 * S).max(20 * burst * S / rate);
+        // Bound the iteration count: grow the chunk for fast rates.
+        let chunk = chunk.max(rate * (dur / S) / 20_000);
+        let offered_ns_per_chunk = chunk * S / (10 * rate);
+        let start = S;
+        let mut now = start;
+        let mut sent = 0u64;
+        while now - start < dur {
+            let wait = b.consume_paced(chunk, now);
+            sent += chunk;
+            now += (wait.as_nanos() as u64).max(offered_ns_per_chunk.max(1));
+        }
+        let achieved = sent as f64 / ((now - start) as f64 / S as f64);
+        let ratio = achieved / rate as f64;
+        prop_assert!((0.8..=1.2).contains(&ratio), "achieved {achieved} for rate {rate}: {ratio}");
+    }
+
+    /// Time-scaling linearity: waiting k× as long refills k× as many bytes (up to the burst).
+    #[test]
+    fn refill_is_linear(rate in 1_000u64..10_000_000, k in 1u64..10) {
+        let burst = rate; // one second of credit
+        let b = TokenBucket::new(rate, burst);
+        let t0 = S;
+        prop_assert_eq!(b.consume_paced(burst, t0), Duration::ZERO);
+        let step = S / 20;
+        let avail = b.available(t0 + k * step);
+        let expect = rate * k / 20;
+        prop_assert!(avail.abs_diff(expect) <= 1 + expect / 1_000_000, "{avail} vs {expect}");
+    }
+}

@@ -1,0 +1,223 @@
+//! Admission caps and pacing through `Policy` / `ConnPermit`: global and per-peer caps with
+//! `rejected_total{reason}` assertions, release on drop, bounded per-peer map, live reload of
+//! caps and rates (including live connections), quota checked before work, multi-bucket pacing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ron_transport::policy::{ConnPermit, Policy};
+use ron_transport::{Config, ConfigHandle, RejectReason, TransportError, TransportMetrics};
+
+const S: u64 = 1_000_000_000;
+const MIB: u64 = 1024 * 1024;
+
+fn peer(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))
+}
+
+fn setup(f: impl FnOnce(&mut Config)) -> (Arc<Policy>, ConfigHandle) {
+    let mut c = Config::default();
+    f(&mut c);
+    let handle = ConfigHandle::new(c.validate().unwrap());
+    (Policy::new(handle.clone(), TransportMetrics::new()), handle)
+}
+
+fn reload(handle: &ConfigHandle, f: impl FnOnce(&mut Config)) {
+    let mut c = (*handle.load()).clone().into_inner();
+    f(&mut c);
+    let report = handle.reload(c).unwrap();
+    assert!(!report.changed.is_empty(), "reload changed something");
+}
+
+fn rejected(p: &Policy, r: RejectReason) -> u64 {
+    p.metrics().rejected_count(r)
+}
+
+#[test]
+fn global_cap_counts_and_releases() {
+    let (p, _) = setup(|c| c.max_conns = 3);
+    let permits: Vec<ConnPermit> = (1..=3).map(|i| p.admit(peer(i)).unwrap()).collect();
+    for i in 0..5 {
+        let e = p.admit(peer(10 + i)).unwrap_err();
+        assert!(matches!(e, TransportError::PeerLimit));
+        assert_eq!(e.reject_reason(), Some(RejectReason::PeerLimit));
+    }
+    assert_eq!(rejected(&p, RejectReason::PeerLimit), 5);
+    assert_eq!(rejected(&p, RejectReason::RateLimited), 0);
+    assert_eq!(p.conn_count(), 3);
+    assert_eq!(p.tracked_peers(), 3, "refused peers leave no entry");
+    drop(permits);
+    assert_eq!(p.conn_count(), 0);
+    assert_eq!(p.tracked_peers(), 0);
+    let _again = p.admit(peer(10)).unwrap();
+    assert!(p
+        .metrics()
+        .render()
+        .contains("rejected_total{reason=\"peer_limit\"} 5"));
+}
+
+#[test]
+fn per_peer_cap_and_map_stays_bounded() {
+    let (p, _) = setup(|c| c.per_peer_max_conns = 2);
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let a1 = p.admit(v6).unwrap();
+    let a2 = p.admit(v6).unwrap();
+    assert!(matches!(p.admit(v6), Err(TransportError::PeerLimit)));
+    assert_eq!(rejected(&p, RejectReason::PeerLimit), 1);
+    // Other peers are unaffected.
+    let others: Vec<_> = (1..=50).map(|i| p.admit(peer(i)).unwrap()).collect();
+    assert_eq!(p.tracked_peers(), 51);
+    drop(others);
+    assert_eq!(
+        p.tracked_peers(),
+        1,
+        "entries go away with their last connection"
+    );
+    drop(a1);
+    assert_eq!(p.peer_conn_count(v6), 1);
+    let _a3 = p.admit(v6).unwrap();
+    drop(a2);
+    assert_eq!(p.peer_conn_count(v6), 1);
+    assert_eq!(p.conn_count(), 1);
+}
+
+#[test]
+fn reload_changes_caps_live() {
+    let (p, h) = setup(|c| c.max_conns = 2);
+    let _a = p.admit(peer(1)).unwrap();
+    let _b = p.admit(peer(1)).unwrap();
+    assert!(p.admit(peer(2)).is_err());
+    reload(&h, |c| c.max_conns = 3);
+    let _c = p.admit(peer(2)).unwrap();
+    assert!(p.admit(peer(3)).is_err());
+    // Enable the per-peer cap below the live count: existing permits stay, new ones refused.
+    reload(&h, |c| {
+        c.max_conns = 100;
+        c.per_peer_max_conns = 1;
+    });
+    assert!(p.admit(peer(1)).is_err());
+    let _d = p.admit(peer(4)).unwrap();
+    assert!(p.admit(peer(4)).is_err());
+    assert_eq!(rejected(&p, RejectReason::PeerLimit), 4);
+    reload(&h, |c| c.per_peer_max_conns = 0);
+    let _e = p.admit(peer(4)).unwrap();
+}
+
+#[test]
+fn global_ingress_debt_refuses_before_work() {
+    let (p, _) = setup(|c| c.global_ingress_bytes_per_sec = MIB);
+    let t = 10 * S;
+    let a = p.admit_at(peer(1), t).unwrap();
+    // Burst = max(rate/10, max_frame) = 1 MiB; 4 MiB puts the global bucket 3 s in debt.
+    assert_eq!(a.pace_ingress(4 * MIB, t), Duration::from_secs(3));
+    let e = p.admit_at(peer(2), t + S).unwrap_err();
+    assert_eq!(e.kind(), "rate_limited");
+    assert_eq!(rejected(&p, RejectReason::RateLimited), 1);
+    assert_eq!(p.conn_count(), 1, "a refused admission holds no cap");
+    assert_eq!(p.tracked_peers(), 1);
+    let _b = p.admit_at(peer(2), t + 3 * S).unwrap();
+}
+
+#[test]
+fn egress_available_does_not_consume() {
+    let (p, _) = setup(|c| c.per_conn_bytes_per_sec = MIB);
+    let t = 5 * S;
+    let a = p.admit_at(peer(1), t).unwrap();
+    for _ in 0..100 {
+        assert!(a.egress_available(MIB, t));
+    }
+    // Bucket full (burst 1 MiB): pacing 3 MiB puts the connection 2 s in debt.
+    assert_eq!(a.pace_egress(3 * MIB, t), Duration::from_secs(2));
+    assert!(!a.egress_available(1, t));
+    assert!(!a.try_egress(1, t));
+    assert!(a.egress_available(MIB, t + 3 * S));
+    assert!(a.try_egress(MIB, t + 3 * S));
+    assert!(!a.egress_available(1, t + 3 * S));
+    // Ingress is a separate direction.
+    assert_eq!(a.pace_ingress(MIB, t), Duration::ZERO);
+}
+
+/// Reloaded rates apply to connections admitted before the reload.
+#[test]
+fn rate_reload_applies_to_live_connections() {
+    let (p, h) = setup(|_| {});
+    let t = 5 * S;
+    let a = p.admit_at(peer(1), t).unwrap();
+    assert_eq!(a.pace_egress(100 * MIB, t), Duration::ZERO, "disabled");
+    let epoch = p.rates_epoch();
+    reload(&h, |c| c.per_conn_bytes_per_sec = 2 * MIB);
+    assert_eq!(a.pace_egress(MIB, t), Duration::ZERO, "burst 1 MiB");
+    assert_eq!(a.pace_egress(4 * MIB, t), Duration::from_secs(2));
+    assert_eq!(p.rates_epoch(), epoch + 1);
+    assert_eq!(a.conn_egress().rate(), 2 * MIB);
+    reload(&h, |c| {
+        c.per_conn_bytes_per_sec = 0;
+        c.global_egress_bytes_per_sec = MIB;
+    });
+    assert_eq!(a.pace_egress(MIB, t), Duration::ZERO);
+    assert_eq!(p.global_egress().rate(), MIB, "applied by the first pacing call");
+    assert_eq!(a.pace_egress(MIB, t), Duration::from_secs(1));
+    reload(&h, |c| c.global_egress_bytes_per_sec = 0);
+    assert_eq!(a.pace_egress(100 * MIB, t), Duration::ZERO);
+}
+
+/// Per-peer buckets are shared by a peer's connections; pacing follows the tightest bucket.
+#[test]
+fn per_peer_bucket_is_shared() {
+    let (p, _) = setup(|c| {
+        c.per_peer_bytes_per_sec = MIB;
+        c.per_conn_bytes_per_sec = 4 * MIB;
+    });
+    let t = 5 * S;
+    let a = p.admit_at(peer(1), t).unwrap();
+    let b = p.admit_at(peer(1), t).unwrap();
+    let c = p.admit_at(peer(2), t).unwrap();
+    assert_eq!(a.pace_ingress(MIB, t), Duration::ZERO);
+    assert_eq!(
+        b.pace_ingress(MIB, t),
+        Duration::from_secs(1),
+        "same peer bucket"
+    );
+    assert_eq!(c.pace_ingress(MIB, t), Duration::ZERO, "other peer");
+    let e = p.admit_at(peer(1), t).unwrap_err();
+    assert_eq!(e.reject_reason(), Some(RejectReason::RateLimited));
+}
+
+/// Two connections offering 10× the global ingress rate, obeying the returned waits on a
+/// simulated clock, together achieve the configured rate within ±20 %.
+#[test]
+fn pacing_two_conns_to_global_rate() {
+    let rate = 4 * MIB;
+    let (p, _) = setup(|c| c.global_ingress_bytes_per_sec = rate);
+    let start = 10 * S;
+    let conns = [
+        p.admit_at(peer(1), start).unwrap(),
+        p.admit_at(peer(2), start).unwrap(),
+    ];
+    let chunk = 16 * 1024u64;
+    let offered_gap = chunk * S / (10 * rate);
+    let mut ready = [start, start];
+    let mut sent = 0u64;
+    let end = start + 20 * S;
+    loop {
+        let i = if ready[0] <= ready[1] { 0 } else { 1 };
+        let now = ready[i];
+        if now >= end {
+            break;
+        }
+        let wait = conns[i].pace_ingress(chunk, now);
+        sent += chunk;
+        ready[i] = now + (wait.as_nanos() as u64).max(offered_gap);
+    }
+    let achieved = sent as f64 / 20.0;
+    let ratio = achieved / rate as f64;
+    assert!((0.8..=1.2).contains(&ratio), "ratio {ratio}");
+}
+
+#[test]
+fn permits_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<ConnPermit>();
+    check::<Policy>();
+}
