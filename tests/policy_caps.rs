@@ -156,7 +156,11 @@ fn rate_reload_applies_to_live_connections() {
         c.global_egress_bytes_per_sec = MIB;
     });
     assert_eq!(a.pace_egress(MIB, t), Duration::ZERO);
-    assert_eq!(p.global_egress().rate(), MIB, "applied by the first pacing call");
+    assert_eq!(
+        p.global_egress().rate(),
+        MIB,
+        "applied by the first pacing call"
+    );
     assert_eq!(a.pace_egress(MIB, t), Duration::from_secs(1));
     reload(&h, |c| c.global_egress_bytes_per_sec = 0);
     assert_eq!(a.pace_egress(100 * MIB, t), Duration::ZERO);

@@ -327,7 +327,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             if !e.supports(t) {
                 continue;
             }
-            if let Err(why) = e.available() {
+            if let Err(why) = e.available(t) {
                 progress(&format!("skip {} {}: {why}", e.name(), t.as_str()));
                 continue;
             }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use ron_transport::config::{Backend, Config, ValidConfig};
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::{Conn, Engine, Listener};
@@ -45,9 +45,15 @@ pub fn tokio_available() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether ron-transport's uring engine is in this build.
-pub fn uring_available() -> Result<(), String> {
-    Err("ron-transport's uring engine is not on main yet".to_owned())
+/// Whether the uring row can run over `t` in this build: TCP through ron-shard's shard-local
+/// handler API; TLS once ron-transport's uring engine (`src/engine/uring/`) exists.
+pub fn uring_available(t: Transport) -> Result<(), String> {
+    match t {
+        Transport::Tcp => Ok(()),
+        Transport::Tls => {
+            Err("TLS on uring needs ron-transport's uring engine (not on main yet)".to_owned())
+        }
+    }
 }
 
 /// The engine configuration the rig serves with: the library defaults, except caps and
@@ -87,9 +93,59 @@ pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> 
     })
 }
 
-/// Serves with the uring engine.
+/// The shard-local echo handler: runs on the owning shard, echoes each frame in place.
+struct ShardEcho;
+
+impl ron_shard::ConnHandler for ShardEcho {
+    fn on_frame(&mut self, ctx: &mut ron_shard::ConnCtx<'_>, frame: ron_shard::Frame<'_>) {
+        if ctx.send_frame(&frame).is_err() {
+            // The connection is failing; its close reason arrives in `on_close`.
+        }
+    }
+
+    fn on_close(&mut self, _reason: &ron_shard::CloseReason) {}
+}
+
+/// Admits every peer (the rig runs on loopback) and opens a [`ShardEcho`].
+struct AdmitAll;
+
+impl ron_shard::AcceptHooks for AdmitAll {
+    fn admit(&self, _peer: SocketAddr) -> Result<ron_shard::AdmitToken, ron_shard::Reject> {
+        Ok(ron_shard::AdmitToken::empty())
+    }
+
+    fn open(
+        &self,
+        _token: ron_shard::AdmitToken,
+        _meta: &ron_shard::ConnMeta,
+        _remote: ron_shard::ConnRemote,
+    ) -> Box<dyn ron_shard::ConnHandler> {
+        Box::new(ShardEcho)
+    }
+}
+
+/// Serves with the io_uring runtime: TCP through ron-shard's shard-local handler API (one
+/// shard per `--shards`, threads inheriting the server-core affinity set by `serve`; the
+/// runtime's own pinning is off so `--cores` decides). Runs until the process is killed.
 pub fn serve_uring(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
-    let _ = (opts, ready);
-    uring_available().map_err(|e| anyhow!(e))?;
-    bail!("unreachable: uring engine unavailable")
+    uring_available(opts.transport).map_err(|e| anyhow!(e))?;
+    let rt = ron_shard::Runtime::start(ron_shard::RuntimeConfig {
+        shards: opts.shards.max(1),
+        pin: false,
+        ring_entries: 4096,
+        ..ron_shard::RuntimeConfig::default()
+    })
+    .map_err(|e| anyhow!("ron-shard runtime: {e}"))?;
+    let l = ron_shard::bind(opts.listen)?;
+    let addr = l.local_addr()?;
+    rt.listen(
+        l,
+        ron_shard::ConnOptions::default(),
+        std::sync::Arc::new(AdmitAll),
+    )
+    .map_err(|e| anyhow!("ron-shard listen: {e}"))?;
+    ready(addr, opts);
+    loop {
+        std::thread::park();
+    }
 }

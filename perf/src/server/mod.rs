@@ -121,11 +121,11 @@ impl EngineId {
         }
     }
 
-    /// `Ok` if this build can run it, else why not.
-    pub fn available(self) -> Result<(), String> {
+    /// `Ok` if this build can run it over `t`, else why not.
+    pub fn available(self, t: Transport) -> Result<(), String> {
         match self {
             Self::Tokio => adapter::tokio_available(),
-            Self::Uring => adapter::uring_available(),
+            Self::Uring => adapter::uring_available(t),
             Self::Monoio | Self::TokioUring => {
                 if cfg!(feature = "peers") {
                     Ok(())
@@ -214,7 +214,7 @@ pub fn serve(mut opts: ServeOpts) -> anyhow::Result<()> {
     if opts.shards == 0 {
         opts.shards = opts.cores.len().max(1);
     }
-    if let Err(why) = opts.engine.available() {
+    if let Err(why) = opts.engine.available(opts.transport) {
         bail!("engine {} is not available: {why}", opts.engine.name());
     }
     if !opts.engine.supports(opts.transport) {
