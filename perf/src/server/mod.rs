@@ -242,13 +242,18 @@ pub fn serve(mut opts: ServeOpts) -> anyhow::Result<()> {
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     };
+    dispatch(&opts, &ready)
+}
+
+/// Runs the server of `opts.engine` on the calling thread; `ready` is called once it accepts.
+fn dispatch(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
     match opts.engine {
-        EngineId::Tokio => adapter::serve_tokio(&opts, &ready),
-        EngineId::Uring => adapter::serve_uring(&opts, &ready),
+        EngineId::Tokio => adapter::serve_tokio(opts, ready),
+        EngineId::Uring => adapter::serve_uring(opts, ready),
         #[cfg(feature = "peers")]
-        EngineId::Monoio => peers::serve_monoio(&opts, &ready),
+        EngineId::Monoio => peers::serve_monoio(opts, ready),
         #[cfg(feature = "peers")]
-        EngineId::TokioUring => peers::serve_tokio_uring(&opts, &ready),
+        EngineId::TokioUring => peers::serve_tokio_uring(opts, ready),
         #[cfg(not(feature = "peers"))]
         EngineId::Monoio | EngineId::TokioUring => bail!("built without feature `peers`"),
         EngineId::BareUring => {
@@ -258,7 +263,7 @@ pub fn serve(mut opts: ServeOpts) -> anyhow::Result<()> {
             for l in ls {
                 hs.push(std::thread::spawn(move || bare::serve(l)));
             }
-            ready(addr, &opts);
+            ready(addr, opts);
             for h in hs {
                 h.join()
                     .map_err(|_| anyhow!("bare-uring shard panicked"))??;
@@ -269,8 +274,125 @@ pub fn serve(mut opts: ServeOpts) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+/// Starts `engine` over `t` on a background thread of this process (tests and tools that
+/// need no separate process); returns the bound address once it accepts.
+pub fn spawn_in_thread(
+    engine: EngineId,
+    t: Transport,
+    cert: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<SocketAddr> {
+    engine.available(t).map_err(|e| anyhow!(e))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = ServeOpts {
+        engine,
+        transport: t,
+        listen: "127.0.0.1:0".parse().expect("static addr"),
+        cert: cert.as_ref().map(|c| c.0.clone()),
+        key: cert.map(|c| c.1),
+        shards: 1,
+        cores: vec![],
+    };
+    std::thread::spawn(move || {
+        let tx2 = tx.clone();
+        let ready = move |a: SocketAddr, _: &ServeOpts| {
+            let _ = tx2.send(Ok(a));
+        };
+        let r = dispatch(&opts, &ready);
+        if let Err(e) = r {
+            let _ = tx.send(Err(e));
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .map_err(|_| anyhow!("{} did not start", engine.name()))?
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    /// Frames of awkward sizes (empty, tiny, above every initial buffer, several hundred KiB)
+    /// written back to back must come back byte for byte, in order.
+    fn exact_echo(addr: SocketAddr) {
+        let sizes = [0usize, 1, 1000, 16 * 1024 + 3, 70_000, 300_000, 5];
+        let mut out = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+            out.extend((0..n).map(|j| ((i * 31 + j) % 253) as u8));
+        }
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut w = s.try_clone().unwrap();
+        let expect = out.clone();
+        let writer = std::thread::spawn(move || w.write_all(&out).unwrap());
+        let mut back = vec![0u8; expect.len()];
+        s.read_exact(&mut back).unwrap();
+        writer.join().unwrap();
+        assert!(back == expect, "echo differs");
+    }
+
+    #[test]
+    fn every_tcp_engine_echoes_frames_whole_and_in_order() {
+        let mut ran = 0;
+        for e in EngineId::ALL {
+            if e.available(Transport::Tcp).is_err() {
+                continue;
+            }
+            let addr = spawn_in_thread(e, Transport::Tcp, None).unwrap();
+            exact_echo(addr);
+            ran += 1;
+        }
+        // tokio, uring (ron-shard), bare-uring, and the two peers with the default features.
+        assert!(ran >= 3, "only {ran} engines ran");
+    }
+
+    #[test]
+    fn load_client_measures_against_bare_uring_and_tokio_tls() {
+        let addr = spawn_in_thread(EngineId::BareUring, Transport::Tcp, None).unwrap();
+        let spec = crate::client::LoadSpec {
+            target: addr,
+            tls: None,
+            conns: 4,
+            payload: 512,
+            depth: 2,
+            rate: None,
+            warmup: std::time::Duration::from_millis(50),
+            duration: std::time::Duration::from_millis(300),
+            cores: vec![],
+            server_pid: Some(std::process::id()),
+        };
+        let r = crate::client::run_load(&spec).unwrap();
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        assert!(r.frames > 0 && !r.hist.is_empty());
+        assert!(r.server_cpu.is_some());
+
+        let dir = tempfile::tempdir().unwrap();
+        let ss = crate::tlsutil::SelfSigned::generate().unwrap();
+        let (c, k) = ss.write_to(dir.path()).unwrap();
+        let addr = spawn_in_thread(EngineId::Tokio, Transport::Tls, Some((c, k))).unwrap();
+        let tls = crate::tlsutil::library_client_config(ss.cert_pem.as_bytes(), true).unwrap();
+        let r = crate::client::run_load(&crate::client::LoadSpec {
+            target: addr,
+            tls: Some(tls.clone()),
+            ..spec
+        })
+        .unwrap();
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        assert!(r.frames > 0);
+        let h = crate::client::run_handshakes(
+            addr,
+            tls,
+            2,
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_millis(300),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(h.errors, 0, "{:?}", h.first_error);
+        assert!(h.handshakes > 0);
+    }
 
     #[test]
     fn ready_line_roundtrip() {
