@@ -415,7 +415,8 @@ pub struct HandshakeResult {
 /// (handshakes, resumed, latency, errors, first error) of one handshake thread.
 type HsTotals = (u64, u64, Histogram<u64>, u64, Option<String>);
 
-/// New TLS connections in a loop from `parallel` tasks on the first client core: connect,
+/// New TLS connections in a loop from `parallel` tasks spread over one thread per client core:
+/// connect,
 /// handshake (timed), one 64-byte echo (which also delivers the session tickets), close.
 pub fn run_handshakes(
     target: SocketAddr,
@@ -423,12 +424,64 @@ pub fn run_handshakes(
     parallel: usize,
     warmup: Duration,
     duration: Duration,
-    core: Option<usize>,
+    cores: &[usize],
     server_pid: Option<u32>,
 ) -> anyhow::Result<HandshakeResult> {
     let start = Instant::now() + warmup;
     let end = start + duration;
-    let h = std::thread::spawn(move || -> anyhow::Result<HsTotals> {
+    let threads = cores.len().max(1);
+    let mut hs = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let core = cores.get(i).copied();
+        let cfg = cfg.clone();
+        let parallel = parallel / threads + usize::from(i < parallel % threads);
+        hs.push(handshake_thread(target, cfg, parallel, start, end, core));
+    }
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+    let s0 = server_pid.map(|p| sys::cpu_time(Some(p)));
+    let c0 = sys::cpu_time(None)?;
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let s1 = server_pid.map(|p| sys::cpu_time(Some(p)));
+    let c1 = sys::cpu_time(None)?;
+    let mut acc: HsTotals = (0, 0, new_hist(), 0, None);
+    for h in hs {
+        let (n, r, hist, e, f) = h
+            .join()
+            .map_err(|_| anyhow!("handshake thread panicked"))??;
+        acc.0 += n;
+        acc.1 += r;
+        acc.2.add(&hist).map_err(|e| anyhow!("merge: {e}"))?;
+        acc.3 += e;
+        if acc.4.is_none() {
+            acc.4 = f;
+        }
+    }
+    let (handshakes, resumed, hist, errors, first_error) = acc;
+    Ok(HandshakeResult {
+        handshakes,
+        resumed,
+        window: duration,
+        hist,
+        errors,
+        first_error,
+        server_cpu: match (s0, s1) {
+            (Some(Ok(a)), Some(Ok(b))) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        client_cpu: c1.saturating_sub(c0),
+    })
+}
+
+/// One client thread (pinned to `core`) running `parallel` dialer tasks until `end`.
+fn handshake_thread(
+    target: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    parallel: usize,
+    start: Instant,
+    end: Instant,
+    core: Option<usize>,
+) -> std::thread::JoinHandle<anyhow::Result<HsTotals>> {
+    std::thread::spawn(move || -> anyhow::Result<HsTotals> {
         if let Some(c) = core {
             sys::pin_to(&[c])?;
         }
@@ -504,28 +557,6 @@ pub fn run_handshakes(
                 })
                 .await
         })
-    });
-    std::thread::sleep(start.saturating_duration_since(Instant::now()));
-    let s0 = server_pid.map(|p| sys::cpu_time(Some(p)));
-    let c0 = sys::cpu_time(None)?;
-    std::thread::sleep(end.saturating_duration_since(Instant::now()));
-    let s1 = server_pid.map(|p| sys::cpu_time(Some(p)));
-    let c1 = sys::cpu_time(None)?;
-    let (handshakes, resumed, hist, errors, first_error) = h
-        .join()
-        .map_err(|_| anyhow!("handshake thread panicked"))??;
-    Ok(HandshakeResult {
-        handshakes,
-        resumed,
-        window: duration,
-        hist,
-        errors,
-        first_error,
-        server_cpu: match (s0, s1) {
-            (Some(Ok(a)), Some(Ok(b))) => Some(b.saturating_sub(a)),
-            _ => None,
-        },
-        client_cpu: c1.saturating_sub(c0),
     })
 }
 

@@ -453,7 +453,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                                 8,
                                 o.warmup,
                                 o.duration,
-                                o.client_cores.first().copied(),
+                                &o.client_cores,
                                 Some(srv.pid),
                             ) {
                                 Ok(h) => {

@@ -386,7 +386,7 @@ mod tests {
             2,
             std::time::Duration::from_millis(50),
             std::time::Duration::from_millis(300),
-            None,
+            &[],
             None,
         )
         .unwrap();
