@@ -98,3 +98,33 @@ proptest! {
         prop_assert!(avail.abs_diff(expect) <= 1 + expect / 1_000_000, "{avail} vs {expect}");
     }
 }
+
+/// Under contention (4 threads hammering one bucket at a frozen instant), the CAS loop never
+/// admits more than the burst.
+#[test]
+fn concurrent_never_overspends() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let b = Arc::new(TokenBucket::new(1_000_000, 100_000));
+    let t = 7 * S;
+    assert!(b.try_consume(1, t)); // leave the "full" state: no oversized pass-through
+    let admitted = Arc::new(AtomicU64::new(1));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (b, admitted) = (b.clone(), admitted.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    if b.try_consume(7, t) {
+                        admitted.fetch_add(7, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let total = admitted.load(Ordering::Relaxed);
+    assert!(total <= 100_000, "{total}");
+    assert!(total > 100_000 - 7, "the burst was usable: {total}");
+}

@@ -225,3 +225,29 @@ fn permits_are_send_and_sync() {
     check::<ConnPermit>();
     check::<Policy>();
 }
+
+/// Concurrent admissions never exceed the global cap, and every refusal is counted.
+#[test]
+fn concurrent_admission_respects_cap() {
+    let (p, _) = setup(|c| c.max_conns = 10);
+    let results: Vec<Vec<ConnPermit>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4u8)
+            .map(|t| {
+                let p = p.clone();
+                s.spawn(move || {
+                    (0..25u8)
+                        .filter_map(|i| p.admit(peer(t * 25 + i)).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted: usize = results.iter().map(Vec::len).sum();
+    assert_eq!(admitted, 10);
+    assert_eq!(p.conn_count(), 10);
+    assert_eq!(rejected(&p, RejectReason::PeerLimit), 90);
+    drop(results);
+    assert_eq!(p.conn_count(), 0);
+    assert_eq!(p.tracked_peers(), 0);
+}

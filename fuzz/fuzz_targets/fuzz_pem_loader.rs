@@ -25,7 +25,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
         return;
     }
-    let pq = if data[0] & 1 == 0 { PqMode::Off } else { PqMode::Hybrid };
+    let pq = if data[0] & 1 == 0 {
+        PqMode::Off
+    } else {
+        PqMode::Hybrid
+    };
     let body = &data[3..];
     let split = usize::from(u16::from_be_bytes([data[1], data[2]])).min(body.len());
     let (cert_pem, key_pem) = body.split_at(split);
@@ -39,8 +43,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     assert!(key.is_empty(), "key buffer not scrubbed");
 
     // The full server builder.
-    if let Err(e) =
-        tls::server_config_from_pem(cert_pem, Zeroizing::new(key_pem.to_vec()), pq, &[])
+    if let Err(e) = tls::server_config_from_pem(cert_pem, Zeroizing::new(key_pem.to_vec()), pq, &[])
     {
         check(&e);
     }

@@ -60,6 +60,7 @@ pub struct ConnState {
     frame_started: Option<Instant>,
     write_waiting_since: Option<Instant>,
     queued: usize,
+    paused: bool,
 }
 
 impl ConnState {
@@ -72,6 +73,23 @@ impl ConnState {
             frame_started: None,
             write_waiting_since: None,
             queued: 0,
+            paused: false,
+        }
+    }
+
+    /// Reading paused by local backpressure (the consumer is slow, or output is above its
+    /// high-water mark): the read and idle deadlines stop running, since the peer cannot make
+    /// progress; on resume both restart from `now`. The write deadline keeps running.
+    pub fn set_paused(&mut self, now: Instant, paused: bool) {
+        if self.paused == paused {
+            return;
+        }
+        self.paused = paused;
+        if !paused {
+            self.last_activity = now;
+            if self.frame_started.is_some() {
+                self.frame_started = Some(now);
+            }
         }
     }
 
@@ -149,21 +167,23 @@ impl ConnState {
 
     /// The earliest pending deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let read = self
-            .frame_started
-            .zip(self.timeouts.read)
-            .map(|(t, d)| t + d);
+        let (read_t, idle_t) = if self.paused {
+            (None, None)
+        } else {
+            (self.timeouts.read, self.timeouts.idle)
+        };
+        let read = self.frame_started.zip(read_t).map(|(t, d)| t + d);
         let write = self
             .write_waiting_since
             .zip(self.timeouts.write)
             .map(|(t, d)| t + d);
-        let idle = self.timeouts.idle.map(|d| self.last_activity + d);
+        let idle = idle_t.map(|d| self.last_activity + d);
         [read, write, idle].into_iter().flatten().min()
     }
 
     /// Which timeout (if any) has fired at `now`. Read wins over write over idle.
     pub fn handle_timeout(&self, now: Instant) -> Option<TimeoutKind> {
-        if let (Some(t), Some(d)) = (self.frame_started, self.timeouts.read) {
+        if let (Some(t), Some(d), false) = (self.frame_started, self.timeouts.read, self.paused) {
             if now >= t + d {
                 return Some(TimeoutKind::Read);
             }
@@ -173,7 +193,7 @@ impl ConnState {
                 return Some(TimeoutKind::Write);
             }
         }
-        if let Some(d) = self.timeouts.idle {
+        if let (Some(d), false) = (self.timeouts.idle, self.paused) {
             if now >= self.last_activity + d {
                 return Some(TimeoutKind::Idle);
             }
@@ -263,6 +283,25 @@ mod tests {
         c.handle_sent(t0 + 340 * MS, 990);
         assert_eq!(c.queued(), 0);
         assert_eq!(c.handle_timeout(t0 + 600 * MS), None);
+    }
+
+    #[test]
+    fn local_backpressure_suspends_read_and_idle_deadlines() {
+        let t0 = Instant::now();
+        let mut c = ConnState::new(t0, 1024, t());
+        recv(&mut c, t0, &[0, 0, 0, 9, 1]);
+        c.set_paused(t0 + 10 * MS, true);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.handle_timeout(t0 + 5000 * MS), None);
+        // Output still has to move while paused.
+        c.handle_queued(t0 + 10 * MS, 10);
+        assert_eq!(c.handle_timeout(t0 + 300 * MS), Some(TimeoutKind::Write));
+        c.handle_sent(t0 + 300 * MS, 10);
+        // Resuming restarts the read window from now.
+        c.set_paused(t0 + 6000 * MS, false);
+        assert_eq!(c.poll_timeout(), Some(t0 + 6100 * MS));
+        assert_eq!(c.handle_timeout(t0 + 6099 * MS), None);
+        assert_eq!(c.handle_timeout(t0 + 6100 * MS), Some(TimeoutKind::Read));
     }
 
     #[test]

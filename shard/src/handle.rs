@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,6 +84,9 @@ impl SendError {
 #[derive(Debug)]
 struct HandleShared {
     closed: OnceLock<CloseReason>,
+    /// Frames received but not yet delivered when the connection ended (delivered after the
+    /// channel's frames, before the end).
+    tail: Mutex<VecDeque<Bytes>>,
     paused: AtomicBool,
     remote: ConnRemote,
 }
@@ -175,8 +178,20 @@ impl ConnHandle {
                 self.after_recv();
                 Ok(Some(b))
             }
-            None => self.terminal(),
+            None => match self.pop_tail() {
+                Some(b) => Ok(Some(b)),
+                None => self.terminal(),
+            },
         }
+    }
+
+    fn pop_tail(&self) -> Option<Bytes> {
+        self.tx
+            .shared
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 
     /// A frame if one is ready, without waiting; `Ok(None)` if none is ready yet and the
@@ -188,9 +203,12 @@ impl ConnHandle {
                 Ok(Some(b))
             }
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => match self.terminal() {
-                Ok(_) => Err(CloseReason::Local),
-                Err(e) => Err(e),
+            Err(mpsc::error::TryRecvError::Disconnected) => match self.pop_tail() {
+                Some(b) => Ok(Some(b)),
+                None => match self.terminal() {
+                    Ok(_) => Err(CloseReason::Local),
+                    Err(e) => Err(e),
+                },
             },
         }
     }
@@ -234,6 +252,12 @@ impl ConnHandle {
         while self.rx.recv().await.is_some() {}
         self.tx
             .shared
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.tx
+            .shared
             .closed
             .get()
             .cloned()
@@ -248,6 +272,22 @@ impl Drop for ConnHandle {
     }
 }
 
+/// Observes a bridge's writer side (runs on the owning shard).
+pub trait OutboundHooks: Send + Sync + 'static {
+    /// `frames` left the writer inbox (moved to the socket queue, or discarded at close).
+    fn taken(&self, frames: usize) {
+        let _ = frames;
+    }
+
+    /// `bytes` (wire bytes of one frame) are about to be queued for writing; returns how long
+    /// to wait first (egress pacing). The frame is held back (and the inbox not drained
+    /// further) until then.
+    fn pace(&self, bytes: usize) -> Duration {
+        let _ = bytes;
+        Duration::ZERO
+    }
+}
+
 /// Builds the shard-side bridge handler and the `Send` handle for one connection.
 pub fn bridge(
     meta: &ConnMeta,
@@ -255,10 +295,22 @@ pub fn bridge(
     opts: HandleOptions,
     token: Option<AdmitToken>,
 ) -> (Box<dyn ConnHandler>, ConnHandle) {
+    bridge_with_hooks(meta, remote, opts, token, None)
+}
+
+/// [`bridge`] with [`OutboundHooks`] (inbox-depth accounting, egress pacing).
+pub fn bridge_with_hooks(
+    meta: &ConnMeta,
+    remote: ConnRemote,
+    opts: HandleOptions,
+    token: Option<AdmitToken>,
+    hooks: Option<Arc<dyn OutboundHooks>>,
+) -> (Box<dyn ConnHandler>, ConnHandle) {
     let (in_tx, in_rx) = mpsc::channel(opts.inbound_capacity.max(1));
     let (out_tx, out_rx) = mpsc::channel(opts.inbox_capacity.max(1));
     let shared = Arc::new(HandleShared {
         closed: OnceLock::new(),
+        tail: Mutex::new(VecDeque::new()),
         paused: AtomicBool::new(false),
         remote,
     });
@@ -269,6 +321,8 @@ pub fn bridge(
         shared: shared.clone(),
         closing: false,
         high_water: opts.high_water_bytes.max(1),
+        hooks,
+        held: None,
         _token: token,
     };
     let handle = ConnHandle {
@@ -289,6 +343,9 @@ struct Bridge {
     shared: Arc<HandleShared>,
     closing: bool,
     high_water: usize,
+    hooks: Option<Arc<dyn OutboundHooks>>,
+    /// A frame taken from the inbox and held back by pacing, and when it may go.
+    held: Option<(Bytes, std::time::Instant)>,
     _token: Option<AdmitToken>,
 }
 
@@ -325,17 +382,36 @@ impl Bridge {
         }
     }
 
-    /// Moves inbox frames into the socket queue up to the high-water mark. True if the inbox
-    /// is empty afterwards.
+    /// Moves inbox frames into the socket queue up to the high-water mark, pacing each one.
+    /// True if the inbox is empty afterwards.
     fn drain_out(&mut self, ctx: &mut ConnCtx<'_>) -> bool {
         while ctx.queued_bytes() < self.high_water {
-            match self.out_rx.try_recv() {
-                Ok(b) => {
-                    if ctx.send_bytes(b).is_err() {
-                        return true;
-                    }
+            let b = match self.held.take() {
+                Some((b, until)) if until > ctx.now() => {
+                    // Still paced: other wakes (new output, resume) must not release it early.
+                    self.held = Some((b, until));
+                    ctx.wake_after(until - ctx.now(), WAKE_OUTPUT);
+                    return false;
                 }
-                Err(_) => return true,
+                Some((b, _)) => b,
+                None => match self.out_rx.try_recv() {
+                    Ok(b) => {
+                        if let Some(h) = &self.hooks {
+                            h.taken(1);
+                            let wait = h.pace(b.len() + 4);
+                            if !wait.is_zero() {
+                                self.held = Some((b, ctx.now() + wait));
+                                ctx.wake_after(wait, WAKE_OUTPUT);
+                                return false;
+                            }
+                        }
+                        b
+                    }
+                    Err(_) => return true,
+                },
+            };
+            if ctx.send_bytes(b).is_err() {
+                return true;
             }
         }
         false
@@ -383,9 +459,29 @@ impl ConnHandler for Bridge {
         }
     }
 
+    fn on_drain(&mut self, ctx: &mut ConnCtx<'_>) {
+        // Runtime shutdown: flush what the application queued, then close gracefully.
+        self.closing = true;
+        if self.drain_out(ctx) {
+            ctx.close();
+        }
+    }
+
     fn on_close(&mut self, reason: &CloseReason) {
+        *self.shared.tail.lock().unwrap_or_else(|p| p.into_inner()) =
+            std::mem::take(&mut self.stash);
         let _ = self.shared.closed.set(reason.clone());
         self.out_rx.close();
+        // A paced frame in `held` was already counted as taken; count what is still queued.
+        drop(self.held.take());
+        let mut left = 0;
+        while let Ok(b) = self.out_rx.try_recv() {
+            drop(b);
+            left += 1;
+        }
+        if let (Some(h), true) = (&self.hooks, left > 0) {
+            h.taken(left);
+        }
     }
 }
 

@@ -364,6 +364,12 @@ impl ConnCtx<'_> {
         }
     }
 
+    /// Calls [`ConnHandler::on_wake`] with `bits` after `delay` (on this shard's timer). A
+    /// later request replaces an earlier pending one (for pacing).
+    pub fn wake_after(&mut self, delay: std::time::Duration, bits: u32) {
+        self.io.wake_at = Some((self.now + delay, bits));
+    }
+
     /// A `Send` doorbell for this connection.
     pub fn remote(&self) -> ConnRemote {
         self.io.remote.clone()

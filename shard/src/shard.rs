@@ -218,6 +218,7 @@ enum TimerKey {
     Conn(usize, u32),
     Dial(usize, u32),
     Listener(usize, u32),
+    Wake(usize, u32),
 }
 
 /// Per-connection I/O bookkeeping (what the ctx touches, plus op handles).
@@ -233,6 +234,9 @@ pub(crate) struct ConnIo {
     zc_sent: Option<i32>,
     eof: bool,
     timer: Option<Instant>,
+    /// A wake requested by the handler itself ([`ConnCtx::wake_after`]): when, which bits.
+    pub(crate) wake_at: Option<(Instant, u32)>,
+    wake_armed: Option<Instant>,
 }
 
 struct Conn {
@@ -636,6 +640,8 @@ impl Shard {
                 zc_sent: None,
                 eof: false,
                 timer: None,
+                wake_at: None,
+                wake_armed: None,
             },
         });
         ShardStats::add(&self.shared.stats.open, 1);
@@ -694,6 +700,7 @@ impl Shard {
             // Reading. Output above the high-water mark pauses reading too, so a peer that
             // does not read cannot make its connection hold receive buffers without bound.
             let want = conn.io.want_read && conn.state.queued() < self.cfg.out_high_water;
+            conn.state.set_paused(self.now, !want);
             if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
                 let fd = conn.fd.clone();
                 match self.ring.recv_multi(&fd, tag(Kind::Recv, idx, key_tag_gen)) {
@@ -752,6 +759,13 @@ impl Shard {
         }
         // Timer.
         let conn = &mut self.conns[idx];
+        if let Some((t, _)) = conn.io.wake_at {
+            if conn.io.wake_armed != Some(t) {
+                conn.io.wake_armed = Some(t);
+                self.timers
+                    .push(Reverse((t, TimerKey::Wake(idx, conn.gen))));
+            }
+        }
         if let Some(d) = conn.state.poll_timeout() {
             if conn.io.timer.is_none_or(|t| d < t) {
                 conn.io.timer = Some(d);
@@ -1093,6 +1107,19 @@ impl Shard {
                     conn.io.timer = None;
                     if let Some(kind) = conn.state.handle_timeout(self.now) {
                         conn.io.close = Some((CloseReason::Timeout(kind), false));
+                    }
+                    self.service(idx);
+                }
+                TimerKey::Wake(idx, gen) => {
+                    let Some(conn) = self.conns.get_mut(idx) else {
+                        continue;
+                    };
+                    if conn.gen != gen || conn.io.wake_armed != Some(t) {
+                        continue;
+                    }
+                    conn.io.wake_armed = None;
+                    if let Some((_, bits)) = conn.io.wake_at.take() {
+                        self.call(idx, |h, ctx| h.on_wake(ctx, bits));
                     }
                     self.service(idx);
                 }

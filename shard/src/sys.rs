@@ -869,10 +869,10 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::net::UnixStream;
 
-    fn ring() -> Option<Ring> {
+    fn ring(defer_taskrun: bool) -> Option<Ring> {
         match Ring::new(RingOptions {
             entries: 64,
-            defer_taskrun: true,
+            defer_taskrun,
         }) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -897,9 +897,8 @@ mod tests {
         (Rc::new(OwnedFd::from(a)), b)
     }
 
-    #[test]
-    fn buf_ring_recv_in_place_and_recycle() {
-        let Some(mut r) = ring() else { return };
+    fn buf_ring_recv_in_place_and_recycle(defer: bool) {
+        let Some(mut r) = ring(defer) else { return };
         let bufs = BufRing::new(4, 4096, 0).unwrap();
         r.register_buf_ring(bufs.clone()).unwrap();
         let (a, mut b) = pair();
@@ -935,9 +934,8 @@ mod tests {
         assert_eq!(Rc::strong_count(&a), 1);
     }
 
-    #[test]
-    fn recv_without_buffers_reports_enobufs() {
-        let Some(mut r) = ring() else { return };
+    fn recv_without_buffers_reports_enobufs(defer: bool) {
+        let Some(mut r) = ring(defer) else { return };
         let bufs = BufRing::new(1, 4096, 0).unwrap();
         r.register_buf_ring(bufs.clone()).unwrap();
         let (a, mut b) = pair();
@@ -954,8 +952,8 @@ mod tests {
         assert_eq!(c.buf.unwrap().as_slice(), b"y");
     }
 
-    fn send_and_check(zc: bool) {
-        let Some(mut r) = ring() else { return };
+    fn send_and_check(defer: bool, zc: bool) {
+        let Some(mut r) = ring(defer) else { return };
         if zc && !probe_opcodes(&[opcode::SendMsgZc::CODE]).is_ok_and(|v| v[0]) {
             eprintln!("skipping: SENDMSG_ZC unsupported");
             return;
@@ -1012,19 +1010,16 @@ mod tests {
         assert_eq!(got, expect);
     }
 
-    #[test]
-    fn vectored_send_from_owned_and_ring_memory() {
-        send_and_check(false);
+    fn vectored_send_from_owned_and_ring_memory(defer: bool) {
+        send_and_check(defer, false);
     }
 
-    #[test]
-    fn zero_copy_send_releases_on_notification() {
-        send_and_check(true);
+    fn zero_copy_send_releases_on_notification(defer: bool) {
+        send_and_check(defer, true);
     }
 
-    #[test]
-    fn accept_multi_adopts_fds_and_connect_connects() {
-        let Some(mut r) = ring() else { return };
+    fn accept_multi_adopts_fds_and_connect_connects(defer: bool) {
+        let Some(mut r) = ring(defer) else { return };
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let lfd = Rc::new(OwnedFd::from(l));
@@ -1052,9 +1047,8 @@ mod tests {
         assert!(adopt_fd(-1).is_none());
     }
 
-    #[test]
-    fn eventfd_doorbell_wakes_the_ring() {
-        let Some(mut r) = ring() else { return };
+    fn eventfd_doorbell_wakes_the_ring(defer: bool) {
+        let Some(mut r) = ring(defer) else { return };
         let efd = eventfd().unwrap();
         let reader = Rc::new(efd.try_clone().unwrap());
         r.read_eventfd(&reader, 5).unwrap();
@@ -1068,9 +1062,8 @@ mod tests {
         t.join().unwrap();
     }
 
-    #[test]
-    fn cancel_returns_resources_and_fd_closes_after_completion() {
-        let Some(mut r) = ring() else { return };
+    fn cancel_returns_resources_and_fd_closes_after_completion(defer: bool) {
+        let Some(mut r) = ring(defer) else { return };
         let bufs = BufRing::new(4, 4096, 0).unwrap();
         r.register_buf_ring(bufs).unwrap();
         let (a, _b) = pair();
@@ -1087,9 +1080,8 @@ mod tests {
         r.cancel(op).unwrap();
     }
 
-    #[test]
-    fn dropping_the_ring_cancels_and_drains_in_flight_ops() {
-        let Some(mut r) = ring() else { return };
+    fn dropping_the_ring_cancels_and_drains_in_flight_ops(defer: bool) {
+        let Some(mut r) = ring(defer) else { return };
         let bufs = BufRing::new(4, 4096, 0).unwrap();
         r.register_buf_ring(bufs.clone()).unwrap();
         let (a, _b) = pair();
@@ -1106,4 +1098,28 @@ mod tests {
         assert!(BufRing::new(0, 4096, 0).is_err());
         assert!(BufRing::new(4, 0, 0).is_err());
     }
+
+    /// Every ring-level test runs on both ring configurations: SINGLE_ISSUER |
+    /// DEFER_TASKRUN | COOP_TASKRUN, and plain flags.
+    macro_rules! on_both_ring_configs {
+        ($($name:ident),* $(,)?) => {
+            mod defer_taskrun {
+                $(#[test] fn $name() { super::$name(true) })*
+            }
+            mod plain_flags {
+                $(#[test] fn $name() { super::$name(false) })*
+            }
+        };
+    }
+
+    on_both_ring_configs!(
+        buf_ring_recv_in_place_and_recycle,
+        recv_without_buffers_reports_enobufs,
+        accept_multi_adopts_fds_and_connect_connects,
+        eventfd_doorbell_wakes_the_ring,
+        cancel_returns_resources_and_fd_closes_after_completion,
+        dropping_the_ring_cancels_and_drains_in_flight_ops,
+        vectored_send_from_owned_and_ring_memory,
+        zero_copy_send_releases_on_notification,
+    );
 }

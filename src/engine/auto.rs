@@ -5,13 +5,16 @@
 //!
 //! [`AutoEngine`] is an enum over concrete engines so the hot path keeps static dispatch:
 //! consumers write their serving code generically over [`Engine`](crate::engine::Engine) and
-//! match once. The uring variant is added when the uring engine lands; until then a successful
-//! probe still selects tokio, with reason [`REASON_URING_NOT_BUILT`].
+//! match once. io_uring usable (this probe, then the shard runtime's full probe: opcodes,
+//! DEFER_TASKRUN, provided-buffer ring registration) and a plain-TCP config ⇒ uring; a TLS
+//! config ⇒ tokio with reason `uring_no_tls` until the shard TLS pump is wired into the uring
+//! engine; the uring runtime failing to start ⇒ tokio with reason `uring_start_failed`.
 
 use std::io;
 
 use crate::engine::setup::EngineSetup;
 use crate::engine::tokio::TokioEngine;
+use crate::engine::uring::UringEngine;
 use crate::engine::EngineKind;
 use crate::error::TransportError;
 
@@ -141,12 +144,39 @@ impl EngineChoice {
 pub enum AutoEngine {
     /// The tokio engine.
     Tokio(TokioEngine),
+    /// The io_uring thread-per-core engine.
+    Uring(UringEngine),
 }
 
 impl AutoEngine {
     /// Probes io_uring, builds the engine it allows, logs the choice and returns both.
     pub fn build(setup: EngineSetup) -> Result<(Self, EngineChoice), TransportError> {
-        let choice = EngineChoice::decide(probe_uring(), false);
+        let mut choice = EngineChoice::decide(probe_uring(), true);
+        if choice.kind == EngineKind::Uring {
+            if let Err(reason) = crate::engine::uring::availability(&setup.config_snapshot()) {
+                choice = EngineChoice {
+                    kind: EngineKind::Tokio,
+                    reason,
+                    probe: choice.probe,
+                };
+            }
+        }
+        let mut uring = None;
+        if choice.kind == EngineKind::Uring {
+            match setup.build_uring() {
+                Ok(e) => uring = Some(e),
+                Err(e) => {
+                    tracing::warn!(
+                        target: "ron_transport",
+                        event = "engine_select",
+                        error = %e,
+                        "uring engine failed to start; falling back to tokio"
+                    );
+                    choice.kind = EngineKind::Tokio;
+                    choice.reason = "uring_start_failed";
+                }
+            }
+        }
         tracing::info!(
             target: "ron_transport",
             event = "engine_select",
@@ -154,8 +184,10 @@ impl AutoEngine {
             reason = choice.reason,
             "engine selected"
         );
-        // A `match choice.kind` with a uring arm goes here with the uring engine.
-        let engine = Self::Tokio(setup.build_tokio()?);
+        let engine = match uring {
+            Some(e) => Self::Uring(e),
+            None => Self::Tokio(setup.build_tokio()?),
+        };
         Ok((engine, choice))
     }
 
@@ -163,6 +195,7 @@ impl AutoEngine {
     pub fn kind(&self) -> EngineKind {
         match self {
             Self::Tokio(_) => EngineKind::Tokio,
+            Self::Uring(_) => EngineKind::Uring,
         }
     }
 }
@@ -228,17 +261,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn build_picks_tokio_and_stays_ready() {
+    async fn build_picks_uring_where_usable_and_stays_ready() {
         use crate::readiness::{ReadyState, TransportHealth};
-        let setup = EngineSetup::new(
-            crate::config::ValidConfig::defaults(),
-            crate::metrics::TransportMetrics::new(),
-        )
-        .unwrap();
+        let cfg = crate::config::ValidConfig::defaults();
+        let usable = crate::engine::uring::availability(&cfg);
+        let setup = EngineSetup::new(cfg, crate::metrics::TransportMetrics::new()).unwrap();
+        let (engine, choice) = AutoEngine::build(setup).unwrap();
+        assert_eq!(engine.kind(), choice.kind);
+        match (&engine, usable) {
+            (AutoEngine::Uring(e), Ok(())) => {
+                assert_eq!(choice.reason, "uring_available");
+                assert_eq!(e.readiness(), ReadyState::Ready);
+            }
+            (AutoEngine::Tokio(e), Err(reason)) => {
+                println!("uring not usable here: {reason}");
+                assert_eq!(choice.reason, reason);
+                assert_eq!(e.readiness(), ReadyState::Ready);
+            }
+            (e, u) => panic!("picked {:?} with availability {u:?}", e.kind()),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_config_falls_back_to_tokio_with_a_reason() {
+        let c = crate::config::Config {
+            backend: crate::config::Backend::Tls,
+            ..crate::config::Config::default()
+        };
+        let Ok(cfg) = c.validate() else { return };
+        let setup = EngineSetup::new(cfg, crate::metrics::TransportMetrics::new()).unwrap();
         let (engine, choice) = AutoEngine::build(setup).unwrap();
         assert_eq!(engine.kind(), EngineKind::Tokio);
-        assert_eq!(choice.kind, EngineKind::Tokio);
-        let AutoEngine::Tokio(e) = engine;
-        assert_eq!(e.readiness(), ReadyState::Ready);
+        if probe_uring() == UringProbe::Available {
+            assert_eq!(choice.reason, "uring_no_tls");
+        }
     }
 }

@@ -23,6 +23,7 @@
 pub mod auto;
 pub mod setup;
 pub mod tokio;
+pub mod uring;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -131,6 +131,24 @@ impl EngineSetup {
     pub fn build_tokio(self) -> Result<TokioEngine, TransportError> {
         Ok(TokioEngine::new(self.build_shared()?))
     }
+
+    /// The current config snapshot (for engine selection).
+    pub fn config_snapshot(&self) -> Arc<ValidConfig> {
+        self.config.load()
+    }
+
+    /// Builds the uring engine (one shard per core) from the same config, metrics and
+    /// readiness. Leaves `self` usable, so a failure can fall back to [`build_tokio`].
+    ///
+    /// [`build_tokio`]: Self::build_tokio
+    pub fn build_uring(&self) -> Result<crate::engine::uring::UringEngine, TransportError> {
+        crate::engine::uring::UringEngine::build(
+            self.config.clone(),
+            self.metrics.clone(),
+            ron_shard::RuntimeConfig::default(),
+            self.readiness.clone(),
+        )
+    }
 }
 
 /// The state one engine instance shares between its listeners, dialers and connections.

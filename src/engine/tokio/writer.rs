@@ -119,7 +119,10 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
                 continue;
             }
             m = rx.recv() => match m {
-                Some(f) => f,
+                Some(f) => {
+                    core.inbox_depth.dec();
+                    f
+                }
                 None => return Exit::Drained,
             },
             _ = &mut idle, if !draining => {
@@ -139,12 +142,11 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
         drop(cfg);
 
         // Take everything already queued, up to `chunk` bytes.
-        let mut taken = 1;
         let mut batch = stage_frame(&mut stage, &mut segs, first, chunk);
         while batch < chunk {
             match rx.try_recv() {
                 Ok(f) => {
-                    taken += 1;
+                    core.inbox_depth.dec();
                     batch += stage_frame(&mut stage, &mut segs, f, chunk);
                 }
                 Err(_) => break,
@@ -153,7 +155,6 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
         if !stage.is_empty() {
             segs.push_back(stage.split().freeze());
         }
-        core.inbox_depth.sub(taken);
 
         if let Err(exit) = write_segments(live, wr, &mut segs, chunk, write_timeout).await {
             return exit;
@@ -197,14 +198,22 @@ async fn write_segments(
     // partial write is not paced twice).
     let mut paced_ahead = 0usize;
     while !segs.is_empty() {
+        // At most `chunk` bytes per submission, except that a small tail (a header, a short
+        // frame) rides along instead of costing a syscall of its own.
+        let pending: usize = segs.iter().map(Bytes::len).sum();
+        let limit = if pending <= chunk + COPY_MAX {
+            pending
+        } else {
+            chunk
+        };
         let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         let mut total = 0;
         for seg in segs.iter() {
-            if count == MAX_IOVECS || total >= chunk {
+            if count == MAX_IOVECS || total >= limit {
                 break;
             }
-            let take = seg.len().min(chunk - total);
+            let take = seg.len().min(limit - total);
             slices[count] = IoSlice::new(&seg[..take]);
             count += 1;
             total += take;

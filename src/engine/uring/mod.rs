@@ -1,0 +1,861 @@
+//! The `uring` engine: [`Engine`] / [`Listener`] / [`Conn`] / [`FrameSender`] on top of the
+//! `ron-shard` thread-per-core io_uring runtime, reached through its `Send` handles.
+//!
+//! Policy wiring (the shard runtime itself is mechanism only):
+//! - admission: [`Policy::admit`] runs in the runtime's admit hook on the accepting shard, right
+//!   after accept and before any buffer or read; refused sockets are closed there (the policy
+//!   counts `rejected_total{reason}`);
+//! - limits: the shard checks the frame ceiling before allocating (`max_frame_bytes` at listen
+//!   or dial time); a lower live value is enforced per frame as it arrives and on send;
+//! - timeouts: read/write/idle deadlines are taken from the live config when each connection
+//!   opens and enforced by the shard's timers; every timeout counts
+//!   `rejected_total{reason="timeout"}` once;
+//! - rates: egress is checked in `try_send` (`RateLimited`) and paced in `send`.
+//! - metrics: accepts, dials, `conn_inflight`, bytes in/out, `io_read_size_bytes` (per frame),
+//!   `io_write_size_bytes` (per queued frame), writer-inbox drops, aborted tasks at shutdown,
+//!   all with `backend` label.
+//!
+//! TLS is not wired yet (the unbuffered rustls pump lands in `ron-shard::tls_pump`): a `tls`
+//! config makes `listen`/`dial` return `Unsupported`.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ron_shard::{
+    AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandle, ConnHandler, ConnMeta, ConnOptions,
+    ConnRemote, DialError, DialHooks, Frame, FrameTx, HandleOptions, OutboundHooks, Reject,
+    Runtime, RuntimeConfig, SendError, TimeoutKind, Timeouts,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Backend, ConfigHandle, ValidConfig};
+use crate::engine::{
+    Conn, ConnInfo, DialOptions, Engine, EngineKind, FrameSender, Listener, ShutdownReport,
+    WRITER_INBOX_CAPACITY,
+};
+use crate::error::{RejectReason, TimeoutOp, TransportError};
+use crate::metrics::{BackendMetrics, PqLabel, QueueName, TaskKind, TransportMetrics};
+use crate::policy::{now_ns, ConnPermit, Policy};
+use crate::readiness::{Readiness, ReadyState, TransportHealth};
+
+/// Frames buffered towards a consumer before the shard stops reading that socket.
+const INBOUND_CAPACITY: usize = 64;
+/// Admitted connections waiting in a listener's accept queue.
+const ACCEPT_BACKLOG: usize = 1024;
+
+struct Inner {
+    rt: Runtime,
+    policy: Arc<Policy>,
+    metrics: Arc<TransportMetrics>,
+    readiness: Readiness,
+}
+
+impl Inner {
+    fn cfg(&self) -> Arc<ValidConfig> {
+        self.policy.config()
+    }
+
+    fn backend(&self) -> Backend {
+        self.cfg().backend
+    }
+
+    fn bm(&self) -> &BackendMetrics {
+        self.metrics.backend(self.backend())
+    }
+
+    fn conn_options(&self) -> ConnOptions {
+        let cfg = self.cfg();
+        ConnOptions {
+            max_frame: u32::try_from(cfg.max_frame_bytes).unwrap_or(u32::MAX),
+            timeouts: timeouts_of(&cfg),
+            nodelay: true,
+        }
+    }
+
+    fn handle_options(&self) -> HandleOptions {
+        let cfg = self.cfg();
+        HandleOptions {
+            inbound_capacity: INBOUND_CAPACITY,
+            inbox_capacity: WRITER_INBOX_CAPACITY,
+            high_water_bytes: usize::try_from(cfg.chunk_bytes)
+                .unwrap_or(64 * 1024)
+                .saturating_mul(4),
+        }
+    }
+
+    fn tls_unsupported(&self) -> Option<TransportError> {
+        let cfg = self.cfg();
+        (cfg.backend == Backend::Tls || cfg.tls_enabled).then(|| TransportError::Unsupported {
+            what: "tls on the uring engine (the shard TLS pump is not wired yet)".into(),
+        })
+    }
+}
+
+fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
+    let nz = |d: Duration| (!d.is_zero()).then_some(d);
+    Timeouts {
+        read: nz(cfg.read_timeout),
+        write: nz(cfg.write_timeout),
+        idle: nz(cfg.idle_timeout),
+    }
+}
+
+/// For engine auto-selection: `Ok(())` if the uring engine can serve `cfg` on this host, else a
+/// stable reason (`io_uring_disabled`, `seccomp`, `enosys`, `memlock`, `missing_opcodes`,
+/// `error` from [`ron_shard::probe`], prefixed `io_uring_`; or `uring_no_tls` for a TLS
+/// config, until the shard TLS pump is wired).
+pub fn availability(cfg: &ValidConfig) -> Result<(), &'static str> {
+    if cfg.backend == Backend::Tls || cfg.tls_enabled {
+        return Err("uring_no_tls");
+    }
+    let probe = ron_shard::probe();
+    match probe.failure {
+        None => Ok(()),
+        Some(f) => Err(match f.reason() {
+            "io_uring_disabled" => "io_uring_disabled",
+            "seccomp" => "io_uring_seccomp",
+            "enosys" => "io_uring_enosys",
+            "memlock" => "io_uring_memlock",
+            "missing_opcodes" => "io_uring_missing_opcodes",
+            _ => "io_uring_error",
+        }),
+    }
+}
+
+/// The io_uring thread-per-core engine.
+#[derive(Clone)]
+pub struct UringEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for UringEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringEngine")
+            .field("shards", &self.inner.rt.shard_count())
+            .finish()
+    }
+}
+
+impl UringEngine {
+    /// Starts the shard runtime (one shard per core) under `config` and `metrics`.
+    pub fn new(
+        config: ConfigHandle,
+        metrics: Arc<TransportMetrics>,
+    ) -> Result<Self, TransportError> {
+        Self::with_runtime(config, metrics, RuntimeConfig::default())
+    }
+
+    /// Like [`new`](Self::new) with explicit runtime knobs (shard count, buffer pool, ...).
+    pub fn with_runtime(
+        config: ConfigHandle,
+        metrics: Arc<TransportMetrics>,
+        runtime: RuntimeConfig,
+    ) -> Result<Self, TransportError> {
+        Self::build(config, metrics, runtime, None)
+    }
+
+    /// The full constructor: runtime knobs and an optional readiness publisher to drive (e.g.
+    /// one shared with a consumer's `/readyz`); it is set `Ready` once the shards run.
+    pub fn build(
+        config: ConfigHandle,
+        metrics: Arc<TransportMetrics>,
+        runtime: RuntimeConfig,
+        readiness: Option<Readiness>,
+    ) -> Result<Self, TransportError> {
+        let chunk = usize::try_from(config.load().chunk_bytes).unwrap_or(64 * 1024);
+        let rt = Runtime::start(RuntimeConfig {
+            chunk_bytes: chunk.max(1),
+            ..runtime
+        })
+        .map_err(|e| TransportError::Unsupported {
+            what: format!("uring engine: {e}"),
+        })?;
+        let policy = Policy::new(config, metrics.clone());
+        let readiness = readiness.unwrap_or_else(|| Readiness::new("uring", ReadyState::Ready));
+        readiness.set(ReadyState::Ready);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                rt,
+                policy,
+                metrics,
+                readiness,
+            }),
+        })
+    }
+
+    /// The shared admission/pacing policy.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.inner.policy
+    }
+
+    /// Per-shard runtime counters.
+    pub fn shard_stats(&self) -> Vec<ron_shard::StatsSnapshot> {
+        self.inner.rt.stats()
+    }
+}
+
+impl TransportHealth for UringEngine {
+    fn readiness(&self) -> ReadyState {
+        self.inner.readiness.readiness()
+    }
+}
+
+impl Engine for UringEngine {
+    type Listener = UringListener;
+    type Conn = UringConn;
+
+    fn kind(&self) -> EngineKind {
+        EngineKind::Uring
+    }
+
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+
+    fn listen(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send {
+        let inner = self.inner.clone();
+        async move {
+            if let Some(e) = inner.tls_unsupported() {
+                return Err(e);
+            }
+            let l = ron_shard::bind(addr)?;
+            let local = l.local_addr()?;
+            let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+            let hooks = Arc::new(AcceptSide {
+                inner: Arc::downgrade(&inner),
+                tx,
+            });
+            let id = inner
+                .rt
+                .listen(l, inner.conn_options(), hooks)
+                .map_err(|e| TransportError::Unsupported {
+                    what: format!("uring listener: {e}"),
+                })?;
+            Ok(UringListener {
+                inner,
+                local,
+                rx,
+                id,
+            })
+        }
+    }
+
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        opts: DialOptions,
+    ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send {
+        let inner = self.inner.clone();
+        async move {
+            if let Some(e) = inner.tls_unsupported() {
+                return Err(e);
+            }
+            let (tx, rx) = oneshot::channel();
+            let hooks = Box::new(DialSide {
+                inner: Arc::downgrade(&inner),
+                tx,
+                started: std::time::Instant::now(),
+            });
+            let bm = inner.bm().clone();
+            let sent = inner
+                .rt
+                .dial(addr, opts.deadline, inner.conn_options(), hooks);
+            let res = match sent {
+                Err((e, _)) => Err(TransportError::Unsupported {
+                    what: format!("uring dial: {e}"),
+                }),
+                Ok(()) => match rx.await {
+                    Ok(Ok(pair)) => Ok(pair),
+                    Ok(Err(DialError::Timeout)) => {
+                        inner.metrics.reject(RejectReason::Timeout);
+                        Err(TransportError::timeout(TimeoutOp::Dial))
+                    }
+                    Ok(Err(DialError::Io(e))) => Err(TransportError::Io(e)),
+                    Ok(Err(_)) | Err(_) => Err(TransportError::Cancelled),
+                },
+            };
+            match res {
+                Ok((handle, metered)) => {
+                    bm.dials_ok.inc();
+                    Ok(UringConn::new(&inner, handle, metered, opts.corr_id))
+                }
+                Err(e) => {
+                    bm.dials_err.inc();
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn shutdown(&self, deadline: Duration) -> impl Future<Output = ShutdownReport> + Send {
+        let inner = self.inner.clone();
+        async move {
+            inner
+                .readiness
+                .set(ReadyState::NotReady { reason: "shutdown" });
+            let r = inner.rt.shutdown(deadline).wait_async().await;
+            if r.aborted > 0 {
+                inner
+                    .metrics
+                    .tasks_aborted
+                    .with_label_values(&[TaskKind::Reader.as_str()])
+                    .inc_by(r.aborted);
+            }
+            ShutdownReport {
+                drained: r.drained,
+                aborted: r.aborted,
+            }
+        }
+    }
+}
+
+/// Admission proof of one connection: the policy permit (caps, buckets) and the in-flight
+/// gauge, both released when the connection's handler is dropped (at close).
+struct Admitted {
+    permit: Option<ConnPermit>,
+    inflight: prometheus::IntGauge,
+    /// When connection establishment started (accept or dial), for `handshake_latency`.
+    started: std::time::Instant,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.inflight.dec();
+    }
+}
+
+/// The shard-side wrapper around a handle bridge: live limits, metrics, close accounting.
+struct Metered {
+    inner: Box<dyn ConnHandler>,
+    engine: Weak<Inner>,
+    admitted: Arc<Admitted>,
+    bm: BackendMetrics,
+    metrics: Arc<TransportMetrics>,
+}
+
+impl ConnHandler for Metered {
+    fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
+        if let Some(e) = self.engine.upgrade() {
+            ctx.set_timeouts(timeouts_of(&e.cfg()));
+        }
+        self.inner.on_open(ctx);
+    }
+
+    fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, frame: Frame<'_>) {
+        let n = frame.len() as u64 + 4;
+        self.bm.bytes_in.inc_by(n);
+        self.bm.io_read_size.observe(n as f64);
+        if let Some(e) = self.engine.upgrade() {
+            let max = e.cfg().max_frame_bytes;
+            if frame.len() as u64 > max {
+                self.metrics.reject(RejectReason::TooLarge);
+                ctx.abort();
+                return;
+            }
+        }
+        if let Some(p) = &self.admitted.permit {
+            // Ingress buckets are accounted; pacing reads is left to the socket backpressure
+            // (the shard has no per-connection read timer yet).
+            let _ = p.pace_ingress(n, now_ns());
+        }
+        self.inner.on_frame(ctx, frame);
+    }
+
+    fn on_writable(&mut self, ctx: &mut ConnCtx<'_>) {
+        self.inner.on_writable(ctx);
+    }
+
+    fn on_wake(&mut self, ctx: &mut ConnCtx<'_>, bits: u32) {
+        self.inner.on_wake(ctx, bits);
+    }
+
+    fn on_drain(&mut self, ctx: &mut ConnCtx<'_>) {
+        self.inner.on_drain(ctx);
+    }
+
+    fn on_close(&mut self, reason: &CloseReason) {
+        match reason {
+            CloseReason::Timeout(_) => self.metrics.reject(RejectReason::Timeout),
+            CloseReason::Frame(_) => self.metrics.reject(RejectReason::TooLarge),
+            CloseReason::Shutdown => self
+                .metrics
+                .tasks_aborted
+                .with_label_values(&[TaskKind::Writer.as_str()])
+                .inc(),
+            _ => {}
+        }
+        self.inner.on_close(reason);
+    }
+}
+
+fn metered(
+    engine: &Arc<Inner>,
+    meta: &ConnMeta,
+    remote: ConnRemote,
+    admitted: Arc<Admitted>,
+) -> (Box<dyn ConnHandler>, ConnHandle) {
+    let bm = engine.bm().clone();
+    // Plain TCP: establishment (accept → open, or connect) is the "handshake".
+    bm.handshake(PqLabel::Off)
+        .observe(admitted.started.elapsed().as_secs_f64());
+    for kind in [TaskKind::Reader, TaskKind::Writer] {
+        engine
+            .metrics
+            .tasks_spawned
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+    let hooks: Arc<dyn OutboundHooks> = Arc::new(Outbound {
+        depth: engine
+            .metrics
+            .queue_depth
+            .with_label_values(&[QueueName::WriterInbox.as_str()]),
+        admitted: Arc::downgrade(&admitted),
+    });
+    let (bridge, handle) =
+        ron_shard::bridge_with_hooks(meta, remote, engine.handle_options(), None, Some(hooks));
+    let h = Metered {
+        inner: bridge,
+        engine: Arc::downgrade(engine),
+        admitted,
+        bm,
+        metrics: engine.metrics.clone(),
+    };
+    (Box::new(h), handle)
+}
+
+/// Writer-side hooks: the `queue_depth{queue="writer_inbox"}` gauge and egress pacing (the
+/// writer waits for the per-connection, per-peer and global egress buckets).
+struct Outbound {
+    depth: prometheus::IntGauge,
+    admitted: Weak<Admitted>,
+}
+
+impl OutboundHooks for Outbound {
+    fn taken(&self, frames: usize) {
+        self.depth.sub(frames as i64);
+    }
+
+    fn pace(&self, bytes: usize) -> Duration {
+        match self.admitted.upgrade() {
+            Some(a) => match &a.permit {
+                Some(p) => p.pace_egress(bytes as u64, now_ns()),
+                None => Duration::ZERO,
+            },
+            None => Duration::ZERO,
+        }
+    }
+}
+
+/// Aborts a connection nobody will consume.
+struct Refuse;
+
+impl ConnHandler for Refuse {
+    fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
+        ctx.abort();
+    }
+    fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, _frame: Frame<'_>) {
+        ctx.abort();
+    }
+    fn on_close(&mut self, _reason: &CloseReason) {}
+}
+
+type Accepted = (ConnHandle, Weak<Admitted>);
+
+struct AcceptSide {
+    inner: Weak<Inner>,
+    tx: mpsc::Sender<Accepted>,
+}
+
+impl AcceptHooks for AcceptSide {
+    fn admit(&self, peer: SocketAddr) -> Result<AdmitToken, Reject> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Err(Reject { reason: "shutdown" });
+        };
+        match inner.policy.admit(peer.ip()) {
+            Ok(permit) => {
+                let bm = inner.bm();
+                bm.accepts.inc();
+                bm.conn_inflight.inc();
+                Ok(AdmitToken::new(Admitted {
+                    permit: Some(permit),
+                    inflight: bm.conn_inflight.clone(),
+                    started: std::time::Instant::now(),
+                }))
+            }
+            // `Policy::admit` has counted `rejected_total{reason}` already.
+            Err(e) => Err(Reject {
+                reason: e.reject_reason().map_or(e.kind(), |r| r.as_str()),
+            }),
+        }
+    }
+
+    fn open(&self, token: AdmitToken, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
+        let (Some(inner), Ok(admitted)) = (self.inner.upgrade(), token.downcast::<Admitted>())
+        else {
+            return Box::new(Refuse);
+        };
+        let admitted = Arc::new(admitted);
+        let weak = Arc::downgrade(&admitted);
+        let (h, handle) = metered(&inner, meta, remote, admitted);
+        match self.tx.try_send((handle, weak)) {
+            Ok(()) => h,
+            Err(_) => {
+                inner.metrics.reject(RejectReason::Busy);
+                Box::new(Refuse)
+            }
+        }
+    }
+}
+
+struct DialSide {
+    inner: Weak<Inner>,
+    tx: oneshot::Sender<Result<Accepted, DialError>>,
+    started: std::time::Instant,
+}
+
+impl DialHooks for DialSide {
+    fn connected(self: Box<Self>, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Box::new(Refuse);
+        };
+        let bm = inner.bm();
+        bm.conn_inflight.inc();
+        let admitted = Arc::new(Admitted {
+            permit: None,
+            inflight: bm.conn_inflight.clone(),
+            started: self.started,
+        });
+        let weak = Arc::downgrade(&admitted);
+        let (h, handle) = metered(&inner, meta, remote, admitted);
+        match self.tx.send(Ok((handle, weak))) {
+            Ok(()) => h,
+            Err(_) => Box::new(Refuse),
+        }
+    }
+
+    fn failed(self: Box<Self>, err: DialError) {
+        let _ = self.tx.send(Err(err));
+    }
+}
+
+/// A bound uring listener.
+pub struct UringListener {
+    inner: Arc<Inner>,
+    local: SocketAddr,
+    rx: mpsc::Receiver<Accepted>,
+    id: ron_shard::ListenerId,
+}
+
+impl std::fmt::Debug for UringListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringListener")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl Listener for UringListener {
+    type Conn = UringConn;
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    async fn accept(&mut self) -> Result<Self::Conn, TransportError> {
+        match self.rx.recv().await {
+            Some((handle, admitted)) => Ok(UringConn::new(&self.inner, handle, admitted, None)),
+            None => Err(TransportError::IoClosed),
+        }
+    }
+}
+
+impl Drop for UringListener {
+    fn drop(&mut self) {
+        let _ = self.inner.rt.stop_listening(self.id);
+    }
+}
+
+/// A cloneable sender into one uring connection's writer inbox.
+#[derive(Clone)]
+pub struct UringSender {
+    tx: FrameTx,
+    inner: Arc<Inner>,
+    admitted: Weak<Admitted>,
+}
+
+impl std::fmt::Debug for UringSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringSender").finish()
+    }
+}
+
+impl UringSender {
+    fn check_size(&self, len: usize) -> Result<(), TransportError> {
+        let max = self.inner.cfg().max_frame_bytes;
+        if len as u64 > max {
+            self.inner.metrics.reject(RejectReason::TooLarge);
+            return Err(TransportError::TooLarge {
+                len: len as u64,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn closed(&self, reason: Option<CloseReason>) -> TransportError {
+        match reason {
+            Some(r) => map_close(&r).unwrap_or(TransportError::IoClosed),
+            None => TransportError::IoClosed,
+        }
+    }
+
+    fn sent(&self, n: usize) {
+        self.inner
+            .metrics
+            .queue_depth
+            .with_label_values(&[QueueName::WriterInbox.as_str()])
+            .inc();
+        let bm = self.inner.bm();
+        bm.bytes_out.inc_by(n as u64 + 4);
+        bm.io_write_size.observe((n + 4) as f64);
+    }
+}
+
+impl FrameSender for UringSender {
+    fn try_send(&self, frame: Bytes) -> Result<(), TransportError> {
+        self.check_size(frame.len())?;
+        if let Some(a) = self.admitted.upgrade() {
+            if let Some(p) = &a.permit {
+                if !p.egress_available(frame.len() as u64 + 4, now_ns()) {
+                    self.inner.metrics.reject(RejectReason::RateLimited);
+                    return Err(TransportError::RateLimited);
+                }
+            }
+        }
+        let n = frame.len();
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.sent(n);
+                Ok(())
+            }
+            Err(SendError::Busy) => {
+                self.inner
+                    .metrics
+                    .queue_dropped
+                    .with_label_values(&[QueueName::WriterInbox.as_str()])
+                    .inc();
+                self.inner.metrics.reject(RejectReason::Busy);
+                Err(TransportError::Busy)
+            }
+            Err(SendError::Closed(r)) => Err(self.closed(r)),
+            Err(_) => Err(TransportError::IoClosed),
+        }
+    }
+
+    fn send(&self, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let this = self.clone();
+        async move {
+            this.check_size(frame.len())?;
+            let n = frame.len();
+            // Egress rate limits pace the writer on the shard (see `Outbound::pace`).
+            let write_timeout = this.inner.cfg().write_timeout;
+            let fut = this.tx.send(frame);
+            let res = if write_timeout.is_zero() {
+                fut.await
+            } else {
+                match tokio::time::timeout(write_timeout, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        this.inner.metrics.reject(RejectReason::Timeout);
+                        return Err(TransportError::timeout(TimeoutOp::Write));
+                    }
+                }
+            };
+            match res {
+                Ok(()) => {
+                    this.sent(n);
+                    Ok(())
+                }
+                Err(SendError::Closed(r)) => Err(this.closed(r)),
+                Err(_) => Err(TransportError::IoClosed),
+            }
+        }
+    }
+}
+
+/// Maps a shard close reason to the contract's error (`None` for a clean close).
+fn map_close(r: &CloseReason) -> Option<TransportError> {
+    Some(match r {
+        CloseReason::PeerClosed | CloseReason::Local => return None,
+        CloseReason::Timeout(k) => TransportError::timeout(match k {
+            TimeoutKind::Read => TimeoutOp::Read,
+            TimeoutKind::Write => TimeoutOp::Write,
+            TimeoutKind::Idle => TimeoutOp::Idle,
+            _ => TimeoutOp::Dial,
+        }),
+        CloseReason::Frame(ron_shard::FrameError::TooLarge { len, max }) => {
+            TransportError::TooLarge {
+                len: u64::from(*len),
+                max: u64::from(*max),
+            }
+        }
+        CloseReason::Aborted => TransportError::Cancelled,
+        CloseReason::Shutdown => TransportError::timeout(TimeoutOp::Shutdown),
+        CloseReason::Io(errno) => TransportError::Io(std::io::Error::from_raw_os_error(*errno)),
+        _ => TransportError::IoClosed,
+    })
+}
+
+/// An established uring connection (plain TCP).
+pub struct UringConn {
+    info: ConnInfo,
+    handle: ConnHandle,
+    sender: UringSender,
+    failed: bool,
+}
+
+impl std::fmt::Debug for UringConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringConn")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl UringConn {
+    fn new(
+        inner: &Arc<Inner>,
+        handle: ConnHandle,
+        admitted: Weak<Admitted>,
+        corr_id: Option<String>,
+    ) -> Self {
+        let meta = handle.meta().clone();
+        let info = ConnInfo {
+            conn_id: meta.id,
+            peer_addr: meta.peer,
+            local_addr: meta.local,
+            backend: inner.backend(),
+            engine: EngineKind::Uring,
+            alpn: None,
+            pq: PqLabel::Off,
+            resumed: false,
+        };
+        tracing::debug!(
+            target: "ron_transport",
+            event = "conn_open",
+            conn_id = %format!("{:x}", meta.id),
+            corr_id = corr_id.as_deref().unwrap_or(""),
+            backend = info.backend.as_str(),
+            engine = "uring",
+            "connection established"
+        );
+        let sender = UringSender {
+            tx: handle.sender(),
+            inner: inner.clone(),
+            admitted,
+        };
+        Self {
+            info,
+            handle,
+            sender,
+            failed: false,
+        }
+    }
+}
+
+impl Conn for UringConn {
+    type Sender = UringSender;
+
+    fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+
+    fn sender(&self) -> Self::Sender {
+        self.sender.clone()
+    }
+
+    fn try_send(&self, frame: Bytes) -> Result<(), TransportError> {
+        self.sender.try_send(frame)
+    }
+
+    fn send(&self, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
+        self.sender.send(frame)
+    }
+
+    async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        if self.failed {
+            return Err(TransportError::IoClosed);
+        }
+        match self.handle.recv().await {
+            Ok(f) => Ok(f),
+            Err(r) => {
+                self.failed = true;
+                Err(map_close(&r).unwrap_or(TransportError::IoClosed))
+            }
+        }
+    }
+
+    async fn close(self) -> Result<(), TransportError> {
+        match self.handle.close_and_wait().await {
+            CloseReason::Local | CloseReason::PeerClosed => Ok(()),
+            r => Err(map_close(&r).unwrap_or(TransportError::IoClosed)),
+        }
+    }
+
+    fn cancel(&self) {
+        self.handle.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn availability_refuses_tls_and_explains_probe_failures() {
+        let c = Config {
+            backend: Backend::Tls,
+            ..Config::default()
+        };
+        if let Ok(v) = c.validate() {
+            assert_eq!(availability(&v), Err("uring_no_tls"));
+        }
+        let v = Config::default()
+            .validate()
+            .expect("default config is valid");
+        match availability(&v) {
+            Ok(()) => assert!(ron_shard::probe().usable),
+            Err(r) => {
+                println!("uring unavailable here: {r}");
+                assert!(r.starts_with("io_uring_"));
+            }
+        }
+    }
+
+    #[test]
+    fn close_reasons_map_to_contract_errors() {
+        assert!(map_close(&CloseReason::PeerClosed).is_none());
+        assert!(map_close(&CloseReason::Local).is_none());
+        let e = map_close(&CloseReason::Timeout(TimeoutKind::Read)).unwrap();
+        assert_eq!(e.kind(), "timeout");
+        let e = map_close(&CloseReason::Frame(ron_shard::FrameError::TooLarge {
+            len: 9,
+            max: 8,
+        }))
+        .unwrap();
+        assert!(matches!(e, TransportError::TooLarge { len: 9, max: 8 }));
+        assert!(matches!(
+            map_close(&CloseReason::Aborted),
+            Some(TransportError::Cancelled)
+        ));
+    }
+}
