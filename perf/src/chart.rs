@@ -13,7 +13,14 @@ use crate::report::{Report, Row};
 /// Per engine: (throughput, p99 µs) of one shape.
 type ByEngine = BTreeMap<&'static str, (Option<f64>, Option<f64>)>;
 
-const ENGINES: [&str; 5] = ["tokio", "uring", "monoio", "tokio-uring", "bare-uring"];
+const ENGINES: [&str; 6] = [
+    "tokio",
+    "uring",
+    "uring-raw",
+    "monoio",
+    "tokio-uring",
+    "bare-uring",
+];
 
 fn short(r: &Row) -> String {
     let p = r

@@ -130,7 +130,10 @@ struct RunArgs {
     scenarios: String,
     #[arg(long, default_value = "tcp,tls")]
     transports: String,
-    #[arg(long, default_value = "tokio,uring,monoio,tokio-uring,bare-uring")]
+    #[arg(
+        long,
+        default_value = "tokio,uring,uring-raw,monoio,tokio-uring,bare-uring"
+    )]
     engines: String,
     /// Window per row (default 2s quick, 10s with --full).
     #[arg(long, value_parser = parse_duration)]
@@ -203,7 +206,7 @@ fn main() {
         None => cmd_run(RunArgs {
             scenarios: "small,pipelined,stream,handshake,idle".into(),
             transports: "tcp,tls".into(),
-            engines: "tokio,uring,monoio,tokio-uring,bare-uring".into(),
+            engines: "tokio,uring,uring-raw,monoio,tokio-uring,bare-uring".into(),
             server_cores: "0".into(),
             client_cores: "1".into(),
             ..RunArgs::default()

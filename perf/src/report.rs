@@ -55,7 +55,7 @@ pub struct Row {
     pub scenario: String,
     /// `tcp` or `tls`.
     pub transport: String,
-    /// `tokio`, `uring`, `monoio`, `tokio-uring` or `bare-uring`.
+    /// `tokio`, `uring`, `uring-raw`, `monoio`, `tokio-uring` or `bare-uring`.
     pub engine: String,
     /// Connections driving the load (idle: connections held).
     pub conns: u64,

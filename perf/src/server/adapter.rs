@@ -8,8 +8,11 @@ use std::time::Duration;
 use anyhow::anyhow;
 use ron_transport::config::{Backend, Config, ValidConfig};
 use ron_transport::engine::setup::EngineSetup;
-use ron_transport::engine::{Conn, Engine, Listener};
+use ron_transport::engine::uring::local::Frame;
+use ron_transport::engine::uring::{serve_local, LocalCtx, LocalHandler};
+use ron_transport::engine::{Conn, ConnInfo, Engine, Listener};
 use ron_transport::metrics::TransportMetrics;
+use ron_transport::TransportError;
 
 use super::{ServeOpts, Transport};
 
@@ -45,14 +48,16 @@ pub fn tokio_available() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the uring row can run over `t` in this build: TCP through ron-shard's shard-local
-/// handler API; TLS once ron-transport's uring engine (`src/engine/uring/`) exists.
+/// Whether the uring row can run over `t` in this build: TCP through ron-transport's
+/// shard-local serving API (`engine::uring::serve_local`); TLS once the shard TLS pump is wired
+/// into ron-transport's uring engine.
 pub fn uring_available(t: Transport) -> Result<(), String> {
     match t {
         Transport::Tcp => Ok(()),
-        Transport::Tls => {
-            Err("TLS on uring needs ron-transport's uring engine (not on main yet)".to_owned())
-        }
+        Transport::Tls => Err(
+            "TLS on ron-transport's uring engine needs the shard TLS pump (not wired yet)"
+                .to_owned(),
+        ),
     }
 }
 
@@ -93,7 +98,53 @@ pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> 
     })
 }
 
-/// The shard-local echo handler: runs on the owning shard, echoes each frame in place.
+/// The shard-runtime knobs both uring rows use: one shard per `--shards`, threads inheriting
+/// the server-core affinity set by `serve` (the runtime's own pinning is off so `--cores`
+/// decides).
+fn shard_runtime(opts: &ServeOpts) -> ron_shard::RuntimeConfig {
+    ron_shard::RuntimeConfig {
+        shards: opts.shards.max(1),
+        pin: false,
+        ring_entries: 4096,
+        ..ron_shard::RuntimeConfig::default()
+    }
+}
+
+/// ron-transport's shard-local echo: runs on the owning shard, echoes each frame in place
+/// (no copy) through the library's `LocalCtx`, which applies the frame ceiling and counts.
+struct LocalEcho;
+
+impl LocalHandler for LocalEcho {
+    fn on_frame(&mut self, ctx: &mut LocalCtx<'_, '_>, frame: Frame<'_>) {
+        if ctx.send_frame(&frame).is_err() {
+            // Closing (or refused and counted); the outcome arrives in `on_close`.
+        }
+    }
+
+    fn on_close(&mut self, _outcome: Result<(), TransportError>) {}
+}
+
+/// Serves with ron-transport's io_uring engine through its shard-local API
+/// (`engine::uring::serve_local`): admission (`Policy::admit`, caps), the frame ceiling from
+/// the live config, timeouts, rate accounting and every metric on, exactly what a consumer of
+/// the library gets. Runs until the process is killed.
+pub fn serve_uring(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
+    uring_available(opts.transport).map_err(|e| anyhow!(e))?;
+    let cfg = serve_config(opts)?;
+    let shared = EngineSetup::new(cfg, TransportMetrics::new())
+        .and_then(|s| s.build_shared())
+        .map_err(|e| anyhow!("uring engine: {e}"))?;
+    let server = serve_local(shared, shard_runtime(opts), opts.listen, |_: &ConnInfo| {
+        LocalEcho
+    })
+    .map_err(|e| anyhow!("uring engine: {e}"))?;
+    ready(server.local_addr(), opts);
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The raw shard echo handler (`uring-raw`): ron-shard's handler API with nothing around it.
 struct ShardEcho;
 
 impl ron_shard::ConnHandler for ShardEcho {
@@ -124,18 +175,19 @@ impl ron_shard::AcceptHooks for AdmitAll {
     }
 }
 
-/// Serves with the io_uring runtime: TCP through ron-shard's shard-local handler API (one
-/// shard per `--shards`, threads inheriting the server-core affinity set by `serve`; the
-/// runtime's own pinning is off so `--cores` decides). Runs until the process is killed.
-pub fn serve_uring(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
-    uring_available(opts.transport).map_err(|e| anyhow!(e))?;
-    let rt = ron_shard::Runtime::start(ron_shard::RuntimeConfig {
-        shards: opts.shards.max(1),
-        pin: false,
-        ring_entries: 4096,
-        ..ron_shard::RuntimeConfig::default()
-    })
-    .map_err(|e| anyhow!("ron-shard runtime: {e}"))?;
+/// `uring-raw`: the bare ron-shard runtime (no admission, limits beyond the shard's default
+/// frame ceiling, timeouts or metrics), TCP only. It is not ron-transport's engine; it shows
+/// what the engine's policy and metrics cost on top of the runtime (`uring` ÷ `uring-raw`).
+/// Runs until the process is killed.
+pub fn serve_uring_raw(
+    opts: &ServeOpts,
+    ready: &dyn Fn(SocketAddr, &ServeOpts),
+) -> anyhow::Result<()> {
+    if opts.transport != Transport::Tcp {
+        return Err(anyhow!("uring-raw speaks plain TCP only"));
+    }
+    let rt = ron_shard::Runtime::start(shard_runtime(opts))
+        .map_err(|e| anyhow!("ron-shard runtime: {e}"))?;
     let l = ron_shard::bind(opts.listen)?;
     let addr = l.local_addr()?;
     rt.listen(

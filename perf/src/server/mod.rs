@@ -5,7 +5,10 @@
 //!
 //! - `tokio`: ron-transport's tokio engine, driven through the adapter traits
 //!   (accept → recv → send), TCP and TLS. The baseline.
-//! - `uring`: ron-transport's io_uring engine (`ron-shard`), once it exists on main.
+//! - `uring`: ron-transport's io_uring engine through its shard-local serving API
+//!   (`engine::uring::serve_local`: handler on the owning shard, policy and metrics on), TCP.
+//! - `uring-raw`: the bare `ron-shard` runtime with an admit-all hook and no metrics (TCP); not
+//!   ron-transport's engine, only the reference that shows what the engine's policy costs.
 //! - `monoio`, `tokio-uring`: plain TCP echo servers on those runtimes (feature `peers`).
 //! - `bare-uring`: the smallest honest io_uring echo, the overhead floor (plain TCP).
 
@@ -24,8 +27,10 @@ use anyhow::{anyhow, bail, Context};
 pub enum EngineId {
     /// ron-transport's tokio engine (baseline).
     Tokio,
-    /// ron-transport's io_uring engine.
+    /// ron-transport's io_uring engine (shard-local serving API).
     Uring,
+    /// The bare ron-shard runtime, no policy or metrics (reference).
+    UringRaw,
     /// monoio echo (peer).
     Monoio,
     /// tokio-uring echo (peer).
@@ -75,9 +80,10 @@ pub enum Role {
 
 impl EngineId {
     /// Every engine, in table order.
-    pub const ALL: [EngineId; 5] = [
+    pub const ALL: [EngineId; 6] = [
         EngineId::Tokio,
         EngineId::Uring,
+        EngineId::UringRaw,
         EngineId::Monoio,
         EngineId::TokioUring,
         EngineId::BareUring,
@@ -88,6 +94,7 @@ impl EngineId {
         match self {
             Self::Tokio => "tokio",
             Self::Uring => "uring",
+            Self::UringRaw => "uring-raw",
             Self::Monoio => "monoio",
             Self::TokioUring => "tokio-uring",
             Self::BareUring => "bare-uring",
@@ -100,7 +107,9 @@ impl EngineId {
             .into_iter()
             .find(|e| e.name() == s)
             .ok_or_else(|| {
-                anyhow!("unknown engine {s:?} (tokio|uring|monoio|tokio-uring|bare-uring)")
+                anyhow!(
+                    "unknown engine {s:?} (tokio|uring|uring-raw|monoio|tokio-uring|bare-uring)"
+                )
             })
     }
 
@@ -109,7 +118,7 @@ impl EngineId {
         match self {
             Self::Tokio | Self::Uring => Role::Engine,
             Self::Monoio | Self::TokioUring => Role::Peer,
-            Self::BareUring => Role::Floor,
+            Self::BareUring | Self::UringRaw => Role::Floor,
         }
     }
 
@@ -117,7 +126,9 @@ impl EngineId {
     pub fn supports(self, t: Transport) -> bool {
         match self {
             Self::Tokio | Self::Uring => true,
-            Self::Monoio | Self::TokioUring | Self::BareUring => t == Transport::Tcp,
+            Self::UringRaw | Self::Monoio | Self::TokioUring | Self::BareUring => {
+                t == Transport::Tcp
+            }
         }
     }
 
@@ -133,7 +144,7 @@ impl EngineId {
                     Err("built without feature `peers`".to_owned())
                 }
             }
-            Self::BareUring => Ok(()),
+            Self::BareUring | Self::UringRaw => Ok(()),
         }
     }
 }
@@ -250,6 +261,7 @@ fn dispatch(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow:
     match opts.engine {
         EngineId::Tokio => adapter::serve_tokio(opts, ready),
         EngineId::Uring => adapter::serve_uring(opts, ready),
+        EngineId::UringRaw => adapter::serve_uring_raw(opts, ready),
         #[cfg(feature = "peers")]
         EngineId::Monoio => peers::serve_monoio(opts, ready),
         #[cfg(feature = "peers")]
@@ -343,8 +355,8 @@ mod tests {
             exact_echo(addr);
             ran += 1;
         }
-        // tokio, uring (ron-shard), bare-uring, and the two peers with the default features.
-        assert!(ran >= 3, "only {ran} engines ran");
+        // tokio, uring, uring-raw, bare-uring, and the two peers with the default features.
+        assert!(ran >= 4, "only {ran} engines ran");
     }
 
     #[test]
