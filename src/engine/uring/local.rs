@@ -174,6 +174,12 @@ struct ConnStateLocal {
     /// Config generation the cached limits were read at.
     generation: u64,
     max_frame: u64,
+    /// Any rate limit configured (else the buckets are not consulted at all).
+    rates_on: bool,
+    /// The bucket clock ([`now_ns`]) at `clock_base`: bucket time is derived from the shard's
+    /// loop clock, so the hot path reads no clock of its own.
+    clock_ns: u64,
+    clock_base: Instant,
     user_paused: bool,
     rate_paused: bool,
     /// The contract error of a close this layer decided (e.g. a live-ceiling abort).
@@ -188,7 +194,35 @@ impl ConnStateLocal {
             self.generation = g;
             let cfg = self.shared.config();
             self.max_frame = cfg.max_frame_bytes;
+            self.rates_on = rates_on(&cfg);
             ctx.set_timeouts(timeouts_of(&cfg));
+        }
+    }
+
+    /// Bucket-clock time of the shard's `now`.
+    fn bucket_now(&self, now: Instant) -> u64 {
+        let d = now.saturating_duration_since(self.clock_base);
+        self.clock_ns
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Accounts `wire` bytes in the ingress (`ingress`) or egress buckets and holds reading
+    /// for as long as they ask.
+    fn account(&mut self, ctx: &mut ConnCtx<'_>, wire: u64, ingress: bool) {
+        if !self.rates_on {
+            return;
+        }
+        let now = self.bucket_now(ctx.now());
+        let p = &self.admitted.permit;
+        let wait = if ingress {
+            p.pace_ingress(wire, now)
+        } else {
+            p.pace_egress(wire, now)
+        };
+        if !wait.is_zero() {
+            self.rate_paused = true;
+            ctx.pause_reading();
+            ctx.wake_after(wait, RATE_WAKE);
         }
     }
 
@@ -214,8 +248,7 @@ impl ConnStateLocal {
             Ok(()) => {
                 self.bm.bytes_out.inc_by(wire);
                 self.bm.io_write_size.observe(wire as f64);
-                let wait = self.admitted.permit.pace_egress(wire, now_ns());
-                self.pace(ctx, wait);
+                self.account(ctx, wire, false);
                 Ok(())
             }
             Err(CtxSendError::TooLarge) => {
@@ -226,15 +259,6 @@ impl ConnStateLocal {
                 })
             }
             Err(_) => Err(TransportError::IoClosed),
-        }
-    }
-
-    /// Holds reading for `wait` (a token bucket asked for it).
-    fn pace(&mut self, ctx: &mut ConnCtx<'_>, wait: Duration) {
-        if !wait.is_zero() {
-            self.rate_paused = true;
-            ctx.pause_reading();
-            ctx.wake_after(wait, RATE_WAKE);
         }
     }
 }
@@ -268,8 +292,7 @@ impl<H: LocalHandler> ConnHandler for Local<H> {
             ctx.abort();
             return;
         }
-        let wait = self.st.admitted.permit.pace_ingress(wire, now_ns());
-        self.st.pace(ctx, wait);
+        self.st.account(ctx, wire, true);
         self.handler.on_frame(
             &mut LocalCtx {
                 ctx,
@@ -395,7 +418,8 @@ where
         };
         let handler = (self.factory)(&info);
         let generation = self.shared.policy.config_handle().generation();
-        let max_frame = self.shared.config().max_frame_bytes;
+        let cfg = self.shared.config();
+        let clock_base = Instant::now();
         Box::new(Local {
             handler,
             st: ConnStateLocal {
@@ -404,13 +428,25 @@ where
                 bm: self.bm.clone(),
                 admitted,
                 generation,
-                max_frame,
+                max_frame: cfg.max_frame_bytes,
+                rates_on: rates_on(&cfg),
+                clock_ns: now_ns(),
+                clock_base,
                 user_paused: false,
                 rate_paused: false,
                 failed: None,
             },
         })
     }
+}
+
+/// True if any byte-rate limit is configured (the policy's buckets are then consulted).
+fn rates_on(cfg: &ValidConfig) -> bool {
+    cfg.per_conn_bytes_per_sec
+        | cfg.per_peer_bytes_per_sec
+        | cfg.global_ingress_bytes_per_sec
+        | cfg.global_egress_bytes_per_sec
+        != 0
 }
 
 fn conn_options(cfg: &ValidConfig) -> ConnOptions {
