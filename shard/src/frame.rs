@@ -5,7 +5,14 @@
 //! never copied) or *assembled* (a frame that spanned chunks, copied once into an exact-size
 //! buffer allocated only after its length passed the ceiling check). It owns no socket, no
 //! clock and no policy beyond the ceiling it is given.
+//!
+//! Assembly buffers of large frames come from a small per-thread pool ([`recycle`] gives a
+//! finished frame's buffer back): allocating and freeing a fresh 64 KiB buffer per frame made
+//! the allocator hand the pages back to the kernel (`madvise`) and fault them in again on the
+//! next copy, which cost more server CPU than the copy itself (see docs/perf.md).
 #![forbid(unsafe_code)]
+
+use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
 
@@ -154,8 +161,8 @@ impl FrameDecoder {
             out(Decoded::InPlace { start: pos, len });
             Ok(pos + len)
         } else {
-            // Exact-size allocation, only after the ceiling check.
-            let mut buf = BytesMut::with_capacity(len);
+            // Allocation (or pooled reuse) only after the ceiling check.
+            let mut buf = take_buf(len);
             buf.extend_from_slice(&chunk[pos..]);
             self.state = State::Body { buf, need: len };
             Ok(chunk.len())
@@ -168,6 +175,75 @@ impl FrameDecoder {
             have: 0,
         };
     }
+}
+
+/// Frames at least this long are assembled in pooled buffers; smaller ones are allocated
+/// exactly (small allocations are served from the allocator's caches without page faults).
+pub const POOL_MIN: usize = 16 * 1024;
+/// At most this many buffers are kept per thread.
+pub const POOL_MAX_BUFS: usize = 32;
+/// At most this many bytes of capacity are kept per thread.
+pub const POOL_MAX_BYTES: usize = 8 << 20;
+
+#[derive(Default)]
+struct Pool {
+    bufs: Vec<BytesMut>,
+    bytes: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// An empty buffer able to hold `len` bytes: a pooled one whose capacity is between `len` and
+/// `2 × len`, else a new exact-size one. Callers check the frame ceiling first.
+fn take_buf(len: usize) -> BytesMut {
+    if len >= POOL_MIN {
+        let hit = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p
+                .bufs
+                .iter()
+                .position(|b| b.capacity() >= len && b.capacity() / 2 <= len)?;
+            let b = p.bufs.swap_remove(i);
+            p.bytes -= b.capacity();
+            Some(b)
+        });
+        if let Some(b) = hit {
+            return b;
+        }
+    }
+    BytesMut::with_capacity(len)
+}
+
+/// Gives a finished frame's buffer back to this thread's pool, if nothing else references it
+/// and it is large enough to be worth keeping (and the pool has room). Returns true if kept.
+pub fn recycle(b: Bytes) -> bool {
+    if b.len() < POOL_MIN {
+        return false;
+    }
+    let Ok(mut m) = b.try_into_mut() else {
+        return false;
+    };
+    m.clear();
+    let cap = m.capacity();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.bufs.len() >= POOL_MAX_BUFS || p.bytes + cap > POOL_MAX_BYTES {
+            return false;
+        }
+        p.bytes += cap;
+        p.bufs.push(m);
+        true
+    })
+}
+
+/// Buffers and bytes of capacity in this thread's pool.
+pub fn pooled() -> (usize, usize) {
+    POOL.with(|p| {
+        let p = p.borrow();
+        (p.bufs.len(), p.bytes)
+    })
 }
 
 /// Encodes `payload` as a frame (header + payload) into a new buffer.
@@ -262,5 +338,94 @@ mod tests {
         let got = frames(&mut d, &wire[10..]).unwrap();
         assert_eq!(got, vec![vec![9u8; 1000]]);
         assert_eq!(d.buffered(), 0);
+    }
+
+    fn assembled(d: &mut FrameDecoder, chunks: &[&[u8]]) -> Vec<Bytes> {
+        let mut v = Vec::new();
+        for c in chunks {
+            d.decode(c, |f| match f {
+                Decoded::Assembled(b) => v.push(b),
+                Decoded::InPlace { .. } => panic!("expected an assembled frame"),
+            })
+            .unwrap();
+        }
+        v
+    }
+
+    #[test]
+    fn large_assembly_buffers_are_pooled_and_reused() {
+        // Runs on its own test thread, so the thread's pool starts empty.
+        assert_eq!(pooled(), (0, 0));
+        let len = POOL_MIN + 100;
+        let wire = encode(&vec![3u8; len]).unwrap();
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut got = assembled(&mut d, &[&wire[..7], &wire[7..]]);
+        let b = got.pop().unwrap();
+        assert_eq!(&b[..], &wire[4..]);
+        let ptr = b.as_ptr();
+        // A buffer still referenced elsewhere (e.g. queued for sending) is not taken.
+        let held = b.clone();
+        assert!(!recycle(b));
+        assert_eq!(pooled(), (0, 0));
+        assert!(recycle(held));
+        assert_eq!(pooled().0, 1);
+        assert!(pooled().1 >= len);
+        // The next large frame is assembled in the same memory, with the right content.
+        let wire2 = encode(&vec![5u8; len]).unwrap();
+        let got = assembled(&mut d, &[&wire2[..POOL_MIN], &wire2[POOL_MIN..]]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ptr(), ptr);
+        assert_eq!(&got[0][..], &wire2[4..]);
+        assert_eq!(pooled(), (0, 0));
+        // A frame more than twice smaller than the pooled buffer does not take it.
+        assert!(recycle(got.into_iter().next().unwrap()));
+        let small = encode(&vec![1u8; POOL_MIN / 2]).unwrap();
+        let got = frames(&mut d, &small[..5]).unwrap();
+        assert!(got.is_empty());
+        assert_eq!(pooled().0, 1);
+        assert_eq!(d.buffered(), POOL_MIN / 2);
+        // Small frames are never pooled.
+        assert!(!recycle(Bytes::from(vec![0u8; POOL_MIN - 1])));
+    }
+
+    #[test]
+    fn pool_is_bounded() {
+        for _ in 0..POOL_MAX_BUFS + 8 {
+            recycle(Bytes::from(vec![0u8; 64 * 1024]));
+        }
+        let (n, bytes) = pooled();
+        assert!(n <= POOL_MAX_BUFS && bytes <= POOL_MAX_BYTES, "{n} {bytes}");
+        let big = 1 << 20;
+        for _ in 0..16 {
+            recycle(Bytes::from(vec![0u8; big]));
+        }
+        assert!(pooled().1 <= POOL_MAX_BYTES);
+    }
+
+    #[test]
+    fn large_frames_straddling_chunks_at_every_offset_decode_exactly() {
+        // Three 20 KiB frames (pooled sizes), fed as 32 KiB chunks shifted by every offset
+        // (stepped) so header and body boundaries fall at every position of a chunk.
+        let mut wire = Vec::new();
+        let mut expect = Vec::new();
+        for k in 0..3u8 {
+            let p: Vec<u8> = (0..POOL_MIN + 4096).map(|i| (i as u8) ^ k).collect();
+            wire.extend_from_slice(&encode(&p).unwrap());
+            expect.push(p);
+        }
+        for first in (1..wire.len()).step_by(997).chain(1..9) {
+            let mut d = FrameDecoder::new(1 << 20);
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut step = first;
+            while pos < wire.len() {
+                let end = (pos + step).min(wire.len());
+                got.extend(frames(&mut d, &wire[pos..end]).unwrap());
+                pos = end;
+                step = 32 * 1024;
+            }
+            assert_eq!(got, expect, "first chunk {first}");
+            assert!(!d.mid_frame());
+        }
     }
 }

@@ -26,13 +26,15 @@ use slab::Slab;
 
 use crate::balance::Balancer;
 use crate::conn::{ConnState, TimeoutKind, Timeouts};
-use crate::frame::Decoded;
+use crate::frame::{self, Decoded};
 use crate::handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, DialError,
     DialHooks, Frame, FrameSrc, RemoteShared,
 };
 use crate::stats::ShardStats;
-use crate::sys::{self, BufRing, Completion, OpId, OutSeg, Resource, Ring, RingSlice, SendBatch};
+use crate::sys::{
+    self, Body, BufRing, Completion, OpId, OutSeg, Resource, Ring, RingSlice, SendBatch,
+};
 
 /// Per-connection options fixed at accept/dial time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -899,21 +901,23 @@ impl Shard {
                     now,
                 };
                 n += 1;
-                match &d {
+                match d {
                     Decoded::InPlace { start, len } => {
                         in_place += 1;
                         let frame = Frame {
-                            payload: &data[*start..*start + *len],
-                            src: FrameSrc::Ring(&buf, *start),
+                            payload: &data[start..start + len],
+                            src: FrameSrc::Ring(&buf, start),
                         };
                         h.on_frame(&mut ctx, frame);
                     }
                     Decoded::Assembled(b) => {
                         let frame = Frame {
-                            payload: b,
-                            src: FrameSrc::Owned(b),
+                            payload: &b,
+                            src: FrameSrc::Owned(&b),
                         };
                         h.on_frame(&mut ctx, frame);
+                        // Unless the handler kept (or queued) it, the buffer goes back.
+                        frame::recycle(b);
                     }
                 }
             }
@@ -972,6 +976,10 @@ impl Shard {
                 left.push(s);
             } else {
                 frames += 1;
+                if let Body::Bytes(b) = s.into_body() {
+                    // An assembled frame echoed back: its buffer serves the next one.
+                    frame::recycle(b);
+                }
             }
         }
         ShardStats::add(&self.shared.stats.frames_out, frames);

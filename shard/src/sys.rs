@@ -216,6 +216,11 @@ impl OutSeg {
         }
     }
 
+    /// The payload, once the segment is done with.
+    pub(crate) fn into_body(self) -> Body {
+        self.body
+    }
+
     fn body_slice(&self) -> &[u8] {
         match &self.body {
             Body::Bytes(b) => b,
