@@ -37,16 +37,19 @@ pub enum TimeoutKind {
     Idle,
     /// A dial did not connect in time.
     Dial,
+    /// The TLS handshake did not finish in time.
+    Handshake,
 }
 
 impl TimeoutKind {
-    /// `read`, `write`, `idle` or `dial`.
+    /// `read`, `write`, `idle`, `dial` or `handshake`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
             Self::Write => "write",
             Self::Idle => "idle",
             Self::Dial => "dial",
+            Self::Handshake => "handshake",
         }
     }
 }

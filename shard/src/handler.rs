@@ -12,7 +12,7 @@ use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -76,6 +76,9 @@ pub enum CloseReason {
     Shutdown,
     /// A socket error (`errno`).
     Io(i32),
+    /// TLS failed (handshake or record layer); the string is the pump's stable error kind
+    /// ([`PumpError::kind`](crate::tls_pump::PumpError::kind)).
+    Tls(&'static str),
 }
 
 impl CloseReason {
@@ -90,6 +93,7 @@ impl CloseReason {
             Self::Aborted => "aborted",
             Self::Shutdown => "shutdown",
             Self::Io(_) => "io",
+            Self::Tls(_) => "tls",
         }
     }
 
@@ -105,6 +109,7 @@ impl std::fmt::Display for CloseReason {
             Self::Frame(e) => write!(f, "{e}"),
             Self::Timeout(k) => write!(f, "{} timeout", k.as_str()),
             Self::Io(errno) => write!(f, "{}", std::io::Error::from_raw_os_error(*errno)),
+            Self::Tls(kind) => write!(f, "tls failure ({kind})"),
             other => f.write_str(other.as_str()),
         }
     }
@@ -123,6 +128,35 @@ pub struct ConnMeta {
     pub shard: usize,
     /// True if we dialed it, false if accepted.
     pub outbound: bool,
+    /// Handshake facts of a TLS connection (`None` for plain TCP).
+    pub tls: Option<TlsFacts>,
+}
+
+/// What a finished TLS handshake negotiated (facts only; labels and metrics are the caller's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// From accept (server) or connect (client) to handshake completion.
+    pub handshake: Duration,
+    /// A hybrid post-quantum key exchange group was negotiated.
+    pub hybrid_pq: bool,
+    /// The negotiated key exchange group.
+    pub group: Option<rustls::NamedGroup>,
+    /// The agreed ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The session was resumed (ticket/PSK).
+    pub resumed: bool,
+}
+
+/// Why a TLS handshake did not complete, reported to [`AcceptHooks::handshake_failed`] (and as
+/// a [`DialError`] on the dial side).
+#[derive(Clone, Debug)]
+pub struct HandshakeFailure {
+    /// `Timeout(Handshake)`, `Tls(kind)`, `PeerClosed`, `Io`, `Shutdown`, ...
+    pub reason: CloseReason,
+    /// Human-readable detail (the rustls error, if any).
+    pub detail: String,
+    /// Time spent from accept to the failure.
+    pub elapsed: Duration,
 }
 
 /// A received frame's payload: in place in a receive buffer, or assembled.
@@ -209,8 +243,15 @@ pub trait AcceptHooks: Send + Sync + 'static {
     /// Admit or refuse the peer.
     fn admit(&self, peer: SocketAddr) -> Result<AdmitToken, Reject>;
 
-    /// Builds the handler of an admitted connection (on its owning shard).
+    /// Builds the handler of an admitted connection (on its owning shard). For a TLS listener
+    /// this runs once the handshake has completed (`meta.tls` is set).
     fn open(&self, token: AdmitToken, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler>;
+
+    /// The TLS handshake of an admitted connection failed (on its owning shard); `open` is not
+    /// called and the socket is closed. The default drops the token.
+    fn handshake_failed(&self, token: AdmitToken, meta: &ConnMeta, failure: &HandshakeFailure) {
+        let _ = (token, meta, failure);
+    }
 }
 
 /// Why a dial failed.
@@ -226,6 +267,14 @@ pub enum DialError {
     /// The runtime is shutting down or the shard queue is full.
     #[error("runtime unavailable: {0}")]
     Unavailable(&'static str),
+    /// The TLS handshake failed (`kind` is the pump's stable error kind).
+    #[error("tls handshake failed ({kind}): {detail}")]
+    Tls {
+        /// Stable kind ([`PumpError::kind`](crate::tls_pump::PumpError::kind)).
+        kind: &'static str,
+        /// Detail (the rustls error).
+        detail: String,
+    },
 }
 
 impl DialError {
@@ -235,13 +284,14 @@ impl DialError {
             Self::Timeout => "timeout",
             Self::Io(_) => "io",
             Self::Unavailable(r) => r,
+            Self::Tls { .. } => "tls",
         }
     }
 }
 
 /// Completion of an outbound dial (runs on the owning shard).
 pub trait DialHooks: Send + 'static {
-    /// Connected: build the handler.
+    /// Connected (and, for TLS, the handshake completed: `meta.tls` is set): build the handler.
     fn connected(self: Box<Self>, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler>;
     /// Failed (timeout, refused, shutdown).
     fn failed(self: Box<Self>, err: DialError);

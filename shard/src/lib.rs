@@ -34,6 +34,7 @@ pub mod runtime;
 mod shard;
 pub mod stats;
 mod sys;
+mod tls_conn;
 pub mod tls_pump;
 
 pub use conn::{ConnState, TimeoutKind, Timeouts};
@@ -44,9 +45,10 @@ pub use handle::{
 };
 pub use handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, CtxSendError,
-    DialError, DialHooks, Frame, Reject,
+    DialError, DialHooks, Frame, HandshakeFailure, Reject, TlsFacts,
 };
 pub use probe::{probe, ProbeFailure, ProbeReport};
+pub use runtime::TlsDial;
 pub use runtime::{
     bind, DrainReport, ListenerId, Runtime, RuntimeConfig, ShardError, Shutdown, StartError,
 };

@@ -153,6 +153,16 @@ impl ShardError {
     }
 }
 
+/// The client side of a TLS dial: the caller's config (policy: roots, PQ groups, ALPN,
+/// resumption store) and the server name to verify.
+#[derive(Clone, Debug)]
+pub struct TlsDial {
+    /// The rustls client config.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server certificate must be valid for.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
 /// Identifies a listener registered with [`Runtime::listen`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
@@ -301,12 +311,38 @@ impl Runtime {
         opts: ConnOptions,
         hooks: Arc<dyn AcceptHooks>,
     ) -> Result<ListenerId, ShardError> {
+        self.listen_inner(listener, opts, None, hooks)
+    }
+
+    /// Like [`listen`](Self::listen), with TLS 1.3: each admitted connection runs its handshake
+    /// on its owning shard (bounded by `opts.timeouts.read`, if set), then `hooks.open` is
+    /// called with `meta.tls` set; a failed handshake goes to
+    /// [`AcceptHooks::handshake_failed`] instead. Frames are encrypted and decrypted by the
+    /// shard's TLS pump.
+    pub fn listen_tls(
+        &self,
+        listener: TcpListener,
+        opts: ConnOptions,
+        config: Arc<rustls::ServerConfig>,
+        hooks: Arc<dyn AcceptHooks>,
+    ) -> Result<ListenerId, ShardError> {
+        self.listen_inner(listener, opts, Some(config), hooks)
+    }
+
+    fn listen_inner(
+        &self,
+        listener: TcpListener,
+        opts: ConnOptions,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        hooks: Arc<dyn AcceptHooks>,
+    ) -> Result<ListenerId, ShardError> {
         let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
         let cmd = Command::Listen {
             id,
             fd: OwnedFd::from(listener),
             hooks,
             opts,
+            tls,
         };
         self.shards[0]
             .send_cmd(cmd)
@@ -330,6 +366,31 @@ impl Runtime {
         opts: ConnOptions,
         hooks: Box<dyn DialHooks>,
     ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
+        self.dial_inner(addr, timeout, opts, None, hooks)
+    }
+
+    /// Like [`dial`](Self::dial), then a TLS 1.3 handshake on the owning shard; `timeout`
+    /// bounds connect and handshake together. `hooks.connected` runs once the handshake has
+    /// completed (`meta.tls` set); a failure is [`DialError::Tls`] (or `Timeout`).
+    pub fn dial_tls(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        opts: ConnOptions,
+        tls: TlsDial,
+        hooks: Box<dyn DialHooks>,
+    ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
+        self.dial_inner(addr, timeout, opts, Some(tls), hooks)
+    }
+
+    fn dial_inner(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        opts: ConnOptions,
+        tls: Option<TlsDial>,
+        hooks: Box<dyn DialHooks>,
+    ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
         let target = self
             .shards
             .iter()
@@ -340,6 +401,7 @@ impl Runtime {
             deadline: Instant::now() + timeout,
             opts,
             hooks,
+            tls,
         };
         match self.shards[target].send_cmd(cmd) {
             Ok(()) => Ok(()),

@@ -29,12 +29,15 @@ use crate::conn::{ConnState, TimeoutKind, Timeouts};
 use crate::frame::{self, Decoded};
 use crate::handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, DialError,
-    DialHooks, Frame, FrameSrc, RemoteShared,
+    DialHooks, Frame, FrameSrc, HandshakeFailure, RemoteShared, TlsFacts,
 };
+use crate::runtime::TlsDial;
 use crate::stats::ShardStats;
 use crate::sys::{
     self, Body, BufRing, Completion, OpId, OutSeg, Resource, Ring, RingSlice, SendBatch,
 };
+use crate::tls_conn::TlsConn;
+use crate::tls_pump::{PumpError, TlsPump};
 
 /// Per-connection options fixed at accept/dial time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +75,7 @@ pub(crate) enum Command {
         fd: OwnedFd,
         hooks: Arc<dyn AcceptHooks>,
         opts: ConnOptions,
+        tls: Option<Arc<rustls::ServerConfig>>,
     },
     StopListen {
         id: u64,
@@ -82,6 +86,7 @@ pub(crate) enum Command {
         deadline: Instant,
         opts: ConnOptions,
         hooks: Box<dyn DialHooks>,
+        tls: Option<TlsDial>,
     },
     Shutdown {
         deadline: Instant,
@@ -96,6 +101,8 @@ pub(crate) struct Adopt {
     token: AdmitToken,
     hooks: Arc<dyn AcceptHooks>,
     opts: ConnOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    accepted_at: Instant,
 }
 
 /// The part of a shard other threads may touch.
@@ -248,6 +255,47 @@ struct Conn {
     state: ConnState,
     handler: Option<Box<dyn ConnHandler>>,
     io: ConnIo,
+    /// TLS state (None for plain TCP).
+    tls: Option<Box<TlsConn>>,
+    /// Who builds the handler once the TLS handshake completes (None once open).
+    opener: Option<Opener>,
+}
+
+/// Builds a connection's handler (at once for TCP, after the handshake for TLS).
+enum Opener {
+    Accept {
+        hooks: Arc<dyn AcceptHooks>,
+        token: AdmitToken,
+    },
+    Dial(Box<dyn DialHooks>),
+}
+
+impl Opener {
+    fn open(self, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
+        match self {
+            Self::Accept { hooks, token } => hooks.open(token, meta, remote),
+            Self::Dial(h) => h.connected(meta, remote),
+        }
+    }
+
+    fn failed(self, meta: &ConnMeta, f: HandshakeFailure) {
+        match self {
+            Self::Accept { hooks, token } => hooks.handshake_failed(token, meta, &f),
+            Self::Dial(h) => h.failed(match f.reason {
+                CloseReason::Timeout(_) => DialError::Timeout,
+                CloseReason::Tls(kind) => DialError::Tls {
+                    kind,
+                    detail: f.detail,
+                },
+                CloseReason::Shutdown => DialError::Unavailable("shutdown"),
+                CloseReason::Io(e) => DialError::Io(std::io::Error::from_raw_os_error(e)),
+                other => DialError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("connection ended during the TLS handshake: {other}"),
+                )),
+            }),
+        }
+    }
 }
 
 struct PendingDial {
@@ -258,6 +306,9 @@ struct PendingDial {
     opts: ConnOptions,
     peer: SocketAddr,
     timed_out: bool,
+    deadline: Instant,
+    started: Instant,
+    tls: Option<TlsDial>,
 }
 
 struct ListenerSlot {
@@ -267,6 +318,7 @@ struct ListenerSlot {
     hooks: Arc<dyn AcceptHooks>,
     opts: ConnOptions,
     op: Option<OpId>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct Drain {
@@ -406,7 +458,8 @@ impl Shard {
                     fd,
                     hooks,
                     opts,
-                } => self.listen(id, fd, hooks, opts),
+                    tls,
+                } => self.listen(id, fd, hooks, opts, tls),
                 Command::StopListen { id } => self.stop_listen(Some(id)),
                 Command::Adopt(a) => self.adopt(a),
                 Command::Dial {
@@ -414,7 +467,8 @@ impl Shard {
                     deadline,
                     opts,
                     hooks,
-                } => self.dial(addr, deadline, opts, hooks),
+                    tls,
+                } => self.dial(addr, deadline, opts, hooks, tls),
                 Command::Shutdown { deadline, reply } => self.begin_drain(deadline, reply),
             }
         }
@@ -448,7 +502,14 @@ impl Shard {
 
     // ---- listeners ----
 
-    fn listen(&mut self, id: u64, fd: OwnedFd, hooks: Arc<dyn AcceptHooks>, opts: ConnOptions) {
+    fn listen(
+        &mut self,
+        id: u64,
+        fd: OwnedFd,
+        hooks: Arc<dyn AcceptHooks>,
+        opts: ConnOptions,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
         if self.drain.is_some() {
             return;
         }
@@ -460,6 +521,7 @@ impl Shard {
             hooks,
             opts,
             op: None,
+            tls,
         });
         self.arm_accept(idx);
     }
@@ -545,6 +607,8 @@ impl Shard {
         let l = &self.listeners[lidx];
         let hooks = l.hooks.clone();
         let opts = l.opts;
+        let tls = l.tls.clone();
+        let accepted_at = self.now;
         let token = match hooks.admit(peer) {
             Ok(t) => t,
             Err(_) => {
@@ -567,6 +631,8 @@ impl Shard {
             token,
             hooks,
             opts,
+            tls,
+            accepted_at,
         };
         if target == self.id {
             self.adopt(adopt);
@@ -590,13 +656,56 @@ impl Shard {
         if a.opts.nodelay {
             let _ = socket2::SockRef::from(&a.fd).set_nodelay(true);
         }
-        let hooks = a.hooks;
-        let token = a.token;
-        self.install(a.fd, a.peer, a.local, false, a.opts, |meta, remote| {
-            hooks.open(token, meta, remote)
-        });
+        let opener = Opener::Accept {
+            hooks: a.hooks,
+            token: a.token,
+        };
+        let tls = match a.tls {
+            None => None,
+            Some(cfg) => {
+                let deadline = a.opts.timeouts.read.map(|d| a.accepted_at + d);
+                match TlsPump::server(cfg) {
+                    Ok(p) => Some(TlsConn::new(p, a.accepted_at, deadline)),
+                    Err(e) => {
+                        self.fail_before_install(a.peer, a.local, false, opener, &e);
+                        return;
+                    }
+                }
+            }
+        };
+        self.install(a.fd, a.peer, a.local, false, a.opts, tls, opener);
     }
 
+    /// A TLS pump could not even be created (a config the pump refuses): report it as a
+    /// handshake failure without installing the connection (the socket closes here).
+    fn fail_before_install(
+        &mut self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        outbound: bool,
+        opener: Opener,
+        e: &PumpError,
+    ) {
+        ShardStats::add(&self.shared.stats.tls_handshake_failed, 1);
+        let meta = ConnMeta {
+            id: self.conn_ids.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            shard: self.id,
+            outbound,
+            tls: None,
+        };
+        opener.failed(
+            &meta,
+            HandshakeFailure {
+                reason: CloseReason::Tls(e.kind()),
+                detail: e.to_string(),
+                elapsed: Duration::ZERO,
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn install(
         &mut self,
         fd: OwnedFd,
@@ -604,7 +713,8 @@ impl Shard {
         local: SocketAddr,
         outbound: bool,
         opts: ConnOptions,
-        make: impl FnOnce(&ConnMeta, ConnRemote) -> Box<dyn ConnHandler>,
+        tls: Option<TlsConn>,
+        opener: Opener,
     ) {
         let gen = self.gen();
         let entry = self.conns.vacant_entry();
@@ -615,6 +725,7 @@ impl Shard {
             local,
             shard: self.id,
             outbound,
+            tls: None,
         };
         let remote = ConnRemote(Arc::new(RemoteShared {
             shard: self.shared.clone(),
@@ -623,13 +734,19 @@ impl Shard {
             queued: AtomicBool::new(false),
             gone: AtomicBool::new(false),
         }));
-        let handler = make(&meta, remote.clone());
+        let (handler, opener) = match tls {
+            None => (Some(opener.open(&meta, remote.clone())), None),
+            Some(_) => (None, Some(opener)),
+        };
+        let open_now = handler.is_some();
         entry.insert(Conn {
             gen,
             fd: Rc::new(fd),
             meta,
             state: ConnState::new(self.now, opts.max_frame, opts.timeouts),
-            handler: Some(handler),
+            handler,
+            tls: tls.map(Box::new),
+            opener,
             io: ConnIo {
                 out: VecDeque::new(),
                 want_read: true,
@@ -647,8 +764,36 @@ impl Shard {
             },
         });
         ShardStats::add(&self.shared.stats.open, 1);
-        self.call(idx, |h, ctx| h.on_open(ctx));
+        if open_now {
+            self.call(idx, |h, ctx| h.on_open(ctx));
+        }
         self.service(idx);
+    }
+
+    /// The TLS handshake of `idx` completed: record the facts, build the handler, open it.
+    fn handshake_done(&mut self, idx: usize) {
+        let now = self.now;
+        let conn = &mut self.conns[idx];
+        let Some(tls) = conn.tls.as_mut() else { return };
+        let Some(opener) = conn.opener.take() else {
+            return;
+        };
+        tls.hs_deadline = None;
+        let p = &tls.pump;
+        conn.meta.tls = Some(TlsFacts {
+            handshake: now.saturating_duration_since(tls.started),
+            hybrid_pq: p.is_hybrid_pq(),
+            group: p.negotiated_group(),
+            alpn: p.alpn_protocol().map(<[u8]>::to_vec),
+            resumed: p.is_resumed(),
+        });
+        // The handshake counts as activity: the idle clock starts now.
+        conn.state.set_paused(now, true);
+        conn.state.set_paused(now, false);
+        ShardStats::add(&self.shared.stats.tls_handshakes, 1);
+        let h = opener.open(&conn.meta, conn.io.remote.clone());
+        conn.handler = Some(h);
+        self.call(idx, |h, ctx| h.on_open(ctx));
     }
 
     /// Runs a handler callback with a ctx.
@@ -688,7 +833,22 @@ impl Shard {
                 conn.io.recv_cancelled = true;
                 let _ = self.ring.cancel(op);
             }
-            if conn.io.out.is_empty() && conn.io.send_op.is_none() {
+            let mut flushed = conn.io.out.is_empty() && conn.io.send_op.is_none();
+            if flushed {
+                if let Some(tls) = conn.tls.as_mut() {
+                    // Graceful end of an established TLS connection: close_notify first.
+                    if !tls.close_notify
+                        && conn.opener.is_none()
+                        && tls.error.is_none()
+                        && !tls.pump.is_closed()
+                    {
+                        tls.close_notify = true;
+                        let _ = tls.pump.queue_close_notify();
+                    }
+                    flushed = !tls.has_output();
+                }
+            }
+            if flushed {
                 if !conn.io.eof || reason != CloseReason::PeerClosed {
                     let fd = conn.fd.clone();
                     let _ = self
@@ -725,7 +885,11 @@ impl Shard {
         }
         // Output.
         let conn = &mut self.conns[idx];
-        if conn.io.send_op.is_none() && !conn.io.out.is_empty() {
+        if conn.tls.is_some() {
+            if conn.io.send_op.is_none() && !self.tls_output(idx) {
+                return;
+            }
+        } else if conn.io.send_op.is_none() && !conn.io.out.is_empty() {
             let mut segs = Vec::new();
             let mut bytes = 0usize;
             while let Some(seg) = conn.io.out.front() {
@@ -768,11 +932,52 @@ impl Shard {
                     .push(Reverse((t, TimerKey::Wake(idx, conn.gen))));
             }
         }
-        if let Some(d) = conn.state.poll_timeout() {
+        let hs = conn.tls.as_ref().and_then(|t| t.hs_deadline);
+        let next = match (conn.state.poll_timeout(), hs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(d) = next {
             if conn.io.timer.is_none_or(|t| d < t) {
                 conn.io.timer = Some(d);
                 self.timers
                     .push(Reverse((d, TimerKey::Conn(idx, conn.gen))));
+            }
+        }
+    }
+
+    /// Submits the next ciphertext batch of a TLS connection (no send in flight). Returns false
+    /// if the connection was finished.
+    fn tls_output(&mut self, idx: usize) -> bool {
+        let chunk = self.cfg.chunk_bytes;
+        let conn = &mut self.conns[idx];
+        let gen = conn.gen;
+        let Some(tls) = conn.tls.as_mut() else {
+            return true;
+        };
+        let batch = match tls.next_batch(&mut conn.io.out, chunk, chunk) {
+            Ok(Some(b)) => b,
+            Ok(None) => return true,
+            Err(e) => {
+                let kind = e.kind();
+                tls.error = Some(e);
+                self.finish(idx, CloseReason::Tls(kind));
+                return false;
+            }
+        };
+        let (seg, passes) = batch;
+        ShardStats::add(&self.shared.stats.tls_encrypt_passes, passes);
+        let fd = conn.fd.clone();
+        let batch = SendBatch::new(vec![seg]);
+        match self.ring.send(&fd, batch, false, tag(Kind::Send, idx, gen)) {
+            Ok(op) => {
+                ShardStats::add(&self.shared.stats.send_submissions, 1);
+                self.conns[idx].io.send_op = Some(op);
+                true
+            }
+            Err(e) => {
+                self.finish(idx, CloseReason::Io(e.raw_os_error().unwrap_or(libc::EIO)));
+                false
             }
         }
     }
@@ -793,6 +998,26 @@ impl Shard {
         }
         conn.io.out.clear();
         conn.io.remote.0.gone.store(true, Ordering::Release);
+        if let Some(opener) = conn.opener.take() {
+            // The TLS handshake never completed: the caller learns why instead of `on_close`.
+            ShardStats::add(&self.shared.stats.tls_handshake_failed, 1);
+            let tls = conn.tls.as_ref();
+            let detail = match tls.and_then(|t| t.error.as_ref()) {
+                Some(e) => e.to_string(),
+                None => reason.to_string(),
+            };
+            let elapsed = tls.map_or(Duration::ZERO, |t| {
+                self.now.saturating_duration_since(t.started)
+            });
+            opener.failed(
+                &conn.meta,
+                HandshakeFailure {
+                    reason: reason.clone(),
+                    detail,
+                    elapsed,
+                },
+            );
+        }
         let st = &self.shared.stats;
         ShardStats::sub(&st.open, 1);
         ShardStats::add(&st.closed, 1);
@@ -877,16 +1102,59 @@ impl Shard {
         self.service(idx);
     }
 
-    fn deliver(&mut self, idx: usize, buf: RingSlice) {
+    fn deliver(&mut self, idx: usize, mut buf: RingSlice) {
         let now = self.now;
         let st = &self.shared.stats;
         ShardStats::add(&st.bytes_in, buf.len() as u64);
         ShardStats::add(&st.recv_completions, 1);
         let mut decoded = std::mem::take(&mut self.decoded);
         let conn = &mut self.conns[idx];
-        let res = conn
-            .state
-            .handle_recv(now, buf.as_slice(), |d| decoded.push(d));
+        let mut res = Ok(());
+        let mut handshake_completed = false;
+        let mut late_close = None;
+        if let Some(tls) = conn.tls.as_mut() {
+            let input = if buf.as_mut_slice().is_some() {
+                // Re-borrow: the check above proved the hold is unique.
+                crate::tls_conn::RecvBuf::Mut(buf.as_mut_slice().unwrap_or_default())
+            } else {
+                crate::tls_conn::RecvBuf::Shared(buf.as_slice())
+            };
+            let oc = tls.on_recv(&mut conn.state, now, input, &mut decoded);
+            ShardStats::add(&st.tls_records_in_place, oc.records_in_place);
+            if oc.assembled {
+                ShardStats::add(&st.tls_assembled, 1);
+            }
+            handshake_completed = oc.handshake_completed;
+            if let Some(e) = oc.frame_error {
+                res = Err(e);
+            }
+            // Applied after the frames decoded before it are delivered.
+            if let Some(e) = oc.tls_error {
+                let kind = e.kind();
+                tls.error = Some(e);
+                // Graceful: the alert rustls queued for the peer is flushed first.
+                late_close = Some((CloseReason::Tls(kind), true));
+            } else if oc.peer_closed {
+                late_close = Some(if conn.state.mid_frame() {
+                    (CloseReason::PeerClosedMidFrame, false)
+                } else {
+                    (CloseReason::PeerClosed, true)
+                });
+            }
+        } else {
+            res = conn
+                .state
+                .handle_recv(now, buf.as_slice(), |d| decoded.push(d));
+        }
+        if handshake_completed && conn.opener.is_some() {
+            if conn.io.close.is_none() && late_close.is_none() {
+                self.handshake_done(idx);
+            } else if let Some(t) = conn.tls.as_mut() {
+                t.hs_deadline = None;
+            }
+        }
+        let st = &self.shared.stats;
+        let conn = &mut self.conns[idx];
         if let Some(mut h) = conn.handler.take() {
             let data = buf.as_slice();
             let (mut n, mut in_place) = (0u64, 0u64);
@@ -933,6 +1201,12 @@ impl Shard {
                 conn.io.close = Some((CloseReason::Frame(e), false));
             }
         }
+        if let Some(c) = late_close {
+            let conn = &mut self.conns[idx];
+            if conn.io.close.is_none() || (matches!(conn.io.close, Some((_, true))) && !c.1) {
+                conn.io.close = Some(c);
+            }
+        }
     }
 
     fn on_send(&mut self, idx: usize, gen: u32, c: Completion) {
@@ -964,27 +1238,44 @@ impl Shard {
         }
         let n = result as usize;
         ShardStats::add(&self.shared.stats.bytes_out, n as u64);
-        conn.state.handle_sent(self.now, n);
-        let mut rem = n;
-        let mut left = Vec::new();
-        let mut frames = 0u64;
-        for mut s in segs {
-            if rem > 0 {
-                rem -= s.advance(rem);
-            }
-            if s.remaining() > 0 {
-                left.push(s);
-            } else {
-                frames += 1;
-                if let Body::Bytes(b) = s.into_body() {
-                    // An assembled frame echoed back: its buffer serves the next one.
-                    frame::recycle(b);
+        if let Some(tls) = conn.tls.as_mut() {
+            // One ciphertext segment: credit the plaintext it carries, resubmit a partial rest.
+            let (plain, frames) = tls.flight.written(n);
+            // Any ciphertext written is progress for the write deadline.
+            conn.state.handle_sent(self.now, plain);
+            ShardStats::add(&self.shared.stats.frames_out, frames);
+            for mut s in segs {
+                s.advance(n);
+                if s.remaining() > 0 {
+                    tls.unsent = Some(s);
+                } else if let Some(b) = s.into_buf() {
+                    let idle = conn.io.out.is_empty();
+                    tls.put_back(b, idle);
                 }
             }
-        }
-        ShardStats::add(&self.shared.stats.frames_out, frames);
-        for s in left.into_iter().rev() {
-            conn.io.out.push_front(s);
+        } else {
+            conn.state.handle_sent(self.now, n);
+            let mut rem = n;
+            let mut left = Vec::new();
+            let mut frames = 0u64;
+            for mut s in segs {
+                if rem > 0 {
+                    rem -= s.advance(rem);
+                }
+                if s.remaining() > 0 {
+                    left.push(s);
+                } else {
+                    frames += 1;
+                    if let Body::Bytes(b) = s.into_body() {
+                        // An assembled frame echoed back: its buffer serves the next one.
+                        frame::recycle(b);
+                    }
+                }
+            }
+            ShardStats::add(&self.shared.stats.frames_out, frames);
+            for s in left.into_iter().rev() {
+                conn.io.out.push_front(s);
+            }
         }
         if conn.state.queued() < self.cfg.chunk_bytes / 2 && conn.io.close.is_none() {
             self.call(idx, |h, ctx| h.on_writable(ctx));
@@ -1000,6 +1291,7 @@ impl Shard {
         deadline: Instant,
         opts: ConnOptions,
         hooks: Box<dyn DialHooks>,
+        tls: Option<TlsDial>,
     ) {
         if self.drain.is_some() {
             ShardStats::add(&self.shared.stats.dial_failed, 1);
@@ -1039,6 +1331,9 @@ impl Shard {
                     opts,
                     peer: addr,
                     timed_out: false,
+                    deadline,
+                    started: self.now,
+                    tls,
                 });
                 self.timers
                     .push(Reverse((deadline, TimerKey::Dial(idx, gen))));
@@ -1091,9 +1386,20 @@ impl Shard {
             }
         };
         let peer = d.peer;
-        self.install(fd, peer, local, true, d.opts, |meta, remote| {
-            hooks.connected(meta, remote)
-        });
+        let opener = Opener::Dial(hooks);
+        let tls = match d.tls.take() {
+            None => None,
+            Some(t) => match TlsPump::client(t.config, t.server_name) {
+                // The dial deadline bounds connect and handshake together.
+                Ok(p) => Some(TlsConn::new(p, d.started, Some(d.deadline))),
+                Err(e) => {
+                    drop(fd);
+                    self.fail_before_install(peer, local, true, opener, &e);
+                    return;
+                }
+            },
+        };
+        self.install(fd, peer, local, true, d.opts, tls, opener);
     }
 
     // ---- timers ----
@@ -1113,7 +1419,15 @@ impl Shard {
                         continue;
                     }
                     conn.io.timer = None;
-                    if let Some(kind) = conn.state.handle_timeout(self.now) {
+                    let hs_expired = conn
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.hs_deadline)
+                        .is_some_and(|d| d <= self.now);
+                    if hs_expired {
+                        // Also ends a flush that outlived the handshake deadline.
+                        conn.io.close = Some((CloseReason::Timeout(TimeoutKind::Handshake), false));
+                    } else if let Some(kind) = conn.state.handle_timeout(self.now) {
                         conn.io.close = Some((CloseReason::Timeout(kind), false));
                     }
                     self.service(idx);

@@ -88,6 +88,16 @@ stats! {
     recv_completions,
     /// Frames delivered in place (no copy).
     frames_in_place,
+    /// TLS handshakes completed.
+    tls_handshakes,
+    /// TLS handshakes that failed (TLS error, timeout, peer gone).
+    tls_handshake_failed,
+    /// TLS records decrypted in place in a receive buffer.
+    tls_records_in_place,
+    /// Receive completions whose bytes had to be assembled (a record spanning buffers).
+    tls_assembled,
+    /// TLS encrypt passes (each seals up to `chunk_bytes` of plaintext).
+    tls_encrypt_passes,
 }
 
 impl ShardStats {

@@ -149,6 +149,9 @@ pub enum Body {
     Bytes(Bytes),
     /// Bytes still sitting in a provided receive buffer (zero-copy echo).
     Ring(RingSlice),
+    /// The first `len` bytes of a reusable buffer (a TLS connection's ciphertext send buffer,
+    /// given back to it when the send completes).
+    Buf(Vec<u8>, usize),
 }
 
 /// One queued outgoing frame: an optional 4-byte length prefix and a body, with the number of
@@ -169,6 +172,7 @@ impl OutSeg {
         let len = match &body {
             Body::Bytes(b) => b.len(),
             Body::Ring(r) => r.len(),
+            Body::Buf(_, n) => *n,
         };
         Self {
             hdr: (len as u32).to_be_bytes(),
@@ -185,6 +189,26 @@ impl OutSeg {
             hdr_len: 0,
             body: Body::Bytes(body),
             off: 0,
+        }
+    }
+
+    /// Bytes written verbatim from the first `len` bytes of `buf` (TLS ciphertext); the buffer
+    /// comes back with [`into_buf`](Self::into_buf).
+    pub(crate) fn buf(buf: Vec<u8>, len: usize) -> Self {
+        let len = len.min(buf.len());
+        Self {
+            hdr: [0; 4],
+            hdr_len: 0,
+            body: Body::Buf(buf, len),
+            off: 0,
+        }
+    }
+
+    /// The reusable buffer of a [`buf`](Self::buf) segment.
+    pub(crate) fn into_buf(self) -> Option<Vec<u8>> {
+        match self.body {
+            Body::Buf(b, _) => Some(b),
+            _ => None,
         }
     }
 
@@ -225,6 +249,7 @@ impl OutSeg {
         match &self.body {
             Body::Bytes(b) => b,
             Body::Ring(r) => r.as_slice(),
+            Body::Buf(b, n) => &b[..*n],
         }
     }
 }
@@ -764,6 +789,22 @@ impl RingSlice {
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The bytes, writable, if this is the only hold on the buffer (no other slice of it lives,
+    /// so nobody else can observe the write). Used to decrypt TLS records in place.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if self.ring.holds[usize::from(self.bid)].get() != 1 {
+            return None;
+        }
+        let base = usize::from(self.bid) * self.ring.buf_size as usize + self.off;
+        // SAFETY: the range lies inside buffer `bid` of the live allocation (as in `as_slice`).
+        // The buffer is held (so not in the kernel's ring: the kernel does not write to it) and
+        // this slice is its only hold (checked above), so no other `RingSlice` — and hence no
+        // other reference — covers these bytes; `&mut self` keeps this slice's own `as_slice`
+        // borrows out for the lifetime of the returned reference, and `sub`/`clone` (which
+        // would add a hold) also need a borrow of `self`.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ring.mem.add(base), self.len) })
     }
 
     /// A sub-range `[start, start + len)` of this slice, holding the buffer.

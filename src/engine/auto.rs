@@ -6,9 +6,9 @@
 //! [`AutoEngine`] is an enum over concrete engines so the hot path keeps static dispatch:
 //! consumers write their serving code generically over [`Engine`](crate::engine::Engine) and
 //! match once. io_uring usable (this probe, then the shard runtime's full probe: opcodes,
-//! DEFER_TASKRUN, provided-buffer ring registration) and a plain-TCP config ⇒ uring; a TLS
-//! config ⇒ tokio with reason `uring_no_tls` until the shard TLS pump is wired into the uring
-//! engine; the uring runtime failing to start ⇒ tokio with reason `uring_start_failed`.
+//! DEFER_TASKRUN, provided-buffer ring registration) ⇒ uring, for TCP and TLS alike (the shards
+//! run the TLS pump); the uring runtime failing to start (or its TLS configs failing to load)
+//! ⇒ tokio with reason `uring_start_failed`.
 
 use std::io;
 
@@ -283,17 +283,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_config_falls_back_to_tokio_with_a_reason() {
+    async fn tls_config_picks_uring_where_usable() {
         let c = crate::config::Config {
             backend: crate::config::Backend::Tls,
             ..crate::config::Config::default()
         };
         let Ok(cfg) = c.validate() else { return };
         let setup = EngineSetup::new(cfg, crate::metrics::TransportMetrics::new()).unwrap();
+        let usable = crate::engine::uring::availability(&setup.config_snapshot());
         let (engine, choice) = AutoEngine::build(setup).unwrap();
-        assert_eq!(engine.kind(), EngineKind::Tokio);
-        if probe_uring() == UringProbe::Available {
-            assert_eq!(choice.reason, "uring_no_tls");
+        assert_eq!(engine.kind(), choice.kind);
+        match usable {
+            Ok(()) => {
+                assert_eq!(engine.kind(), EngineKind::Uring);
+                assert_eq!(choice.reason, "uring_available");
+            }
+            Err(reason) => {
+                assert_eq!(engine.kind(), EngineKind::Tokio);
+                assert_eq!(choice.reason, reason);
+            }
         }
     }
 }

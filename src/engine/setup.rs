@@ -142,11 +142,39 @@ impl EngineSetup {
     ///
     /// [`build_tokio`]: Self::build_tokio
     pub fn build_uring(&self) -> Result<crate::engine::uring::UringEngine, TransportError> {
-        crate::engine::uring::UringEngine::build(
+        self.build_uring_with(ron_shard::RuntimeConfig::default())
+    }
+
+    /// [`build_uring`](Self::build_uring) with explicit runtime knobs (shard count, buffer
+    /// pool, ...). For `backend = "tls"` the TLS configs are resolved as in
+    /// [`build_shared`](Self::build_shared): overrides first, then `tls.*` / `tls_client.*`.
+    pub fn build_uring_with(
+        &self,
+        runtime: ron_shard::RuntimeConfig,
+    ) -> Result<crate::engine::uring::UringEngine, TransportError> {
+        let cfg = self.config.load();
+        let mut tls = crate::engine::uring::UringTls {
+            server: self.tls_server.clone(),
+            client: self.tls_client.clone(),
+            client_error: None,
+        };
+        if cfg.backend == Backend::Tls {
+            if tls.server.is_none() && cfg.tls_enabled {
+                tls.server = Some(load_server_config(&cfg)?);
+            }
+            if tls.client.is_none() {
+                match load_client_config(&cfg) {
+                    Ok(c) => tls.client = Some(c),
+                    Err(e) => tls.client_error = Some(e.to_string()),
+                }
+            }
+        }
+        crate::engine::uring::UringEngine::build_with_tls(
             self.config.clone(),
             self.metrics.clone(),
-            ron_shard::RuntimeConfig::default(),
+            runtime,
             self.readiness.clone(),
+            tls,
         )
     }
 }

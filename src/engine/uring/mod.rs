@@ -15,8 +15,14 @@
 //!   `io_write_size_bytes` (per queued frame), writer-inbox drops, aborted tasks at shutdown,
 //!   all with `backend` label.
 //!
-//! TLS is not wired yet (the unbuffered rustls pump lands in `ron-shard::tls_pump`): a `tls`
-//! config makes `listen`/`dial` return `Unsupported`.
+//! TLS (`backend = "tls"`): the shards run the handshake and the record layer themselves
+//! (`ron-shard`'s unbuffered rustls pump, no Tokio task per connection). Listeners use the
+//! server config (from [`EngineSetup`](crate::engine::setup::EngineSetup) or `tls.*` files),
+//! dials the client config. A server handshake is bounded by `read_timeout`
+//! (`Timeout{op: Handshake}`, reason `timeout`), a dial's by its deadline. Outcomes: success
+//! observes `handshake_latency_seconds{backend="tls",pq}` and `pq_handshake_total{result="ok"}`;
+//! a TLS failure counts `tls_handshake_failures_total`, `rejected_total{reason="tls"}` and
+//! `pq_handshake_total{result="fail"}`. `ConnInfo` carries `pq`, `alpn` and `resumed`.
 #![forbid(unsafe_code)]
 
 pub mod local;
@@ -55,6 +61,19 @@ struct Inner {
     policy: Arc<Policy>,
     metrics: Arc<TransportMetrics>,
     readiness: Readiness,
+    tls: UringTls,
+}
+
+/// The TLS configs of a uring engine (policy decided by the caller: roots, PQ groups, ALPN,
+/// resumption stores live in the rustls configs).
+#[derive(Clone, Debug, Default)]
+pub struct UringTls {
+    /// Server config for listeners (required for a TLS listener).
+    pub server: Option<Arc<rustls::ServerConfig>>,
+    /// Client config for dials (required for a TLS dial).
+    pub client: Option<Arc<rustls::ClientConfig>>,
+    /// Why `client` is missing, if building it failed (reported by `dial`).
+    pub client_error: Option<String>,
 }
 
 impl Inner {
@@ -90,11 +109,54 @@ impl Inner {
         }
     }
 
-    fn tls_unsupported(&self) -> Option<TransportError> {
-        let cfg = self.cfg();
-        (cfg.backend == Backend::Tls || cfg.tls_enabled).then(|| TransportError::Unsupported {
-            what: "tls on the uring engine (the shard TLS pump is not wired yet)".into(),
-        })
+    fn is_tls(&self) -> bool {
+        self.backend() == Backend::Tls
+    }
+
+    /// The configured key-exchange posture (the `mode` label of a failed handshake).
+    fn pq_mode(&self) -> PqLabel {
+        if self.cfg().pq_mode == crate::config::PqMode::Hybrid {
+            PqLabel::Hybrid
+        } else {
+            PqLabel::Off
+        }
+    }
+
+    /// Counts a failed TLS handshake (not a timeout): `tls_handshake_failures_total`,
+    /// `rejected_total{reason="tls"}`, `pq_handshake_total{result="fail"}`.
+    fn tls_failed(&self) {
+        self.bm().tls_failures.inc();
+        self.metrics.reject(RejectReason::Tls);
+        self.metrics
+            .pq_handshake_result(Backend::Tls, self.pq_mode(), false);
+    }
+
+    /// The TLS server name for a dial: explicit option, then `tls_client.sni_override`, else
+    /// the IP.
+    fn server_name(
+        &self,
+        opts: &DialOptions,
+        addr: SocketAddr,
+    ) -> Result<rustls::pki_types::ServerName<'static>, TransportError> {
+        let name = opts
+            .server_name
+            .clone()
+            .or_else(|| self.cfg().tls_client_sni.clone());
+        match name {
+            Some(n) => {
+                rustls::pki_types::ServerName::try_from(n).map_err(|e| TransportError::Tls {
+                    detail: format!("invalid server name: {e}"),
+                })
+            }
+            None => Ok(rustls::pki_types::ServerName::IpAddress(addr.ip().into())),
+        }
+    }
+}
+
+fn pq_of(meta: &ConnMeta) -> PqLabel {
+    match &meta.tls {
+        Some(t) if t.hybrid_pq => PqLabel::Hybrid,
+        _ => PqLabel::Off,
     }
 }
 
@@ -109,12 +171,9 @@ pub(crate) fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
 
 /// For engine auto-selection: `Ok(())` if the uring engine can serve `cfg` on this host, else a
 /// stable reason (`io_uring_disabled`, `seccomp`, `enosys`, `memlock`, `missing_opcodes`,
-/// `error` from [`ron_shard::probe`], prefixed `io_uring_`; or `uring_no_tls` for a TLS
-/// config, until the shard TLS pump is wired).
+/// `error` from [`ron_shard::probe`], prefixed `io_uring_`). TCP and TLS are both served.
 pub fn availability(cfg: &ValidConfig) -> Result<(), &'static str> {
-    if cfg.backend == Backend::Tls || cfg.tls_enabled {
-        return Err("uring_no_tls");
-    }
+    let _ = cfg;
     let probe = ron_shard::probe();
     match probe.failure {
         None => Ok(()),
@@ -161,6 +220,18 @@ impl UringEngine {
         Self::build(config, metrics, runtime, None)
     }
 
+    /// [`build`](Self::build) with TLS configs (for `backend = "tls"`).
+    pub fn build_with_tls(
+        config: ConfigHandle,
+        metrics: Arc<TransportMetrics>,
+        runtime: RuntimeConfig,
+        readiness: Option<Readiness>,
+        tls: UringTls,
+    ) -> Result<Self, TransportError> {
+        let e = Self::build_inner(config, metrics, runtime, readiness, tls)?;
+        Ok(e)
+    }
+
     /// The full constructor: runtime knobs and an optional readiness publisher to drive (e.g.
     /// one shared with a consumer's `/readyz`); it is set `Ready` once the shards run.
     pub fn build(
@@ -168,6 +239,16 @@ impl UringEngine {
         metrics: Arc<TransportMetrics>,
         runtime: RuntimeConfig,
         readiness: Option<Readiness>,
+    ) -> Result<Self, TransportError> {
+        Self::build_inner(config, metrics, runtime, readiness, UringTls::default())
+    }
+
+    fn build_inner(
+        config: ConfigHandle,
+        metrics: Arc<TransportMetrics>,
+        runtime: RuntimeConfig,
+        readiness: Option<Readiness>,
+        tls: UringTls,
     ) -> Result<Self, TransportError> {
         let chunk = usize::try_from(config.load().chunk_bytes).unwrap_or(64 * 1024);
         let rt = Runtime::start(RuntimeConfig {
@@ -186,6 +267,7 @@ impl UringEngine {
                 policy,
                 metrics,
                 readiness,
+                tls,
             }),
         })
     }
@@ -225,9 +307,20 @@ impl Engine for UringEngine {
     ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send {
         let inner = self.inner.clone();
         async move {
-            if let Some(e) = inner.tls_unsupported() {
-                return Err(e);
-            }
+            let server_tls = if inner.is_tls() {
+                match &inner.tls.server {
+                    Some(c) => Some(c.clone()),
+                    None => {
+                        return Err(TransportError::Unsupported {
+                            what: "tls listener without a server config (set tls.enabled with \
+                                   cert/key, or inject one with EngineSetup::with_tls_server)"
+                                .into(),
+                        })
+                    }
+                }
+            } else {
+                None
+            };
             let l = ron_shard::bind(addr)?;
             let local = l.local_addr()?;
             let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
@@ -235,12 +328,13 @@ impl Engine for UringEngine {
                 inner: Arc::downgrade(&inner),
                 tx,
             });
-            let id = inner
-                .rt
-                .listen(l, inner.conn_options(), hooks)
-                .map_err(|e| TransportError::Unsupported {
-                    what: format!("uring listener: {e}"),
-                })?;
+            let listened = match server_tls {
+                Some(cfg) => inner.rt.listen_tls(l, inner.conn_options(), cfg, hooks),
+                None => inner.rt.listen(l, inner.conn_options(), hooks),
+            };
+            let id = listened.map_err(|e| TransportError::Unsupported {
+                what: format!("uring listener: {e}"),
+            })?;
             Ok(UringListener {
                 inner,
                 local,
@@ -257,9 +351,34 @@ impl Engine for UringEngine {
     ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send {
         let inner = self.inner.clone();
         async move {
-            if let Some(e) = inner.tls_unsupported() {
-                return Err(e);
-            }
+            let tls = if inner.is_tls() {
+                let Some(config) = inner.tls.client.clone() else {
+                    inner.bm().dials_err.inc();
+                    return Err(TransportError::Unsupported {
+                        what: format!(
+                            "tls dial without a client config: {}",
+                            inner
+                                .tls
+                                .client_error
+                                .as_deref()
+                                .unwrap_or("none configured")
+                        ),
+                    });
+                };
+                match inner.server_name(&opts, addr) {
+                    Ok(server_name) => Some(ron_shard::TlsDial {
+                        config,
+                        server_name,
+                    }),
+                    Err(e) => {
+                        inner.bm().dials_err.inc();
+                        inner.tls_failed();
+                        return Err(e);
+                    }
+                }
+            } else {
+                None
+            };
             let (tx, rx) = oneshot::channel();
             let hooks = Box::new(DialSide {
                 inner: Arc::downgrade(&inner),
@@ -267,9 +386,14 @@ impl Engine for UringEngine {
                 started: std::time::Instant::now(),
             });
             let bm = inner.bm().clone();
-            let sent = inner
-                .rt
-                .dial(addr, opts.deadline, inner.conn_options(), hooks);
+            let sent = match tls {
+                Some(t) => inner
+                    .rt
+                    .dial_tls(addr, opts.deadline, inner.conn_options(), t, hooks),
+                None => inner
+                    .rt
+                    .dial(addr, opts.deadline, inner.conn_options(), hooks),
+            };
             let res = match sent {
                 Err((e, _)) => Err(TransportError::Unsupported {
                     what: format!("uring dial: {e}"),
@@ -281,6 +405,12 @@ impl Engine for UringEngine {
                         Err(TransportError::timeout(TimeoutOp::Dial))
                     }
                     Ok(Err(DialError::Io(e))) => Err(TransportError::Io(e)),
+                    Ok(Err(DialError::Tls { kind, detail })) => {
+                        inner.tls_failed();
+                        Err(TransportError::Tls {
+                            detail: format!("{kind}: {detail}"),
+                        })
+                    }
                     Ok(Err(_)) | Err(_) => Err(TransportError::Cancelled),
                 },
             };
@@ -405,9 +535,14 @@ fn metered(
     admitted: Arc<Admitted>,
 ) -> (Box<dyn ConnHandler>, ConnHandle) {
     let bm = engine.bm().clone();
+    // TLS: accept/connect to handshake completion (the shard built the handler only then).
     // Plain TCP: establishment (accept → open, or connect) is the "handshake".
-    bm.handshake(PqLabel::Off)
+    let pq = pq_of(meta);
+    bm.handshake(pq)
         .observe(admitted.started.elapsed().as_secs_f64());
+    if meta.tls.is_some() {
+        engine.metrics.pq_handshake_result(Backend::Tls, pq, true);
+    }
     for kind in [TaskKind::Reader, TaskKind::Writer] {
         engine
             .metrics
@@ -498,6 +633,38 @@ impl AcceptHooks for AcceptSide {
                 reason: e.reject_reason().map_or(e.kind(), |r| r.as_str()),
             }),
         }
+    }
+
+    fn handshake_failed(
+        &self,
+        token: AdmitToken,
+        meta: &ConnMeta,
+        failure: &ron_shard::HandshakeFailure,
+    ) {
+        // Dropping the token releases the permit and the in-flight gauge.
+        drop(token);
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        match &failure.reason {
+            CloseReason::Timeout(_) => inner.metrics.reject(RejectReason::Timeout),
+            // The runtime is going away: not the peer's doing.
+            CloseReason::Shutdown | CloseReason::Aborted => {}
+            // A TLS error, or the peer left mid-handshake (tokio-rustls reports that as a TLS
+            // failure too).
+            _ => inner.tls_failed(),
+        }
+        tracing::info!(
+            target: "ron_transport",
+            event = "reject",
+            reason = failure.reason.as_str(),
+            backend = "tls",
+            engine = "uring",
+            peer_addr = %meta.peer,
+            duration_ms = failure.elapsed.as_millis() as u64,
+            error = %failure.detail,
+            "handshake failed"
+        );
     }
 
     fn open(&self, token: AdmitToken, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
@@ -702,8 +869,12 @@ pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
             TimeoutKind::Read => TimeoutOp::Read,
             TimeoutKind::Write => TimeoutOp::Write,
             TimeoutKind::Idle => TimeoutOp::Idle,
+            TimeoutKind::Handshake => TimeoutOp::Handshake,
             _ => TimeoutOp::Dial,
         }),
+        CloseReason::Tls(kind) => TransportError::Tls {
+            detail: (*kind).to_string(),
+        },
         CloseReason::Frame(ron_shard::FrameError::TooLarge { len, max }) => {
             TransportError::TooLarge {
                 len: u64::from(*len),
@@ -717,7 +888,7 @@ pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
     })
 }
 
-/// An established uring connection (plain TCP).
+/// An established uring connection (plain TCP or TLS).
 pub struct UringConn {
     info: ConnInfo,
     handle: ConnHandle,
@@ -747,9 +918,9 @@ impl UringConn {
             local_addr: meta.local,
             backend: inner.backend(),
             engine: EngineKind::Uring,
-            alpn: None,
-            pq: PqLabel::Off,
-            resumed: false,
+            alpn: meta.tls.as_ref().and_then(|t| t.alpn.clone()),
+            pq: pq_of(&meta),
+            resumed: meta.tls.as_ref().is_some_and(|t| t.resumed),
         };
         tracing::debug!(
             target: "ron_transport",
@@ -824,13 +995,16 @@ mod tests {
     use crate::config::Config;
 
     #[test]
-    fn availability_refuses_tls_and_explains_probe_failures() {
+    fn availability_serves_tls_and_explains_probe_failures() {
         let c = Config {
             backend: Backend::Tls,
             ..Config::default()
         };
         if let Ok(v) = c.validate() {
-            assert_eq!(availability(&v), Err("uring_no_tls"));
+            assert_eq!(
+                availability(&v),
+                availability(&Config::default().validate().unwrap())
+            );
         }
         let v = Config::default()
             .validate()
