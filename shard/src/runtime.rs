@@ -38,6 +38,10 @@ use crate::handler::{AcceptHooks, DialHooks};
 use crate::shard::{self, Command, ConnOptions, Shard, ShardConfig, ShardReport, ShardShared};
 use crate::stats::StatsSnapshot;
 
+/// A connection's reading pauses once this many `chunk_bytes` of output are queued (and
+/// resumes below half of that).
+pub const OUT_HIGH_WATER_CHUNKS: usize = 16;
+
 /// Runtime configuration (mechanism knobs only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -206,7 +210,11 @@ impl Runtime {
             chunk_bytes: cfg.chunk_bytes,
             zc_threshold: cfg.zc_threshold,
             command_capacity: cfg.command_capacity,
-            out_high_water: cfg.chunk_bytes.saturating_mul(4),
+            // Reading pauses at this much queued output and resumes below half of it. 16 chunks
+            // (1 MiB at the 64 KiB default): at 4 chunks a peer pipelining four 64 KiB frames
+            // sat exactly on the mark, and every frame cancelled and re-armed the multishot
+            // receive (see docs/perf.md, "64 KiB stream on uring").
+            out_high_water: cfg.chunk_bytes.saturating_mul(OUT_HIGH_WATER_CHUNKS),
         };
         let mut shareds = Vec::with_capacity(cfg.shards);
         let mut queues = Vec::with_capacity(cfg.shards);

@@ -238,6 +238,8 @@ pub(crate) struct ConnIo {
     pub(crate) remote: ConnRemote,
     recv_op: Option<OpId>,
     recv_cancelled: bool,
+    /// Reading is paused because queued output reached the high-water mark.
+    out_paused: bool,
     starved: bool,
     send_op: Option<OpId>,
     zc_sent: Option<i32>,
@@ -754,6 +756,7 @@ impl Shard {
                 remote,
                 recv_op: None,
                 recv_cancelled: false,
+                out_paused: false,
                 starved: false,
                 send_op: None,
                 zc_sent: None,
@@ -861,7 +864,19 @@ impl Shard {
         } else {
             // Reading. Output above the high-water mark pauses reading too, so a peer that
             // does not read cannot make its connection hold receive buffers without bound.
-            let want = conn.io.want_read && conn.state.queued() < self.cfg.out_high_water;
+            // With hysteresis: once paused, reading resumes only below half the mark, so a
+            // peer hovering at the mark does not cancel and re-arm the receive per frame.
+            let mark = if conn.io.out_paused {
+                self.cfg.out_high_water / 2
+            } else {
+                self.cfg.out_high_water
+            };
+            let over = conn.state.queued() >= mark;
+            if over && !conn.io.out_paused {
+                ShardStats::add(&self.shared.stats.recv_paused, 1);
+            }
+            conn.io.out_paused = over;
+            let want = conn.io.want_read && !over;
             conn.state.set_paused(self.now, !want);
             if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
                 let fd = conn.fd.clone();

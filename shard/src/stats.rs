@@ -80,6 +80,9 @@ stats! {
     aborted,
     /// Multishot receives that ran out of provided buffers (re-armed later).
     recv_no_buffers,
+    /// Reads paused because queued output reached the high-water mark (the multishot
+    /// receive is cancelled; it is re-armed once output drains below half of that mark).
+    recv_paused,
     /// Sends submitted as zero-copy (SENDMSG_ZC).
     sends_zc,
     /// Send submissions (each may carry several coalesced frames).
