@@ -337,3 +337,91 @@ fn uring_to_uring_resumes() {
         );
     });
 }
+
+/// Not a test of behaviour: a bounded loopback TLS echo comparison, uring↔uring vs
+/// tokio↔tokio (run with `cargo test --release --all-features --test interop_tls --
+/// --ignored --nocapture throughput`). The perf rig produces the real numbers.
+#[test]
+#[ignore]
+fn throughput_report() {
+    use std::time::Instant;
+
+    use ron_transport::FrameSender;
+
+    async fn run<S: Engine, C: Engine>(name: &str, server: &Side<S>, client: &Side<C>) {
+        for (size, count) in [(64usize, 100_000usize), (1024, 50_000), (64 * 1024, 3_000)] {
+            let mut l = server.engine.listen(util::loopback()).await.unwrap();
+            let addr = l.local_addr();
+            let echo = tokio::spawn(async move {
+                let mut c = l.accept().await.unwrap();
+                while let Ok(Some(f)) = c.recv().await {
+                    if c.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut conn = client.engine.dial(addr, dial_opts()).await.unwrap();
+            let frame = payload(size, 1);
+            let tx = conn.sender();
+            let start = Instant::now();
+            let sender = tokio::spawn(async move {
+                for _ in 0..count {
+                    tx.send(frame.clone()).await.unwrap();
+                }
+            });
+            for _ in 0..count {
+                within("echo", SLACK, conn.recv()).await.unwrap().unwrap();
+            }
+            sender.await.unwrap();
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{name} echo {size:>6} B frames: {:>9.0} frames/s, {:>7.1} MiB/s each way",
+                count as f64 / secs,
+                (count * size) as f64 / secs / (1024.0 * 1024.0)
+            );
+            drop(conn);
+            echo.abort();
+        }
+    }
+
+    util::run_multi_thread(async {
+        let p = pki();
+        let backend = match std::env::var("RON_BENCH_BACKEND").as_deref() {
+            Ok("tcp") => Backend::Tcp,
+            _ => Backend::Tls,
+        };
+        println!("backend {}", backend.as_str());
+        let mk_cfg = || {
+            let mut c = Config::default();
+            c.backend = backend;
+            c.write_timeout = Duration::from_secs(30);
+            c.validate().unwrap()
+        };
+        let u = |_: ()| {
+            let m = TransportMetrics::new();
+            EngineSetup::new(mk_cfg(), m.clone())
+                .unwrap()
+                .with_tls_server(server_cfg(&p, PqMode::Off))
+                .with_tls_client(client_cfg(&p, PqMode::Off))
+                .build_uring_with(RuntimeConfig {
+                    shards: 1,
+                    pin: false,
+                    ..RuntimeConfig::default()
+                })
+                .map(|engine| Side { engine, metrics: m })
+                .unwrap()
+        };
+        let t = |_: ()| {
+            let m = TransportMetrics::new();
+            EngineSetup::new(mk_cfg(), m.clone())
+                .unwrap()
+                .with_tls_server(server_cfg(&p, PqMode::Off))
+                .with_tls_client(client_cfg(&p, PqMode::Off))
+                .build_tokio()
+                .map(|engine| Side { engine, metrics: m })
+                .unwrap()
+        };
+        run("uring", &u(()), &u(())).await;
+        run("tokio", &t(()), &t(())).await;
+    });
+}
