@@ -970,7 +970,8 @@ impl Shard {
         let Some(tls) = conn.tls.as_mut() else {
             return true;
         };
-        let batch = match tls.next_batch(&mut conn.io.out, chunk, chunk) {
+        let queued = conn.state.queued();
+        let batch = match tls.next_batch(&mut conn.io.out, queued, chunk, chunk) {
             Ok(Some(b)) => b,
             Ok(None) => return true,
             Err(e) => {

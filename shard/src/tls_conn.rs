@@ -26,6 +26,10 @@ use crate::tls_pump::{PumpError, Status, TlsPump};
 
 /// TLS record header length.
 const RECORD_HEADER: usize = 5;
+/// Largest TLS plaintext record.
+const MAX_RECORD: usize = 16 * 1024;
+/// Header, inner content type and AEAD tag of one TLS 1.3 record (with slack).
+const RECORD_OVERHEAD: usize = 32;
 /// A send buffer above this capacity is released once the connection has nothing to send.
 const KEEP_TX_CAPACITY: usize = 20 * 1024;
 /// Bound on pump steps without progress in one call (turns a livelock into an error).
@@ -189,6 +193,10 @@ impl TlsConn {
                 }
             }
         }
+        if self.rx.is_empty() && self.rx.capacity() > KEEP_TX_CAPACITY {
+            // A large record was assembled; don't keep its buffer on an idle connection.
+            self.rx = Vec::new();
+        }
         oc
     }
 
@@ -198,6 +206,7 @@ impl TlsConn {
     pub(crate) fn next_batch(
         &mut self,
         out: &mut VecDeque<OutSeg>,
+        queued: usize,
         chunk: usize,
         budget: usize,
     ) -> Result<Option<(OutSeg, u64)>, PumpError> {
@@ -206,7 +215,10 @@ impl TlsConn {
         }
         let chunk = chunk.max(1);
         let mut buf = self.tx.take().unwrap_or_default();
-        let want = chunk + chunk / 64 + 512;
+        // Sized for what is queued (small for request/response traffic): plaintext, plus a
+        // record header and tag per 16 KiB record, plus room for handshake/ticket bytes.
+        let plain = queued.min(budget);
+        let want = plain + (plain / MAX_RECORD + 1) * RECORD_OVERHEAD + 512;
         if buf.len() < want {
             buf.resize(want, 0);
         }
@@ -269,8 +281,11 @@ impl TlsConn {
             n += sealed;
             passes += 1;
         }
+        if out.is_empty() && self.stage.capacity() > KEEP_TX_CAPACITY {
+            self.stage = Vec::new();
+        }
         if n == 0 {
-            self.put_back(buf, false);
+            self.put_back(buf, out.is_empty());
             return Ok(None);
         }
         flight.cipher = n;

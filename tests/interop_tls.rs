@@ -1,0 +1,427 @@
+//! TLS interop between the uring engine (the shards' own rustls unbuffered pump) and the tokio
+//! engine (tokio-rustls): both directions, PQ hybrid negotiation and classical fallback, ALPN,
+//! and session resumption on the uring client and server.
+
+mod util;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ron_shard::RuntimeConfig;
+use ron_transport::config::Backend;
+use ron_transport::engine::setup::EngineSetup;
+use ron_transport::engine::tokio::TokioEngine;
+use ron_transport::engine::uring::UringEngine;
+use ron_transport::engine::{DialOptions, EngineKind};
+use ron_transport::metrics::PqLabel;
+use ron_transport::rustls::{ClientConfig, ServerConfig};
+use ron_transport::{Config, Conn, Engine, Listener, PqMode, TransportMetrics};
+
+use util::{payload, pq_handshakes, snap, within};
+
+const SLACK: Duration = Duration::from_secs(10);
+const ALPN: &str = "ron/1";
+
+struct Pki {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki() -> Pki {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("rcgen");
+    Pki {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.key_pair.serialize_pem(),
+    }
+}
+
+fn server_cfg(p: &Pki, pq: PqMode) -> Arc<ServerConfig> {
+    ron_transport::tls::server_config_from_pem(
+        p.cert_pem.as_bytes(),
+        zeroize::Zeroizing::new(p.key_pem.as_bytes().to_vec()),
+        pq,
+        &[ALPN.to_string()],
+    )
+    .expect("server config")
+}
+
+fn client_cfg(p: &Pki, pq: PqMode) -> Arc<ClientConfig> {
+    ron_transport::tls::client_config_from_ca_pem(p.cert_pem.as_bytes(), pq, &[ALPN.to_string()])
+        .expect("client config")
+}
+
+fn config(pq: PqMode) -> ron_transport::ValidConfig {
+    let mut c = Config::default();
+    c.backend = Backend::Tls;
+    c.pq_mode = pq;
+    c.validate().expect("valid config")
+}
+
+struct Side<E> {
+    engine: E,
+    metrics: Arc<TransportMetrics>,
+}
+
+fn uring(pq: PqMode, server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Side<UringEngine> {
+    let metrics = TransportMetrics::new();
+    let engine = EngineSetup::new(config(pq), metrics.clone())
+        .expect("setup")
+        .with_tls_server(server)
+        .with_tls_client(client)
+        .build_uring_with(RuntimeConfig {
+            shards: 2,
+            pin: false,
+            buf_entries: 64,
+            ..RuntimeConfig::default()
+        })
+        .expect("uring engine (io_uring usable here)");
+    Side { engine, metrics }
+}
+
+fn tokio_side(
+    pq: PqMode,
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+) -> Side<TokioEngine> {
+    let metrics = TransportMetrics::new();
+    let engine = EngineSetup::new(config(pq), metrics.clone())
+        .expect("setup")
+        .with_tls_server(server)
+        .with_tls_client(client)
+        .build_tokio()
+        .expect("tokio engine");
+    Side { engine, metrics }
+}
+
+fn dial_opts() -> DialOptions {
+    DialOptions {
+        deadline: Duration::from_secs(5),
+        ..DialOptions::default()
+    }
+}
+
+async fn echo_some<C: Conn>(conn: &mut C) {
+    for (i, n) in [0usize, 1, 100, 16_384, 70_000, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let p = payload(n, i as u8);
+        conn.send(p.clone()).await.expect("send");
+        let got = within("echo", SLACK, conn.recv())
+            .await
+            .expect("recv")
+            .expect("frame");
+        assert_eq!(got, p, "echo of {n} bytes");
+    }
+}
+
+/// Dials `server` from `client`, checks both ends' facts, echoes, closes. Returns the two
+/// `ConnInfo`s (client, server).
+async fn pair<S: Engine, C: Engine>(
+    server: &Side<S>,
+    client: &Side<C>,
+) -> (
+    ron_transport::engine::ConnInfo,
+    ron_transport::engine::ConnInfo,
+) {
+    let mut listener = server
+        .engine
+        .listen(util::loopback())
+        .await
+        .expect("listen");
+    let addr: SocketAddr = listener.local_addr();
+    let (conn, srv) = tokio::join!(client.engine.dial(addr, dial_opts()), async {
+        within("accept", SLACK, listener.accept()).await
+    });
+    let mut conn = conn.expect("dial");
+    let mut srv = srv.expect("accept");
+    let (ci, si) = (conn.info().clone(), srv.info().clone());
+    assert_eq!(ci.backend, Backend::Tls);
+    assert_eq!(si.backend, Backend::Tls);
+    assert_eq!(ci.engine, client.engine.kind());
+    assert_eq!(si.engine, server.engine.kind());
+    assert_eq!(ci.alpn.as_deref(), Some(ALPN.as_bytes()));
+    assert_eq!(si.alpn.as_deref(), Some(ALPN.as_bytes()));
+    let echo = tokio::spawn(async move {
+        while let Ok(Some(f)) = srv.recv().await {
+            if srv.send(f).await.is_err() {
+                break;
+            }
+        }
+        let _ = srv.close().await;
+    });
+    echo_some(&mut conn).await;
+    within("close", SLACK, conn.close())
+        .await
+        .expect("graceful close");
+    within("server side ends", SLACK, echo).await.unwrap();
+    (ci, si)
+}
+
+fn check_ok_metrics(m: &TransportMetrics, pq: PqLabel, n: u64) {
+    let s = snap(m, Backend::Tls);
+    assert_eq!(s.tls_failures, 0);
+    let label = pq.as_str();
+    assert_eq!(pq_handshakes(m, Backend::Tls, label, "ok"), n);
+    match pq {
+        PqLabel::Off => assert_eq!((s.hs_off, s.hs_hybrid), (n, 0)),
+        PqLabel::Hybrid => assert_eq!((s.hs_off, s.hs_hybrid), (0, n)),
+    }
+}
+
+#[test]
+fn uring_client_to_tokio_server() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let server = tokio_side(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let client = uring(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let (ci, si) = pair(&server, &client).await;
+        assert_eq!(
+            (ci.engine, si.engine),
+            (EngineKind::Uring, EngineKind::Tokio)
+        );
+        assert_eq!((ci.pq, si.pq), (PqLabel::Off, PqLabel::Off));
+        assert!(!ci.resumed && !si.resumed);
+        check_ok_metrics(&client.metrics, PqLabel::Off, 1);
+        check_ok_metrics(&server.metrics, PqLabel::Off, 1);
+    });
+}
+
+#[test]
+fn tokio_client_to_uring_server() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let server = uring(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let client = tokio_side(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let (ci, si) = pair(&server, &client).await;
+        assert_eq!(
+            (ci.engine, si.engine),
+            (EngineKind::Tokio, EngineKind::Uring)
+        );
+        assert_eq!((ci.pq, si.pq), (PqLabel::Off, PqLabel::Off));
+        check_ok_metrics(&client.metrics, PqLabel::Off, 1);
+        check_ok_metrics(&server.metrics, PqLabel::Off, 1);
+        util::wait_until("server conn released", SLACK, || {
+            snap(&server.metrics, Backend::Tls).inflight == 0
+        })
+        .await;
+    });
+}
+
+#[test]
+fn hybrid_to_hybrid_negotiates_x25519mlkem768_both_ways() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let h = PqMode::Hybrid;
+        // uring client -> tokio server
+        let server = tokio_side(h, server_cfg(&p, h), client_cfg(&p, h));
+        let client = uring(h, server_cfg(&p, h), client_cfg(&p, h));
+        let (ci, si) = pair(&server, &client).await;
+        assert_eq!((ci.pq, si.pq), (PqLabel::Hybrid, PqLabel::Hybrid));
+        check_ok_metrics(&client.metrics, PqLabel::Hybrid, 1);
+        // tokio client -> uring server
+        let server = uring(h, server_cfg(&p, h), client_cfg(&p, h));
+        let client = tokio_side(h, server_cfg(&p, h), client_cfg(&p, h));
+        let (ci, si) = pair(&server, &client).await;
+        assert_eq!((ci.pq, si.pq), (PqLabel::Hybrid, PqLabel::Hybrid));
+        check_ok_metrics(&server.metrics, PqLabel::Hybrid, 1);
+    });
+}
+
+#[test]
+fn hybrid_with_classical_peer_falls_back_to_x25519() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let (h, off) = (PqMode::Hybrid, PqMode::Off);
+        // Hybrid uring server, classical tokio client.
+        let server = uring(h, server_cfg(&p, h), client_cfg(&p, h));
+        let client = tokio_side(off, server_cfg(&p, off), client_cfg(&p, off));
+        let (ci, si) = pair(&server, &client).await;
+        assert_eq!((ci.pq, si.pq), (PqLabel::Off, PqLabel::Off));
+        check_ok_metrics(&server.metrics, PqLabel::Off, 1);
+        // Hybrid uring client, classical tokio server.
+        let server = tokio_side(off, server_cfg(&p, off), client_cfg(&p, off));
+        let client = uring(h, server_cfg(&p, h), client_cfg(&p, h));
+        let (ci, si) = pair(&server, &client).await;
+        assert_eq!((ci.pq, si.pq), (PqLabel::Off, PqLabel::Off));
+        check_ok_metrics(&client.metrics, PqLabel::Off, 1);
+    });
+}
+
+#[test]
+fn uring_client_resumes_against_tokio_server() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let server = tokio_side(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let client = uring(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let (first, _) = pair(&server, &client).await;
+        assert!(!first.resumed);
+        // Same engine, same client config (its session store holds the ticket).
+        let (second, second_srv) = pair(&server, &client).await;
+        assert!(second.resumed, "uring client resumed the session");
+        assert!(second_srv.resumed, "tokio server saw a resumption");
+    });
+}
+
+#[test]
+fn uring_server_resumes_tokio_client() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let server = uring(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let client = tokio_side(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let (_, first) = pair(&server, &client).await;
+        assert!(!first.resumed);
+        let (second_cli, second) = pair(&server, &client).await;
+        assert!(second.resumed, "uring server resumed the session");
+        assert!(second_cli.resumed, "tokio client saw a resumption");
+    });
+}
+
+#[test]
+fn uring_to_uring_resumes() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let server = uring(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let client = uring(
+            PqMode::Off,
+            server_cfg(&p, PqMode::Off),
+            client_cfg(&p, PqMode::Off),
+        );
+        let (a, b) = pair(&server, &client).await;
+        assert!(!a.resumed && !b.resumed);
+        let (a, b) = pair(&server, &client).await;
+        assert!(
+            a.resumed && b.resumed,
+            "client {} server {}",
+            a.resumed,
+            b.resumed
+        );
+    });
+}
+
+/// Not a test of behaviour: a bounded loopback TLS echo comparison, uring↔uring vs
+/// tokio↔tokio (run with `cargo test --release --all-features --test interop_tls --
+/// --ignored --nocapture throughput`). The perf rig produces the real numbers.
+#[test]
+#[ignore]
+fn throughput_report() {
+    use std::time::Instant;
+
+    use ron_transport::FrameSender;
+
+    async fn run<S: Engine, C: Engine>(name: &str, server: &Side<S>, client: &Side<C>) {
+        for (size, count) in [(64usize, 100_000usize), (1024, 50_000), (64 * 1024, 3_000)] {
+            let mut l = server.engine.listen(util::loopback()).await.unwrap();
+            let addr = l.local_addr();
+            let echo = tokio::spawn(async move {
+                let mut c = l.accept().await.unwrap();
+                while let Ok(Some(f)) = c.recv().await {
+                    if c.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut conn = client.engine.dial(addr, dial_opts()).await.unwrap();
+            let frame = payload(size, 1);
+            let tx = conn.sender();
+            let start = Instant::now();
+            let sender = tokio::spawn(async move {
+                for _ in 0..count {
+                    tx.send(frame.clone()).await.unwrap();
+                }
+            });
+            for _ in 0..count {
+                within("echo", SLACK, conn.recv()).await.unwrap().unwrap();
+            }
+            sender.await.unwrap();
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{name} echo {size:>6} B frames: {:>9.0} frames/s, {:>7.1} MiB/s each way",
+                count as f64 / secs,
+                (count * size) as f64 / secs / (1024.0 * 1024.0)
+            );
+            drop(conn);
+            echo.abort();
+        }
+    }
+
+    util::run_multi_thread(async {
+        let p = pki();
+        let backend = match std::env::var("RON_BENCH_BACKEND").as_deref() {
+            Ok("tcp") => Backend::Tcp,
+            _ => Backend::Tls,
+        };
+        println!("backend {}", backend.as_str());
+        let mk_cfg = || {
+            let mut c = Config::default();
+            c.backend = backend;
+            c.write_timeout = Duration::from_secs(30);
+            c.validate().unwrap()
+        };
+        let u = |_: ()| {
+            let m = TransportMetrics::new();
+            EngineSetup::new(mk_cfg(), m.clone())
+                .unwrap()
+                .with_tls_server(server_cfg(&p, PqMode::Off))
+                .with_tls_client(client_cfg(&p, PqMode::Off))
+                .build_uring_with(RuntimeConfig {
+                    shards: 1,
+                    pin: false,
+                    ..RuntimeConfig::default()
+                })
+                .map(|engine| Side { engine, metrics: m })
+                .unwrap()
+        };
+        let t = |_: ()| {
+            let m = TransportMetrics::new();
+            EngineSetup::new(mk_cfg(), m.clone())
+                .unwrap()
+                .with_tls_server(server_cfg(&p, PqMode::Off))
+                .with_tls_client(client_cfg(&p, PqMode::Off))
+                .build_tokio()
+                .map(|engine| Side { engine, metrics: m })
+                .unwrap()
+        };
+        run("uring", &u(()), &u(())).await;
+        run("tokio", &t(()), &t(())).await;
+    });
+}
