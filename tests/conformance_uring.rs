@@ -79,3 +79,68 @@ macro_rules! uring_cases {
 
 uring_cases!(current_thread, run_current_thread);
 uring_cases!(multi_thread, run_multi_thread);
+
+/// Regression: a pipelining client (writer task and reader task independent) against an echo
+/// server. Both shards used to pause reading while their output was above the high-water
+/// mark, so two pipelining peers could deadlock with full socket buffers both ways.
+#[test]
+fn pipelined_echo_through_handles_does_not_deadlock() {
+    use ron_transport::config::Backend;
+    use ron_transport::{Config, Conn, Engine, FrameSender, Listener, PqMode};
+
+    // Three rounds per backend: the deadlock needed both queues above the mark at once.
+    for backend in [
+        Backend::Tcp,
+        Backend::Tls,
+        Backend::Tcp,
+        Backend::Tls,
+        Backend::Tcp,
+        Backend::Tls,
+    ] {
+        util::run_multi_thread(async move {
+            let mk = || {
+                let mut c = Config::default();
+                c.backend = backend;
+                c.write_timeout = std::time::Duration::from_secs(30);
+                c.validate().unwrap()
+            };
+            let fx = (backend == Backend::Tls).then(|| TlsFixture::new(PqMode::Off));
+            let server = UringUnderTest::build(mk(), fx.clone(), TransportMetrics::new());
+            let client = UringUnderTest::build(mk(), fx, TransportMetrics::new());
+            let mut l = server.listen(util::loopback()).await.unwrap();
+            let addr = l.local_addr();
+            let echo = tokio::spawn(async move {
+                let mut c = l.accept().await.unwrap();
+                while let Ok(Some(f)) = c.recv().await {
+                    if c.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut conn = client.dial(addr, Default::default()).await.unwrap();
+            // 2000 × 64 KiB = 125 MiB each way: far more than both sockets' buffers.
+            let count = 2000;
+            let frame = util::payload(64 * 1024, 7);
+            let tx = conn.sender();
+            let f2 = frame.clone();
+            let sender = tokio::spawn(async move {
+                for _ in 0..count {
+                    tx.send(f2.clone()).await.unwrap();
+                }
+            });
+            for i in 0..count {
+                let got = util::within(
+                    "pipelined echo",
+                    std::time::Duration::from_secs(20),
+                    conn.recv(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{backend:?} frame {i}: {e:?}"))
+                .expect("frame");
+                assert_eq!(got, frame);
+            }
+            sender.await.unwrap();
+            echo.abort();
+        });
+    }
+}

@@ -348,7 +348,12 @@ fn throughput_report() {
 
     use ron_transport::FrameSender;
 
-    async fn run<S: Engine, C: Engine>(name: &str, server: &Side<S>, client: &Side<C>) {
+    async fn run<S: Engine, C: Engine>(
+        name: &str,
+        server: &Side<S>,
+        client: &Side<C>,
+        dump: &(dyn Fn(&Side<S>, &Side<C>) + Sync),
+    ) {
         for (size, count) in [(64usize, 100_000usize), (1024, 50_000), (64 * 1024, 3_000)] {
             let mut l = server.engine.listen(util::loopback()).await.unwrap();
             let addr = l.local_addr();
@@ -369,8 +374,17 @@ fn throughput_report() {
                     tx.send(frame.clone()).await.unwrap();
                 }
             });
-            for _ in 0..count {
-                within("echo", SLACK, conn.recv()).await.unwrap().unwrap();
+            for i in 0..count {
+                match tokio::time::timeout(SLACK, conn.recv()).await {
+                    Ok(r) => {
+                        r.unwrap().unwrap();
+                    }
+                    Err(_) => {
+                        println!("{name}: stalled at frame {i} of {count} ({size} B)");
+                        dump(server, client);
+                        panic!("stalled");
+                    }
+                }
             }
             sender.await.unwrap();
             let secs = start.elapsed().as_secs_f64();
@@ -421,7 +435,13 @@ fn throughput_report() {
                 .map(|engine| Side { engine, metrics: m })
                 .unwrap()
         };
-        run("uring", &u(()), &u(())).await;
-        run("tokio", &t(()), &t(())).await;
+        let dump_u = |s: &Side<UringEngine>, c: &Side<UringEngine>| {
+            println!("server shards: {:#?}", s.engine.shard_stats());
+            println!("client shards: {:#?}", c.engine.shard_stats());
+            println!("server metrics:\n{}", s.metrics.render());
+            println!("client metrics:\n{}", c.metrics.render());
+        };
+        run("uring", &u(()), &u(()), &dump_u).await;
+        run("tokio", &t(()), &t(()), &|_, _| {}).await;
     });
 }

@@ -392,6 +392,15 @@ impl ConnCtx<'_> {
         self.io.want_read
     }
 
+    /// Whether output above the shard's high-water mark pauses reading (default: true). Right
+    /// for handlers whose output follows their input (an echo must not read without bound
+    /// from a peer that does not read); a handler that bounds its output itself and whose
+    /// reads must not wait on its writes (two pipelining peers would deadlock otherwise) turns
+    /// it off. The handle bridge does.
+    pub fn set_output_pauses_reading(&mut self, on: bool) {
+        self.io.output_pauses_reading = on;
+    }
+
     /// Replaces this connection's deadlines.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.state.set_timeouts(timeouts);

@@ -232,6 +232,8 @@ enum TimerKey {
 pub(crate) struct ConnIo {
     pub(crate) out: VecDeque<OutSeg>,
     pub(crate) want_read: bool,
+    /// Output above the high-water mark pauses reading (see [`ConnCtx::set_output_pauses_reading`]).
+    pub(crate) output_pauses_reading: bool,
     pub(crate) close: Option<(CloseReason, bool)>,
     pub(crate) remote: ConnRemote,
     recv_op: Option<OpId>,
@@ -748,6 +750,7 @@ impl Shard {
             io: ConnIo {
                 out: VecDeque::new(),
                 want_read: true,
+                output_pauses_reading: true,
                 close: None,
                 remote,
                 recv_op: None,
@@ -859,7 +862,9 @@ impl Shard {
         } else {
             // Reading. Output above the high-water mark pauses reading too, so a peer that
             // does not read cannot make its connection hold receive buffers without bound.
-            let want = conn.io.want_read && conn.state.queued() < self.cfg.out_high_water;
+            let want = conn.io.want_read
+                && (!conn.io.output_pauses_reading
+                    || conn.state.queued() < self.cfg.out_high_water);
             conn.state.set_paused(self.now, !want);
             if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
                 let fd = conn.fd.clone();
