@@ -31,3 +31,8 @@ pub mod rate;
 pub mod tls;
 
 pub use engine::{Conn, ConnInfo, DialOptions, Engine, EngineKind, FrameSender, Listener};
+
+/// Compiles the README's example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

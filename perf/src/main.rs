@@ -1,1 +1,501 @@
-fn main() {}
+//! `ron-perf`: the perf-lab rig of ron-transport (spec/PERFORMANCE.md §1.3, §2, §5).
+//!
+//! With no arguments it runs the quick suite on loopback (self-signed certificate generated on
+//! the fly), shows progress on stderr, prints a Markdown table and writes
+//! `perf-out/report-<date>.json` plus an SVG chart beside it. Subcommands: `serve` (echo
+//! server of one engine), `load` (the load client), `run` (the suite), `check` (regression
+//! gates), `chart` and `table` (render a report). See `docs/perf.md`.
+
+#![deny(unsafe_code)]
+
+mod chart;
+mod check;
+mod client;
+mod limits;
+mod report;
+mod run;
+mod server;
+mod sys;
+mod table;
+mod tlsutil;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::run::{RunOpts, Scenario};
+use crate::server::{EngineId, ServeOpts, Transport};
+
+#[derive(Debug, Parser)]
+#[command(name = "ron-perf", version, about = "Perf-lab rig for ron-transport")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Echo server of one engine (frames: u32 BE length + bytes; each echoed back whole).
+    Serve {
+        #[arg(long, default_value = "tokio")]
+        engine: String,
+        #[arg(long, default_value = "tcp")]
+        transport: String,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Threads / shards (default: one per pinned core).
+        #[arg(long, default_value_t = 0)]
+        shards: usize,
+        /// Cores to pin the server to, e.g. `0` or `0,1` (empty = no pinning).
+        #[arg(long, default_value = "")]
+        cores: String,
+    },
+    /// Load client against a running echo server.
+    Load {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value = "tcp")]
+        transport: String,
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Frames in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        /// Fixed offered rate over all connections (frames/s).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// CA certificate PEM for TLS.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// `echo` (closed loop) or `stream` (64 KiB frames, 4 in flight, unless overridden).
+        #[arg(long, default_value = "echo")]
+        mode: String,
+        #[arg(long, default_value = "1")]
+        client_cores: String,
+        /// Server pid, to report its CPU per frame.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Engine label for the JSON row.
+        #[arg(long, default_value = "external")]
+        engine_label: String,
+        /// Write a report with this row.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The suite: servers and clients started here, one engine after another.
+    Run(RunArgs),
+    /// Regression gates (spec/PERFORMANCE.md §5): median of the reports vs a baseline.
+    Check {
+        #[arg(long)]
+        baseline: PathBuf,
+        /// Report files (give 3 for the median of 3).
+        #[arg(long, num_args = 1.., required = true)]
+        report: Vec<PathBuf>,
+        /// Widen every gate by this many percent (the §5 noise waiver).
+        #[arg(long, default_value_t = 0.0)]
+        widen_pct: f64,
+    },
+    /// SVG chart of a report.
+    Chart {
+        #[arg(long)]
+        report: PathBuf,
+        #[arg(long)]
+        svg: PathBuf,
+    },
+    /// Print a report as the Markdown table.
+    Table {
+        #[arg(long)]
+        report: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args, Default)]
+struct RunArgs {
+    #[arg(long, default_value = "small,pipelined,stream,handshake,idle")]
+    scenarios: String,
+    #[arg(long, default_value = "tcp,tls")]
+    transports: String,
+    #[arg(
+        long,
+        default_value = "tokio,uring,uring-raw,monoio,tokio-uring,bare-uring"
+    )]
+    engines: String,
+    /// Window per row (default 2s quick, 10s with --full).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Full sizes: 10,000 idle connections, longer windows, 4 KiB pipelined.
+    #[arg(long)]
+    full: bool,
+    /// Report path (default perf-out/report-<date>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Chart path (default: the report path with .svg).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    #[arg(long, default_value = "0")]
+    server_cores: String,
+    #[arg(long, default_value = "1")]
+    client_cores: String,
+    /// Server shards (0 = one per server core).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+}
+
+/// Parses `500ms`, `3s`, `2m` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}"))?;
+    if !(v.is_finite() && v > 0.0 && v * mul <= 3600.0) {
+        return Err(format!("duration {s:?} must be in (0, 1h]"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+/// Parses `0`, `0,1` or `2-3`; empty = none. Cores beyond the machine are dropped with a note.
+fn parse_cores(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let (a, b): (usize, usize) = (a.parse()?, b.parse()?);
+            out.extend(a..=b);
+        } else {
+            out.push(part.parse()?);
+        }
+    }
+    Ok(out)
+}
+
+fn split_list<T>(s: &str, f: impl Fn(&str) -> anyhow::Result<T>) -> anyhow::Result<Vec<T>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(f)
+        .collect()
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        None => cmd_run(RunArgs {
+            scenarios: "small,pipelined,stream,handshake,idle".into(),
+            transports: "tcp,tls".into(),
+            engines: "tokio,uring,uring-raw,monoio,tokio-uring,bare-uring".into(),
+            server_cores: "0".into(),
+            client_cores: "1".into(),
+            ..RunArgs::default()
+        }),
+        Some(Cmd::Serve {
+            engine,
+            transport,
+            listen,
+            cert,
+            key,
+            shards,
+            cores,
+        }) => (|| {
+            server::serve(ServeOpts {
+                engine: EngineId::parse(&engine)?,
+                transport: Transport::parse(&transport)?,
+                listen,
+                cert,
+                key,
+                shards,
+                cores: parse_cores(&cores)?,
+            })
+        })(),
+        Some(Cmd::Load {
+            target,
+            transport,
+            conns,
+            payload,
+            duration,
+            warmup,
+            depth,
+            rate,
+            ca,
+            mode,
+            client_cores,
+            server_pid,
+            engine_label,
+            json,
+        }) => cmd_load(LoadArgs {
+            target,
+            transport,
+            conns,
+            payload,
+            duration,
+            warmup,
+            depth,
+            rate,
+            ca,
+            mode,
+            client_cores,
+            server_pid,
+            engine_label,
+            json,
+        }),
+        Some(Cmd::Run(a)) => cmd_run(a),
+        Some(Cmd::Check {
+            baseline,
+            report,
+            widen_pct,
+        }) => cmd_check(&baseline, &report, widen_pct),
+        Some(Cmd::Chart { report, svg }) => (|| {
+            chart::write_svg(&report::Report::load(&report)?, &svg)?;
+            eprintln!("wrote {}", svg.display());
+            Ok(())
+        })(),
+        Some(Cmd::Table { report }) => (|| {
+            print!("{}", table::render(&report::Report::load(&report)?));
+            Ok(())
+        })(),
+    };
+    if let Err(e) = r {
+        eprintln!("ron-perf: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+struct LoadArgs {
+    target: SocketAddr,
+    transport: String,
+    conns: usize,
+    payload: usize,
+    duration: Duration,
+    warmup: Duration,
+    depth: usize,
+    rate: Option<f64>,
+    ca: Option<PathBuf>,
+    mode: String,
+    client_cores: String,
+    server_pid: Option<u32>,
+    engine_label: String,
+    json: Option<PathBuf>,
+}
+
+fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
+    let t = Transport::parse(&a.transport)?;
+    let tls = match (t, &a.ca) {
+        (Transport::Tls, Some(ca)) => {
+            let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+            Some(tlsutil::library_client_config(&pem, true)?)
+        }
+        (Transport::Tls, None) => {
+            bail!("--transport tls needs --ca PEM (the server prints its cert path)")
+        }
+        (Transport::Tcp, _) => None,
+    };
+    let (scenario, payload, depth) = match a.mode.as_str() {
+        "echo" => (
+            if a.depth > 1 {
+                Scenario::Pipelined
+            } else {
+                Scenario::Small
+            },
+            a.payload,
+            a.depth,
+        ),
+        "stream" => (
+            Scenario::Stream,
+            if a.payload == 1024 {
+                64 * 1024
+            } else {
+                a.payload
+            },
+            if a.depth == 1 { 4 } else { a.depth },
+        ),
+        m => bail!("unknown mode {m:?} (echo|stream)"),
+    };
+    if payload > wire::MAX_PAYLOAD {
+        bail!("payload above {} bytes", wire::MAX_PAYLOAD);
+    }
+    let _ = sys::raise_nofile(1 << 20);
+    let spec = client::LoadSpec {
+        target: a.target,
+        tls: tls.map(|c: Arc<rustls::ClientConfig>| c),
+        conns: a.conns.max(1),
+        payload,
+        depth: depth.max(1),
+        rate: a.rate,
+        warmup: a.warmup,
+        duration: a.duration,
+        cores: parse_cores(&a.client_cores)?,
+        server_pid: a.server_pid,
+    };
+    let r = client::run_load(&spec)?;
+    let row = run::load_row(scenario, t, &a.engine_label, &spec, &r);
+    println!("{}", serde_json::to_string_pretty(&row)?);
+    if r.errors > 0 {
+        eprintln!(
+            "{} connection errors; first: {}",
+            r.errors,
+            r.first_error.unwrap_or_default()
+        );
+    }
+    if let Some(p) = a.json {
+        report::Report {
+            commit: report::git_commit(),
+            date: report::now_rfc3339(),
+            machine: report::Machine {
+                cpus: sys::cpus(),
+                kernel: sys::kernel(),
+            },
+            limits: report::Limits::default(),
+            results: vec![row],
+        }
+        .save(&p)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
+    let duration = a.duration.unwrap_or(if a.full {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(2)
+    });
+    let warmup = (duration / 4).min(Duration::from_secs(1));
+    let ncpu = sys::cpus();
+    let keep = |v: Vec<usize>, what: &str| -> Vec<usize> {
+        let (ok, bad): (Vec<_>, Vec<_>) = v.into_iter().partition(|c| *c < ncpu);
+        if !bad.is_empty() {
+            eprintln!("[ron-perf] note: {what} cores {bad:?} do not exist here; ignored");
+        }
+        ok
+    };
+    let server_cores = keep(parse_cores(&a.server_cores)?, "server");
+    let client_cores = keep(parse_cores(&a.client_cores)?, "client");
+    let date = report::now_rfc3339();
+    let json = a.json.unwrap_or_else(|| {
+        PathBuf::from("perf-out").join(format!("report-{}.json", date.replace(':', "")))
+    });
+    let out_dir = json
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let opts = RunOpts {
+        scenarios: split_list(&a.scenarios, Scenario::parse)?,
+        transports: split_list(&a.transports, Transport::parse)?,
+        engines: split_list(&a.engines, EngineId::parse)?,
+        duration,
+        warmup,
+        full: a.full,
+        server_cores,
+        client_cores,
+        shards: a.shards,
+        out_dir: if out_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            out_dir
+        },
+    };
+    if opts.engines.is_empty() || opts.transports.is_empty() || opts.scenarios.is_empty() {
+        return Err(anyhow!("nothing to run"));
+    }
+    let rep = run::run(&opts)?;
+    rep.save(&json)?;
+    let svg = a.svg.unwrap_or_else(|| json.with_extension("svg"));
+    if let Err(e) = chart::write_svg(&rep, &svg) {
+        eprintln!("[ron-perf] chart: {e:#}");
+    }
+    println!("{}", table::render(&rep));
+    eprintln!("[ron-perf] wrote {} and {}", json.display(), svg.display());
+    Ok(())
+}
+
+fn cmd_check(baseline: &PathBuf, reports: &[PathBuf], widen_pct: f64) -> anyhow::Result<()> {
+    let schema: serde_json::Value = serde_json::from_str(report::SCHEMA)?;
+    for p in std::iter::once(baseline).chain(reports) {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        )
+        .with_context(|| format!("parse {}", p.display()))?;
+        let errs = report::validate_schema(&schema, &v);
+        if !errs.is_empty() {
+            bail!(
+                "{} does not match perf/report.schema.json:\n  {}",
+                p.display(),
+                errs.join("\n  ")
+            );
+        }
+    }
+    let base = report::Report::load(baseline)?;
+    let reps = reports
+        .iter()
+        .map(|p| report::Report::load(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if reps.len() < 3 {
+        eprintln!(
+            "note: median of {} run(s); spec/PERFORMANCE.md §5 asks for 3",
+            reps.len()
+        );
+    }
+    let o = check::check(
+        &base,
+        &reps,
+        check::Gates::default().widened(widen_pct / 100.0),
+    );
+    print!("{}", check::render(&o));
+    if o.regressed() {
+        eprintln!("REGRESSION: at least one gate failed");
+        std::process::exit(1);
+    }
+    println!(
+        "no regression ({} metrics compared over the median of {} runs)",
+        o.verdicts.len(),
+        o.runs
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("2h").is_err());
+    }
+
+    #[test]
+    fn cores() {
+        assert_eq!(parse_cores("0").unwrap(), vec![0]);
+        assert_eq!(parse_cores("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cores("").unwrap().is_empty());
+        assert!(parse_cores("x").is_err());
+    }
+}

@@ -25,6 +25,9 @@
 //! `pq_handshake_total{result="fail"}`. `ConnInfo` carries `pq`, `alpn` and `resumed`.
 #![forbid(unsafe_code)]
 
+pub mod local;
+pub use local::{serve_local, LocalCtx, LocalHandler, LocalServer};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -157,7 +160,7 @@ fn pq_of(meta: &ConnMeta) -> PqLabel {
     }
 }
 
-fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
+pub(crate) fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
     let nz = |d: Duration| (!d.is_zero()).then_some(d);
     Timeouts {
         read: nz(cfg.read_timeout),
@@ -859,7 +862,7 @@ impl FrameSender for UringSender {
 }
 
 /// Maps a shard close reason to the contract's error (`None` for a clean close).
-fn map_close(r: &CloseReason) -> Option<TransportError> {
+pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
     Some(match r {
         CloseReason::PeerClosed | CloseReason::Local => return None,
         CloseReason::Timeout(k) => TransportError::timeout(match k {

@@ -1,0 +1,657 @@
+//! The load client: N connections, K frames in flight per connection (closed loop) or a fixed
+//! offered rate, round-trip latency per frame into per-connection hdrhistograms (merged), over
+//! a measurement window that excludes warm-up. One current-thread tokio runtime per client core
+//! (pinned); each connection writes every batch of frames in one write and reads in bulk, so a
+//! frame costs the client one write and a share of one read. The server's CPU time is sampled
+//! at the window edges here, so client and server are measured over exactly the same window.
+//! Also: the TLS handshake load (cold / resumed) and the idle-connection holder.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::sys;
+use crate::wire;
+
+/// What one load run does.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Server address.
+    pub target: SocketAddr,
+    /// TLS client config (None = plain TCP).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Connections.
+    pub conns: usize,
+    /// Payload bytes per frame.
+    pub payload: usize,
+    /// Frames in flight per connection.
+    pub depth: usize,
+    /// Fixed offered rate over all connections (frames/s); None = closed loop.
+    pub rate: Option<f64>,
+    /// Warm-up before the window.
+    pub warmup: Duration,
+    /// Measurement window.
+    pub duration: Duration,
+    /// Cores the client threads are pinned to (one thread per core).
+    pub cores: Vec<usize>,
+    /// Server process to sample CPU time from, if known.
+    pub server_pid: Option<u32>,
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    /// Frames echoed back inside the window.
+    pub frames: u64,
+    /// Window length.
+    pub window: Duration,
+    /// Round-trip latency (µs) of frames completed inside the window.
+    pub hist: Histogram<u64>,
+    /// Connection errors (each ends its connection).
+    pub errors: u64,
+    /// First error text, if any.
+    pub first_error: Option<String>,
+    /// Server CPU time over the window.
+    pub server_cpu: Option<Duration>,
+    /// Client process CPU time over the window.
+    pub client_cpu: Duration,
+}
+
+impl LoadResult {
+    /// Frames per second inside the window.
+    pub fn fps(&self) -> f64 {
+        self.frames as f64 / self.window.as_secs_f64()
+    }
+
+    /// Payload goodput in Gb/s (one direction).
+    pub fn gbps(&self, payload: usize) -> f64 {
+        self.fps() * payload as f64 * 8.0 / 1e9
+    }
+
+    /// Server CPU µs per frame.
+    pub fn server_cpu_us_per_frame(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.frames > 0).then(|| cpu.as_secs_f64() * 1e6 / self.frames as f64)
+    }
+
+    /// Server CPU utilisation over the window (1.0 = one core busy).
+    pub fn server_cpu_util(&self) -> Option<f64> {
+        Some(self.server_cpu?.as_secs_f64() / self.window.as_secs_f64())
+    }
+
+    /// Client CPU utilisation over the window (1.0 = one core busy).
+    pub fn client_cpu_util(&self) -> f64 {
+        self.client_cpu.as_secs_f64() / self.window.as_secs_f64()
+    }
+
+    /// A latency percentile in µs (None without samples).
+    pub fn pct(&self, q: f64) -> Option<f64> {
+        (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(q) as f64)
+    }
+}
+
+/// The measurement window shared by every connection.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+#[derive(Debug)]
+struct ConnOutcome {
+    frames: u64,
+    hist: Histogram<u64>,
+    error: Option<String>,
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Any byte stream the client can drive (TCP or TLS over TCP).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects one client connection (TCP_NODELAY, then TLS if configured).
+pub async fn connect(
+    target: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(target)
+        .await
+        .with_context(|| format!("connect {target}"))?;
+    tcp.set_nodelay(true)?;
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(cfg) => {
+            let c = tokio_rustls::TlsConnector::from(cfg.clone());
+            let s = c
+                .connect(crate::tlsutil::server_name(target), tcp)
+                .await
+                .context("tls handshake")?;
+            Ok(Box::new(s))
+        }
+    }
+}
+
+/// Runs a load and returns the merged measurement. Bounded: every connection stops at the
+/// window end (plus a 2 s grace for a stalled server).
+pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
+    let threads = spec.cores.len().max(1);
+    let conns_per: Vec<usize> = (0..threads)
+        .map(|i| spec.conns / threads + usize::from(i < spec.conns % threads))
+        .collect();
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let window: Arc<Mutex<Option<Window>>> = Arc::new(Mutex::new(None));
+    let mut handles = Vec::new();
+    for (i, &n) in conns_per.iter().enumerate() {
+        let spec = spec.clone();
+        let barrier = barrier.clone();
+        let window = window.clone();
+        let core = spec.cores.get(i).copied();
+        handles.push(std::thread::spawn(move || {
+            client_thread(&spec, n, threads, core, &barrier, &window)
+        }));
+    }
+    // Everyone connected (or failed connecting) → fix the window and release the threads.
+    barrier.wait();
+    let now = Instant::now();
+    let w = Window {
+        start: now + spec.warmup,
+        end: now + spec.warmup + spec.duration,
+    };
+    *window.lock().expect("window lock") = Some(w);
+    barrier.wait();
+
+    std::thread::sleep(w.start.saturating_duration_since(Instant::now()));
+    let s0 = spec.server_pid.map(|p| sys::cpu_time(Some(p)));
+    let c0 = sys::cpu_time(None)?;
+    std::thread::sleep(w.end.saturating_duration_since(Instant::now()));
+    let s1 = spec.server_pid.map(|p| sys::cpu_time(Some(p)));
+    let c1 = sys::cpu_time(None)?;
+
+    let mut res = LoadResult {
+        frames: 0,
+        window: spec.duration,
+        hist: new_hist(),
+        errors: 0,
+        first_error: None,
+        server_cpu: match (s0, s1) {
+            (Some(Ok(a)), Some(Ok(b))) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        client_cpu: c1.saturating_sub(c0),
+    };
+    for h in handles {
+        let outs = h.join().map_err(|_| anyhow!("client thread panicked"))??;
+        for o in outs {
+            res.frames += o.frames;
+            res.hist
+                .add(&o.hist)
+                .map_err(|e| anyhow!("histogram merge: {e}"))?;
+            if let Some(e) = o.error {
+                res.errors += 1;
+                res.first_error.get_or_insert(e);
+            }
+        }
+    }
+    Ok(res)
+}
+
+fn client_thread(
+    spec: &LoadSpec,
+    n: usize,
+    threads: usize,
+    core: Option<usize>,
+    barrier: &Barrier,
+    window: &Mutex<Option<Window>>,
+) -> anyhow::Result<Vec<ConnOutcome>> {
+    if let Some(c) = core {
+        sys::pin_to(&[c])?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Connect everything first (bounded by a 10 s deadline per connection).
+    let conns = rt.block_on(async {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = tokio::time::timeout(
+                Duration::from_secs(10),
+                connect(spec.target, spec.tls.as_ref()),
+            )
+            .await
+            .map_err(|_| anyhow!("connect timed out"))
+            .and_then(|r| r);
+            v.push(c);
+        }
+        v
+    });
+    barrier.wait();
+    barrier.wait();
+    let w = window.lock().expect("window lock").expect("window set");
+    let per_conn_rate = spec.rate.map(|r| r / (spec.conns.max(1) as f64));
+    let _ = threads;
+    let outs = rt.block_on(async {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut tasks = Vec::new();
+                for c in conns {
+                    let payload = spec.payload;
+                    let depth = spec.depth.max(1);
+                    tasks.push(tokio::task::spawn_local(async move {
+                        match c {
+                            Err(e) => ConnOutcome {
+                                frames: 0,
+                                hist: new_hist(),
+                                error: Some(format!("{e:#}")),
+                            },
+                            Ok(s) => conn_loop(s, payload, depth, per_conn_rate, w).await,
+                        }
+                    }));
+                }
+                let mut outs = Vec::new();
+                for t in tasks {
+                    outs.push(t.await.unwrap_or_else(|e| ConnOutcome {
+                        frames: 0,
+                        hist: new_hist(),
+                        error: Some(format!("task: {e}")),
+                    }));
+                }
+                outs
+            })
+            .await
+    });
+    Ok(outs)
+}
+
+/// One connection's closed-loop (or paced) echo loop.
+async fn conn_loop(
+    mut s: Box<dyn Stream>,
+    payload: usize,
+    depth: usize,
+    rate: Option<f64>,
+    w: Window,
+) -> ConnOutcome {
+    let mut out = ConnOutcome {
+        frames: 0,
+        hist: new_hist(),
+        error: None,
+    };
+    let flen = wire::HEADER + payload;
+    let batch = wire::frames(payload, depth);
+    let mut rbuf = vec![0u8; (2 * flen).max(64 * 1024)];
+    let mut filled = 0usize;
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(depth);
+    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
+    let hard_end = w.end + Duration::from_secs(2);
+    let end_sleep = tokio::time::sleep_until(w.end.into());
+    tokio::pin!(end_sleep);
+    let tick = tokio::time::sleep_until(Instant::now().into());
+    tokio::pin!(tick);
+    let mut next_send = Instant::now();
+
+    // Closed loop: fill the window at once.
+    if interval.is_none() {
+        let now = Instant::now();
+        if let Err(e) = s.write_all(&batch).await {
+            out.error = Some(format!("write: {e}"));
+            return out;
+        }
+        sent_at.extend(std::iter::repeat_n(now, depth));
+    }
+
+    enum Ev {
+        Read(std::io::Result<usize>),
+        Tick,
+        End,
+    }
+    loop {
+        let can_tick = interval.is_some() && sent_at.len() < depth;
+        let ev = tokio::select! {
+            biased;
+            _ = &mut end_sleep => Ev::End,
+            r = s.read(&mut rbuf[filled..]) => Ev::Read(r),
+            _ = &mut tick, if can_tick => Ev::Tick,
+        };
+        match ev {
+            Ev::End => break,
+            Ev::Tick => {
+                let now = Instant::now();
+                if let Err(e) = s.write_all(&batch[..flen]).await {
+                    out.error = Some(format!("write: {e}"));
+                    break;
+                }
+                sent_at.push_back(now);
+                let iv = interval.expect("tick only with a rate");
+                // Keep the schedule, but never burst to catch up more than one period.
+                next_send = (next_send + iv).max(now.checked_sub(iv).unwrap_or(now));
+                tick.as_mut().reset(next_send.into());
+            }
+            Ev::Read(Ok(0)) => {
+                out.error = Some("server closed the connection".to_owned());
+                break;
+            }
+            Ev::Read(Err(e)) => {
+                out.error = Some(format!("read: {e}"));
+                break;
+            }
+            Ev::Read(Ok(n)) => {
+                filled += n;
+                let now = Instant::now();
+                let sc = match wire::scan(&rbuf[..filled]) {
+                    Ok(sc) => sc,
+                    Err(e) => {
+                        out.error = Some(format!("echo: {e}"));
+                        break;
+                    }
+                };
+                if sc.complete_bytes != sc.frames * flen {
+                    out.error = Some("echo: frame of unexpected length".to_owned());
+                    break;
+                }
+                let in_window = now >= w.start && now < w.end;
+                for _ in 0..sc.frames {
+                    let Some(t) = sent_at.pop_front() else {
+                        out.error = Some("echo: more frames than sent".to_owned());
+                        return out;
+                    };
+                    if in_window {
+                        let us = now.duration_since(t).as_micros().max(1) as u64;
+                        let _ = out.hist.record(us.min(60_000_000));
+                        out.frames += 1;
+                    }
+                }
+                rbuf.copy_within(sc.complete_bytes..filled, 0);
+                filled -= sc.complete_bytes;
+                if interval.is_none() && sc.frames > 0 {
+                    let k = sc.frames;
+                    if let Err(e) = s.write_all(&batch[..k * flen]).await {
+                        out.error = Some(format!("write: {e}"));
+                        break;
+                    }
+                    let t = Instant::now();
+                    sent_at.extend(std::iter::repeat_n(t, k));
+                }
+                if Instant::now() >= hard_end {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(200), s.shutdown()).await;
+    out
+}
+
+/// What a handshake run measured.
+#[derive(Debug, Clone)]
+pub struct HandshakeResult {
+    /// Completed handshakes inside the window.
+    pub handshakes: u64,
+    /// Of those, how many were resumed.
+    pub resumed: u64,
+    /// Window length.
+    pub window: Duration,
+    /// Handshake latency (connect + TLS handshake), µs.
+    pub hist: Histogram<u64>,
+    /// Failed attempts.
+    pub errors: u64,
+    /// First error text.
+    pub first_error: Option<String>,
+    /// Server CPU time over the window.
+    pub server_cpu: Option<Duration>,
+    /// Client CPU time over the window.
+    pub client_cpu: Duration,
+}
+
+/// (handshakes, resumed, latency, errors, first error) of one handshake thread.
+type HsTotals = (u64, u64, Histogram<u64>, u64, Option<String>);
+
+/// New TLS connections in a loop from `parallel` tasks spread over one thread per client core:
+/// connect,
+/// handshake (timed), one 64-byte echo (which also delivers the session tickets), close.
+pub fn run_handshakes(
+    target: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    parallel: usize,
+    warmup: Duration,
+    duration: Duration,
+    cores: &[usize],
+    server_pid: Option<u32>,
+) -> anyhow::Result<HandshakeResult> {
+    let start = Instant::now() + warmup;
+    let end = start + duration;
+    let threads = cores.len().max(1);
+    let mut hs = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let core = cores.get(i).copied();
+        let cfg = cfg.clone();
+        let parallel = parallel / threads + usize::from(i < parallel % threads);
+        hs.push(handshake_thread(target, cfg, parallel, start, end, core));
+    }
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+    let s0 = server_pid.map(|p| sys::cpu_time(Some(p)));
+    let c0 = sys::cpu_time(None)?;
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let s1 = server_pid.map(|p| sys::cpu_time(Some(p)));
+    let c1 = sys::cpu_time(None)?;
+    let mut acc: HsTotals = (0, 0, new_hist(), 0, None);
+    for h in hs {
+        let (n, r, hist, e, f) = h
+            .join()
+            .map_err(|_| anyhow!("handshake thread panicked"))??;
+        acc.0 += n;
+        acc.1 += r;
+        acc.2.add(&hist).map_err(|e| anyhow!("merge: {e}"))?;
+        acc.3 += e;
+        if acc.4.is_none() {
+            acc.4 = f;
+        }
+    }
+    let (handshakes, resumed, hist, errors, first_error) = acc;
+    Ok(HandshakeResult {
+        handshakes,
+        resumed,
+        window: duration,
+        hist,
+        errors,
+        first_error,
+        server_cpu: match (s0, s1) {
+            (Some(Ok(a)), Some(Ok(b))) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        client_cpu: c1.saturating_sub(c0),
+    })
+}
+
+/// One client thread (pinned to `core`) running `parallel` dialer tasks until `end`.
+fn handshake_thread(
+    target: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    parallel: usize,
+    start: Instant,
+    end: Instant,
+    core: Option<usize>,
+) -> std::thread::JoinHandle<anyhow::Result<HsTotals>> {
+    std::thread::spawn(move || -> anyhow::Result<HsTotals> {
+        if let Some(c) = core {
+            sys::pin_to(&[c])?;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async move {
+                    let mut tasks = Vec::new();
+                    for _ in 0..parallel.max(1) {
+                        let cfg = cfg.clone();
+                        tasks.push(tokio::task::spawn_local(async move {
+                            let mut hist = new_hist();
+                            let (mut n, mut resumed, mut errs) = (0u64, 0u64, 0u64);
+                            let mut first = None;
+                            let frame = wire::frame(64);
+                            while Instant::now() < end {
+                                let t0 = Instant::now();
+                                let r = tokio::time::timeout(Duration::from_secs(5), async {
+                                    let tcp = TcpStream::connect(target).await?;
+                                    tcp.set_nodelay(true)?;
+                                    let c = tokio_rustls::TlsConnector::from(cfg.clone());
+                                    let mut s =
+                                        c.connect(crate::tlsutil::server_name(target), tcp).await?;
+                                    let dt = t0.elapsed();
+                                    let was_resumed = s.get_ref().1.handshake_kind()
+                                        == Some(rustls::HandshakeKind::Resumed);
+                                    s.write_all(&frame).await?;
+                                    let mut back = vec![0u8; frame.len()];
+                                    s.read_exact(&mut back).await?;
+                                    let _ = s.shutdown().await;
+                                    Ok::<_, std::io::Error>((dt, was_resumed))
+                                })
+                                .await;
+                                let done = Instant::now();
+                                match r {
+                                    Ok(Ok((dt, was_resumed))) => {
+                                        if done >= start && done < end {
+                                            n += 1;
+                                            resumed += u64::from(was_resumed);
+                                            let _ = hist.record(
+                                                (dt.as_micros() as u64).clamp(1, 60_000_000),
+                                            );
+                                        }
+                                    }
+                                    Ok(Err(e)) => {
+                                        errs += 1;
+                                        first.get_or_insert(format!("{e}"));
+                                    }
+                                    Err(_) => {
+                                        errs += 1;
+                                        first.get_or_insert("handshake timed out".to_owned());
+                                    }
+                                }
+                            }
+                            (n, resumed, hist, errs, first)
+                        }));
+                    }
+                    let mut acc = (0u64, 0u64, new_hist(), 0u64, None);
+                    for t in tasks {
+                        let (n, r, h, e, f) = t.await.map_err(|e| anyhow!("task: {e}"))?;
+                        acc.0 += n;
+                        acc.1 += r;
+                        acc.2.add(&h).map_err(|e| anyhow!("merge: {e}"))?;
+                        acc.3 += e;
+                        if acc.4.is_none() {
+                            acc.4 = f;
+                        }
+                    }
+                    Ok(acc)
+                })
+                .await
+        })
+    })
+}
+
+/// Idle connections held open on a dedicated thread until the returned guard is dropped.
+#[derive(Debug)]
+pub struct IdleHold {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Connections that were opened and completed one echo.
+    pub opened: usize,
+    /// First error, if some failed.
+    pub first_error: Option<String>,
+}
+
+impl Drop for IdleHold {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens `n` connections (each does one 64-byte echo so the server has fully set it up) and
+/// holds them idle. Connects 64 at a time; every connect bounded by 10 s.
+pub fn hold_idle(
+    target: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    n: usize,
+    core: Option<usize>,
+) -> anyhow::Result<IdleHold> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Option<String>)>();
+    let thread = std::thread::spawn(move || {
+        if let Some(c) = core {
+            let _ = sys::pin_to(&[c]);
+        }
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            let _ = ready_tx.send((0, Some("runtime".to_owned())));
+            return;
+        };
+        rt.block_on(async move {
+            let frame = wire::frame(64);
+            let mut held = Vec::with_capacity(n);
+            let mut first = None;
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(64);
+                left -= k;
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..k {
+                    let tls = tls.clone();
+                    let frame = frame.clone();
+                    set.spawn(async move {
+                        tokio::time::timeout(Duration::from_secs(10), async {
+                            let mut s = connect(target, tls.as_ref()).await?;
+                            s.write_all(&frame).await?;
+                            let mut back = vec![0u8; frame.len()];
+                            s.read_exact(&mut back).await?;
+                            Ok::<_, anyhow::Error>(s)
+                        })
+                        .await
+                        .map_err(|_| anyhow!("idle connect timed out"))
+                        .and_then(|r| r)
+                    });
+                }
+                while let Some(r) = set.join_next().await {
+                    match r {
+                        Ok(Ok(s)) => held.push(s),
+                        Ok(Err(e)) => {
+                            first.get_or_insert(format!("{e:#}"));
+                        }
+                        Err(e) => {
+                            first.get_or_insert(format!("{e}"));
+                        }
+                    }
+                }
+            }
+            let _ = ready_tx.send((held.len(), first));
+            let _ = stop_rx.await;
+            drop(held);
+        });
+    });
+    let (opened, first_error) = ready_rx
+        .recv_timeout(Duration::from_secs(120))
+        .map_err(|_| anyhow!("idle connections not ready in 120 s"))?;
+    Ok(IdleHold {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        opened,
+        first_error,
+    })
+}
