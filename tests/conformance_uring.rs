@@ -144,3 +144,71 @@ fn pipelined_echo_through_handles_does_not_deadlock() {
         });
     }
 }
+
+/// Ingress pacing on the uring engine: with `per_conn_bytes_per_sec`, the shard holds a
+/// connection's reads for as long as the buckets ask, so a peer that writes as fast as it can
+/// is delivered at the configured rate (±20 %), past the burst.
+#[test]
+fn ingress_rate_paces_reads() {
+    use std::time::{Duration, Instant};
+
+    use ron_transport::config::Backend;
+    use ron_transport::{Config, Conn, Engine, Listener};
+
+    const RATE: u64 = 256 * 1024;
+    const FRAME: usize = 4092; // 4096 bytes on the wire
+    const FRAMES: usize = 160; // 640 KiB
+    for backend in [Backend::Tcp, Backend::Tls] {
+        util::run_multi_thread(async move {
+            let fx = (backend == Backend::Tls).then(|| TlsFixture::new(ron_transport::PqMode::Off));
+            let mut scfg = Config::default();
+            scfg.backend = backend;
+            scfg.per_conn_bytes_per_sec = RATE;
+            scfg.max_frame_bytes = 64 * 1024;
+            let server = UringUnderTest::build(
+                scfg.validate().unwrap(),
+                fx.clone(),
+                TransportMetrics::new(),
+            );
+            let mut ccfg = Config::default();
+            ccfg.backend = backend;
+            let client =
+                UringUnderTest::build(ccfg.validate().unwrap(), fx, TransportMetrics::new());
+            let mut l = server.listen(util::loopback()).await.unwrap();
+            let addr = l.local_addr();
+            let conn = client.dial(addr, Default::default()).await.unwrap();
+            let mut srv = util::within("accept", Duration::from_secs(5), l.accept())
+                .await
+                .unwrap();
+            let writer = tokio::spawn(async move {
+                for i in 0..FRAMES {
+                    conn.send(util::payload(FRAME, i as u8)).await.unwrap();
+                }
+                conn
+            });
+            let mut marks = Vec::with_capacity(FRAMES);
+            for i in 0..FRAMES {
+                let f = util::within("paced frame", Duration::from_secs(10), srv.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(f, util::payload(FRAME, i as u8));
+                marks.push(Instant::now());
+            }
+            let _conn = writer.await.unwrap();
+            let from = 32; // past the 128 KiB burst
+            let bytes = ((FRAMES - 1 - from) * (FRAME + 4)) as f64;
+            let secs = marks[FRAMES - 1].duration_since(marks[from]).as_secs_f64();
+            let measured = bytes / secs;
+            println!(
+            "{backend:?} ingress pacing: {measured:.0} B/s over {secs:.2}s (target {RATE} B/s, {:+.1}%)",
+            (measured / RATE as f64 - 1.0) * 100.0
+        );
+            assert!(secs >= 1.0, "measured over at least one second");
+            assert!(
+                (measured - RATE as f64).abs() <= 0.2 * RATE as f64,
+                "pacing off by more than 20%: {measured:.0} B/s"
+            );
+        });
+    }
+}

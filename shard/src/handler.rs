@@ -392,6 +392,20 @@ impl ConnCtx<'_> {
         self.io.want_read
     }
 
+    /// Holds reading for `delay` (rate pacing), independently of
+    /// [`pause_reading`](Self::pause_reading) / [`resume_reading`](Self::resume_reading): the
+    /// shard re-arms the receive by itself when the hold ends. A longer hold extends a shorter
+    /// one. Frames of a chunk already received are still delivered.
+    pub fn hold_reading_for(&mut self, delay: std::time::Duration) {
+        if delay.is_zero() {
+            return;
+        }
+        let until = self.now + delay;
+        if self.io.read_hold.is_none_or(|t| t < until) {
+            self.io.read_hold = Some(until);
+        }
+    }
+
     /// Whether output above the shard's high-water mark pauses reading (default: true). Right
     /// for handlers whose output follows their input (an echo must not read without bound
     /// from a peer that does not read); a handler that bounds its output itself and whose

@@ -226,6 +226,23 @@ enum TimerKey {
     Dial(usize, u32),
     Listener(usize, u32),
     Wake(usize, u32),
+    Resume(usize, u32),
+}
+
+/// Received bytes handed to [`Shard::deliver`]: a provided buffer (frames in place) or bytes
+/// held back by rate pacing.
+enum Chunk {
+    Ring(RingSlice),
+    Owned(bytes::Bytes),
+}
+
+impl Chunk {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Ring(r) => r.as_slice(),
+            Self::Owned(b) => b,
+        }
+    }
 }
 
 /// Per-connection I/O bookkeeping (what the ctx touches, plus op handles).
@@ -234,6 +251,11 @@ pub(crate) struct ConnIo {
     pub(crate) want_read: bool,
     /// Output above the high-water mark pauses reading (see [`ConnCtx::set_output_pauses_reading`]).
     pub(crate) output_pauses_reading: bool,
+    /// Reading is held until then (rate pacing), independently of `want_read`.
+    pub(crate) read_hold: Option<Instant>,
+    read_hold_armed: Option<Instant>,
+    /// Received bytes held back while reads are held (delivered as the hold allows).
+    deferred: bytes::BytesMut,
     pub(crate) close: Option<(CloseReason, bool)>,
     pub(crate) remote: ConnRemote,
     recv_op: Option<OpId>,
@@ -751,6 +773,9 @@ impl Shard {
                 out: VecDeque::new(),
                 want_read: true,
                 output_pauses_reading: true,
+                read_hold: None,
+                read_hold_armed: None,
+                deferred: bytes::BytesMut::new(),
                 close: None,
                 remote,
                 recv_op: None,
@@ -769,6 +794,30 @@ impl Shard {
             self.call(idx, |h, ctx| h.on_open(ctx));
         }
         self.service(idx);
+    }
+
+    /// Delivers bytes held back by rate pacing, one receive buffer's worth at a time, for as
+    /// long as no new hold is requested (each delivery charges the buckets again).
+    fn release_deferred(&mut self, idx: usize) {
+        let max = self.cfg.buf_size as usize;
+        loop {
+            let Some(conn) = self.conns.get_mut(idx) else {
+                return;
+            };
+            if conn.io.deferred.is_empty()
+                || conn.io.close.is_some()
+                || conn.io.read_hold.is_some_and(|t| t > self.now)
+                || !conn.io.want_read
+            {
+                if conn.io.deferred.is_empty() && conn.io.deferred.capacity() > 64 * 1024 {
+                    conn.io.deferred = bytes::BytesMut::new();
+                }
+                return;
+            }
+            let n = conn.io.deferred.len().min(max);
+            let b = conn.io.deferred.split_to(n).freeze();
+            self.deliver(idx, Chunk::Owned(b));
+        }
     }
 
     /// The TLS handshake of `idx` completed: record the facts, build the handler, open it.
@@ -820,6 +869,7 @@ impl Shard {
 
     /// Reconciles a connection after any event: close, arm receive, submit output, re-arm timer.
     fn service(&mut self, idx: usize) {
+        self.release_deferred(idx);
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
@@ -862,7 +912,22 @@ impl Shard {
         } else {
             // Reading. Output above the high-water mark pauses reading too, so a peer that
             // does not read cannot make its connection hold receive buffers without bound.
+            let held = match conn.io.read_hold {
+                Some(t) if t > self.now => {
+                    if conn.io.read_hold_armed != Some(t) {
+                        conn.io.read_hold_armed = Some(t);
+                        self.timers
+                            .push(Reverse((t, TimerKey::Resume(idx, conn.gen))));
+                    }
+                    true
+                }
+                _ => {
+                    conn.io.read_hold = None;
+                    false
+                }
+            };
             let want = conn.io.want_read
+                && !held
                 && (!conn.io.output_pauses_reading
                     || conn.state.queued() < self.cfg.out_high_water);
             conn.state.set_paused(self.now, !want);
@@ -1076,10 +1141,26 @@ impl Shard {
         if c.result > 0 {
             if let Some(buf) = c.buf {
                 if conn.io.close.is_none() {
-                    self.deliver(idx, buf);
+                    let held = conn.io.read_hold.is_some_and(|t| t > self.now);
+                    if held || !conn.io.deferred.is_empty() {
+                        // Reads are held (rate pacing) but the multishot receive had already
+                        // taken these bytes: keep them (a copy; the buffer goes back to the
+                        // ring at once) and deliver them as the hold allows.
+                        ShardStats::add(&self.shared.stats.bytes_in, buf.len() as u64);
+                        ShardStats::add(&self.shared.stats.recv_completions, 1);
+                        conn.io.deferred.extend_from_slice(buf.as_slice());
+                    } else {
+                        self.deliver(idx, Chunk::Ring(buf));
+                    }
                 }
             }
         } else if c.result == 0 {
+            // Bytes held back by pacing go first (unpaced: the peer is done sending).
+            while !self.conns[idx].io.deferred.is_empty() && self.conns[idx].io.close.is_none() {
+                let b = self.conns[idx].io.deferred.split().freeze();
+                self.deliver(idx, Chunk::Owned(b));
+            }
+            let conn = &mut self.conns[idx];
             conn.io.eof = true;
             if conn.io.close.is_none() {
                 conn.io.close = Some(if conn.state.mid_frame() {
@@ -1106,22 +1187,27 @@ impl Shard {
         self.service(idx);
     }
 
-    fn deliver(&mut self, idx: usize, mut buf: RingSlice) {
+    fn deliver(&mut self, idx: usize, mut chunk: Chunk) {
         let now = self.now;
         let st = &self.shared.stats;
-        ShardStats::add(&st.bytes_in, buf.len() as u64);
-        ShardStats::add(&st.recv_completions, 1);
+        if let Chunk::Ring(buf) = &chunk {
+            ShardStats::add(&st.bytes_in, buf.len() as u64);
+            ShardStats::add(&st.recv_completions, 1);
+        }
         let mut decoded = std::mem::take(&mut self.decoded);
         let conn = &mut self.conns[idx];
         let mut res = Ok(());
         let mut handshake_completed = false;
         let mut late_close = None;
         if let Some(tls) = conn.tls.as_mut() {
-            let input = if buf.as_mut_slice().is_some() {
-                // Re-borrow: the check above proved the hold is unique.
-                crate::tls_conn::RecvBuf::Mut(buf.as_mut_slice().unwrap_or_default())
-            } else {
-                crate::tls_conn::RecvBuf::Shared(buf.as_slice())
+            let unique = matches!(&mut chunk, Chunk::Ring(buf) if buf.is_unique());
+            let input = match &mut chunk {
+                Chunk::Ring(buf) if unique => {
+                    // `is_unique` held just above, so the writable view is available.
+                    crate::tls_conn::RecvBuf::Mut(buf.as_mut_slice().unwrap_or_default())
+                }
+                Chunk::Ring(buf) => crate::tls_conn::RecvBuf::Shared(buf.as_slice()),
+                Chunk::Owned(b) => crate::tls_conn::RecvBuf::Shared(b),
             };
             let oc = tls.on_recv(&mut conn.state, now, input, &mut decoded);
             ShardStats::add(&st.tls_records_in_place, oc.records_in_place);
@@ -1148,7 +1234,7 @@ impl Shard {
         } else {
             res = conn
                 .state
-                .handle_recv(now, buf.as_slice(), |d| decoded.push(d));
+                .handle_recv(now, chunk.as_slice(), |d| decoded.push(d));
         }
         if handshake_completed && conn.opener.is_some() {
             if conn.io.close.is_none() && late_close.is_none() {
@@ -1160,7 +1246,7 @@ impl Shard {
         let st = &self.shared.stats;
         let conn = &mut self.conns[idx];
         if let Some(mut h) = conn.handler.take() {
-            let data = buf.as_slice();
+            let data = chunk.as_slice();
             let (mut n, mut in_place) = (0u64, 0u64);
             for d in decoded.drain(..) {
                 if conn.io.close.is_some() {
@@ -1174,14 +1260,24 @@ impl Shard {
                 };
                 n += 1;
                 match &d {
-                    Decoded::InPlace { start, len } => {
-                        in_place += 1;
-                        let frame = Frame {
-                            payload: &data[*start..*start + *len],
-                            src: FrameSrc::Ring(&buf, *start),
-                        };
-                        h.on_frame(&mut ctx, frame);
-                    }
+                    Decoded::InPlace { start, len } => match &chunk {
+                        Chunk::Ring(buf) => {
+                            in_place += 1;
+                            let frame = Frame {
+                                payload: &data[*start..*start + *len],
+                                src: FrameSrc::Ring(buf, *start),
+                            };
+                            h.on_frame(&mut ctx, frame);
+                        }
+                        Chunk::Owned(b) => {
+                            let fb = b.slice(*start..*start + *len);
+                            let frame = Frame {
+                                payload: &fb,
+                                src: FrameSrc::Owned(&fb),
+                            };
+                            h.on_frame(&mut ctx, frame);
+                        }
+                    },
                     Decoded::Assembled(b) => {
                         let frame = Frame {
                             payload: b,
@@ -1442,6 +1538,11 @@ impl Shard {
                         self.call(idx, |h, ctx| h.on_wake(ctx, bits));
                     }
                     self.service(idx);
+                }
+                TimerKey::Resume(idx, gen) => {
+                    if self.conns.get(idx).is_some_and(|c| c.gen == gen) {
+                        self.service(idx);
+                    }
                 }
                 TimerKey::Dial(idx, gen) => {
                     if let Some(d) = self.dials.get_mut(idx) {

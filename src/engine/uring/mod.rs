@@ -10,7 +10,8 @@
 //! - timeouts: read/write/idle deadlines are taken from the live config when each connection
 //!   opens and enforced by the shard's timers; every timeout counts
 //!   `rejected_total{reason="timeout"}` once;
-//! - rates: egress is checked in `try_send` (`RateLimited`) and paced in `send`.
+//! - rates: egress is checked in `try_send` (`RateLimited`) and paced in `send`; ingress is
+//!   paced by holding the connection's reads for as long as the buckets ask.
 //! - metrics: accepts, dials, `conn_inflight`, bytes in/out, `io_read_size_bytes` (per frame),
 //!   `io_write_size_bytes` (per queued frame), writer-inbox drops, aborted tasks at shutdown,
 //!   all with `backend` label.
@@ -494,9 +495,10 @@ impl ConnHandler for Metered {
             }
         }
         if let Some(p) = &self.admitted.permit {
-            // Ingress buckets are accounted; pacing reads is left to the socket backpressure
-            // (the shard has no per-connection read timer yet).
-            let _ = p.pace_ingress(n, now_ns());
+            // Ingress pacing: the shard stops reading this socket for as long as the buckets
+            // ask (per-conn, per-peer, global); TCP backpressure then slows the peer.
+            let wait = p.pace_ingress(n, now_ns());
+            ctx.hold_reading_for(wait);
         }
         self.inner.on_frame(ctx, frame);
     }
