@@ -52,6 +52,18 @@ pub trait ConnHandler: 'static {
         let _ = ctx;
     }
 
+    /// A receive completion delivered `bytes` of frame data (for TLS: plaintext) — called
+    /// once per completion, before its frames' `on_frame`. For byte/size accounting.
+    fn on_received(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
+
+    /// A send completion wrote `bytes` of frame data (for TLS: the plaintext the written
+    /// ciphertext carried). For byte/size accounting.
+    fn on_sent(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
+
     /// The connection is gone; no callback follows.
     fn on_close(&mut self, reason: &CloseReason);
 }

@@ -1199,6 +1199,7 @@ impl Shard {
         let mut res = Ok(());
         let mut handshake_completed = false;
         let mut late_close = None;
+        let received;
         if let Some(tls) = conn.tls.as_mut() {
             let unique = matches!(&mut chunk, Chunk::Ring(buf) if buf.is_unique());
             let input = match &mut chunk {
@@ -1210,6 +1211,7 @@ impl Shard {
                 Chunk::Owned(b) => crate::tls_conn::RecvBuf::Shared(b),
             };
             let oc = tls.on_recv(&mut conn.state, now, input, &mut decoded);
+            received = oc.plaintext;
             ShardStats::add(&st.tls_records_in_place, oc.records_in_place);
             if oc.assembled {
                 ShardStats::add(&st.tls_assembled, 1);
@@ -1232,6 +1234,7 @@ impl Shard {
                 });
             }
         } else {
+            received = chunk.as_slice().len();
             res = conn
                 .state
                 .handle_recv(now, chunk.as_slice(), |d| decoded.push(d));
@@ -1246,6 +1249,9 @@ impl Shard {
         let st = &self.shared.stats;
         let conn = &mut self.conns[idx];
         if let Some(mut h) = conn.handler.take() {
+            if received > 0 {
+                h.on_received(received);
+            }
             let data = chunk.as_slice();
             let (mut n, mut in_place) = (0u64, 0u64);
             for d in decoded.drain(..) {
@@ -1341,6 +1347,11 @@ impl Shard {
             let (plain, frames) = tls.flight.written(n);
             // Any ciphertext written is progress for the write deadline.
             conn.state.handle_sent(self.now, plain);
+            if plain > 0 {
+                if let Some(h) = conn.handler.as_mut() {
+                    h.on_sent(plain);
+                }
+            }
             ShardStats::add(&self.shared.stats.frames_out, frames);
             for mut s in segs {
                 s.advance(n);
@@ -1353,6 +1364,11 @@ impl Shard {
             }
         } else {
             conn.state.handle_sent(self.now, n);
+            if n > 0 {
+                if let Some(h) = conn.handler.as_mut() {
+                    h.on_sent(n);
+                }
+            }
             let mut rem = n;
             let mut left = Vec::new();
             let mut frames = 0u64;
