@@ -16,7 +16,7 @@
 //! owning shard drives the sans-IO [`tls_pump`] itself — no task, no thread hop. The handshake
 //! runs under a deadline (server: the read timeout; dial: the dial deadline); only then is the
 //! handler built, with [`ConnMeta::tls`] facts (duration, hybrid PQ group, ALPN, resumption);
-//! a failure goes to [`AcceptHooks::handshake_failed`] / [`DialError::Tls`]. Records that sit
+//! a failure goes to [`AcceptHooks::handshake_failed`] / [`DialError`]`::Tls`. Records that sit
 //! whole in one provided buffer are decrypted in place there and their frames handed out in
 //! place; a record spanning buffers is assembled once per connection. Outgoing frames are
 //! coalesced into one encrypt pass per `chunk_bytes` into a reused per-connection send
