@@ -348,7 +348,12 @@ fn throughput_report() {
 
     use ron_transport::FrameSender;
 
-    async fn run<S: Engine, C: Engine>(name: &str, server: &Side<S>, client: &Side<C>) {
+    async fn run<S: Engine, C: Engine>(
+        name: &str,
+        server: &Side<S>,
+        client: &Side<C>,
+        dump: &(dyn Fn(&Side<S>, &Side<C>) + Sync),
+    ) {
         for (size, count) in [(64usize, 100_000usize), (1024, 50_000), (64 * 1024, 3_000)] {
             let mut l = server.engine.listen(util::loopback()).await.unwrap();
             let addr = l.local_addr();
@@ -369,8 +374,17 @@ fn throughput_report() {
                     tx.send(frame.clone()).await.unwrap();
                 }
             });
-            for _ in 0..count {
-                within("echo", SLACK, conn.recv()).await.unwrap().unwrap();
+            for i in 0..count {
+                match tokio::time::timeout(SLACK, conn.recv()).await {
+                    Ok(r) => {
+                        r.unwrap().unwrap();
+                    }
+                    Err(_) => {
+                        println!("{name}: stalled at frame {i} of {count} ({size} B)");
+                        dump(server, client);
+                        panic!("stalled");
+                    }
+                }
             }
             sender.await.unwrap();
             let secs = start.elapsed().as_secs_f64();
@@ -421,7 +435,109 @@ fn throughput_report() {
                 .map(|engine| Side { engine, metrics: m })
                 .unwrap()
         };
-        run("uring", &u(()), &u(())).await;
-        run("tokio", &t(()), &t(())).await;
+        let dump_u = |s: &Side<UringEngine>, c: &Side<UringEngine>| {
+            println!("server shards: {:#?}", s.engine.shard_stats());
+            println!("client shards: {:#?}", c.engine.shard_stats());
+            println!("server metrics:\n{}", s.metrics.render());
+            println!("client metrics:\n{}", c.metrics.render());
+        };
+        run("uring", &u(()), &u(()), &dump_u).await;
+        run("tokio", &t(()), &t(()), &|_, _| {}).await;
+    });
+}
+
+struct LocalEcho;
+
+impl ron_transport::engine::uring::LocalHandler for LocalEcho {
+    fn on_frame(
+        &mut self,
+        ctx: &mut ron_transport::engine::uring::LocalCtx<'_, '_>,
+        frame: ron_transport::engine::uring::local::Frame<'_>,
+    ) {
+        let _ = ctx.send_frame(&frame);
+    }
+
+    fn on_close(&mut self, _outcome: Result<(), ron_transport::TransportError>) {}
+}
+
+/// The shard-local serving path (`serve_local`) over TLS: handshake and records on the
+/// owning shard, echo straight from the decrypted receive buffer; tokio-rustls and uring
+/// clients, hybrid negotiated, facts in the factory's `ConnInfo`.
+#[test]
+fn serve_local_over_tls_with_tokio_and_uring_clients() {
+    util::run_multi_thread(async {
+        let p = pki();
+        let h = PqMode::Hybrid;
+        let metrics = TransportMetrics::new();
+        let shared = EngineSetup::new(config(h), metrics.clone())
+            .expect("setup")
+            .with_tls_server(server_cfg(&p, h))
+            .build_shared()
+            .expect("shared");
+        let infos = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let i2 = infos.clone();
+        let server = ron_transport::engine::uring::serve_local(
+            shared,
+            RuntimeConfig {
+                shards: 2,
+                pin: false,
+                buf_entries: 64,
+                ..RuntimeConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+            move |info: &ron_transport::engine::ConnInfo| {
+                i2.lock().unwrap().push(info.clone());
+                LocalEcho
+            },
+        )
+        .expect("serve_local over TLS");
+        let addr = server.local_addr();
+        let tokio_client = tokio_side(h, server_cfg(&p, h), client_cfg(&p, h));
+        let uring_client = uring(h, server_cfg(&p, h), client_cfg(&p, h));
+        let mut a = tokio_client
+            .engine
+            .dial(addr, dial_opts())
+            .await
+            .expect("tokio dial");
+        let mut b = uring_client
+            .engine
+            .dial(addr, dial_opts())
+            .await
+            .expect("uring dial");
+        assert_eq!(
+            (a.info().pq, b.info().pq),
+            (PqLabel::Hybrid, PqLabel::Hybrid)
+        );
+        echo_some(&mut a).await;
+        echo_some(&mut b).await;
+        within("close a", SLACK, a.close()).await.expect("close a");
+        within("close b", SLACK, b.close()).await.expect("close b");
+        let infos = infos.lock().unwrap().clone();
+        assert_eq!(infos.len(), 2);
+        for i in &infos {
+            assert_eq!(i.backend, Backend::Tls);
+            assert_eq!(i.pq, PqLabel::Hybrid);
+            assert_eq!(i.alpn.as_deref(), Some(ALPN.as_bytes()));
+        }
+        check_ok_metrics(&metrics, PqLabel::Hybrid, 2);
+        util::wait_until("released", SLACK, || {
+            snap(&metrics, Backend::Tls).inflight == 0
+        })
+        .await;
+        // A peer that is not TLS: a TLS failure, counted once.
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        util::read_to_end_or_reset(&mut raw, SLACK).await;
+        util::wait_until("tls failure counted", SLACK, || {
+            snap(&metrics, Backend::Tls).tls_failures == 1
+        })
+        .await;
+        assert_eq!(
+            util::rejected(&metrics, ron_transport::RejectReason::Tls),
+            1
+        );
+        assert_eq!(pq_handshakes(&metrics, Backend::Tls, "hybrid", "fail"), 1);
+        let _ = server.shutdown(Duration::from_secs(1));
     });
 }

@@ -419,6 +419,13 @@ impl Bridge {
 }
 
 impl ConnHandler for Bridge {
+    fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
+        // The consumer reads and writes independently: inbound is bounded by the inbound
+        // channel (reads pause when it is full), outbound by the inbox and the high-water mark
+        // in `drain_out`. Pausing reads on output would deadlock two pipelining peers.
+        ctx.set_output_pauses_reading(false);
+    }
+
     fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, frame: Frame<'_>) {
         let b = frame.to_bytes();
         if !self.stash.is_empty() {

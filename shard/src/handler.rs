@@ -52,6 +52,18 @@ pub trait ConnHandler: 'static {
         let _ = ctx;
     }
 
+    /// A receive completion delivered `bytes` of frame data (for TLS: plaintext) — called
+    /// once per completion, before its frames' `on_frame`. For byte/size accounting.
+    fn on_received(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
+
+    /// A send completion wrote `bytes` of frame data (for TLS: the plaintext the written
+    /// ciphertext carried). For byte/size accounting.
+    fn on_sent(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
+
     /// The connection is gone; no callback follows.
     fn on_close(&mut self, reason: &CloseReason);
 }
@@ -390,6 +402,29 @@ impl ConnCtx<'_> {
     /// True unless reading is paused.
     pub fn is_reading(&self) -> bool {
         self.io.want_read
+    }
+
+    /// Holds reading for `delay` (rate pacing), independently of
+    /// [`pause_reading`](Self::pause_reading) / [`resume_reading`](Self::resume_reading): the
+    /// shard re-arms the receive by itself when the hold ends. A longer hold extends a shorter
+    /// one. Frames of a chunk already received are still delivered.
+    pub fn hold_reading_for(&mut self, delay: std::time::Duration) {
+        if delay.is_zero() {
+            return;
+        }
+        let until = self.now + delay;
+        if self.io.read_hold.is_none_or(|t| t < until) {
+            self.io.read_hold = Some(until);
+        }
+    }
+
+    /// Whether output above the shard's high-water mark pauses reading (default: true). Right
+    /// for handlers whose output follows their input (an echo must not read without bound
+    /// from a peer that does not read); a handler that bounds its output itself and whose
+    /// reads must not wait on its writes (two pipelining peers would deadlock otherwise) turns
+    /// it off. The handle bridge does.
+    pub fn set_output_pauses_reading(&mut self, on: bool) {
+        self.io.output_pauses_reading = on;
     }
 
     /// Replaces this connection's deadlines.

@@ -12,6 +12,16 @@
 //! - handles: [`ConnHandle`] / [`FrameTx`] are `Send` and work from any executor through
 //!   bounded queues (writer inbox 256 frames, full ⇒ `Busy`; inbound backpressure stops reads).
 //!
+//! TLS 1.3 ([`Runtime::listen_tls`] / [`Runtime::dial_tls`], caller-built rustls configs): the
+//! owning shard drives the sans-IO [`tls_pump`] itself — no task, no thread hop. The handshake
+//! runs under a deadline (server: the read timeout; dial: the dial deadline); only then is the
+//! handler built, with [`ConnMeta::tls`] facts (duration, hybrid PQ group, ALPN, resumption);
+//! a failure goes to [`AcceptHooks::handshake_failed`] / [`DialError`]`::Tls`. Records that sit
+//! whole in one provided buffer are decrypted in place there and their frames handed out in
+//! place; a record spanning buffers is assembled once per connection. Outgoing frames are
+//! coalesced into one encrypt pass per `chunk_bytes` into a reused per-connection send
+//! buffer, one send submission per batch; graceful close sends close_notify.
+//!
 //! Layout: [`frame`] and [`conn`] are sans-IO state machines (bytes and `now` in, frames and
 //! deadlines out); `shard` drives them; `sys` is the only module with `unsafe`.
 //!

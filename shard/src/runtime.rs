@@ -379,7 +379,7 @@ impl Runtime {
 
     /// Like [`dial`](Self::dial), then a TLS 1.3 handshake on the owning shard; `timeout`
     /// bounds connect and handshake together. `hooks.connected` runs once the handshake has
-    /// completed (`meta.tls` set); a failure is [`DialError::Tls`] (or `Timeout`).
+    /// completed (`meta.tls` set); a failure is [`DialError::Tls`](crate::DialError::Tls) (or `Timeout`).
     pub fn dial_tls(
         &self,
         addr: SocketAddr,

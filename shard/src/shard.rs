@@ -228,12 +228,36 @@ enum TimerKey {
     Dial(usize, u32),
     Listener(usize, u32),
     Wake(usize, u32),
+    Resume(usize, u32),
+}
+
+/// Received bytes handed to [`Shard::deliver`]: a provided buffer (frames in place) or bytes
+/// held back by rate pacing.
+enum Chunk {
+    Ring(RingSlice),
+    Owned(bytes::Bytes),
+}
+
+impl Chunk {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Ring(r) => r.as_slice(),
+            Self::Owned(b) => b,
+        }
+    }
 }
 
 /// Per-connection I/O bookkeeping (what the ctx touches, plus op handles).
 pub(crate) struct ConnIo {
     pub(crate) out: VecDeque<OutSeg>,
     pub(crate) want_read: bool,
+    /// Output above the high-water mark pauses reading (see [`ConnCtx::set_output_pauses_reading`]).
+    pub(crate) output_pauses_reading: bool,
+    /// Reading is held until then (rate pacing), independently of `want_read`.
+    pub(crate) read_hold: Option<Instant>,
+    read_hold_armed: Option<Instant>,
+    /// Received bytes held back while reads are held (delivered as the hold allows).
+    deferred: bytes::BytesMut,
     pub(crate) close: Option<(CloseReason, bool)>,
     pub(crate) remote: ConnRemote,
     recv_op: Option<OpId>,
@@ -752,6 +776,10 @@ impl Shard {
             io: ConnIo {
                 out: VecDeque::new(),
                 want_read: true,
+                output_pauses_reading: true,
+                read_hold: None,
+                read_hold_armed: None,
+                deferred: bytes::BytesMut::new(),
                 close: None,
                 remote,
                 recv_op: None,
@@ -771,6 +799,30 @@ impl Shard {
             self.call(idx, |h, ctx| h.on_open(ctx));
         }
         self.service(idx);
+    }
+
+    /// Delivers bytes held back by rate pacing, one receive buffer's worth at a time, for as
+    /// long as no new hold is requested (each delivery charges the buckets again).
+    fn release_deferred(&mut self, idx: usize) {
+        let max = self.cfg.buf_size as usize;
+        loop {
+            let Some(conn) = self.conns.get_mut(idx) else {
+                return;
+            };
+            if conn.io.deferred.is_empty()
+                || conn.io.close.is_some()
+                || conn.io.read_hold.is_some_and(|t| t > self.now)
+                || !conn.io.want_read
+            {
+                if conn.io.deferred.is_empty() && conn.io.deferred.capacity() > 64 * 1024 {
+                    conn.io.deferred = bytes::BytesMut::new();
+                }
+                return;
+            }
+            let n = conn.io.deferred.len().min(max);
+            let b = conn.io.deferred.split_to(n).freeze();
+            self.deliver(idx, Chunk::Owned(b));
+        }
     }
 
     /// The TLS handshake of `idx` completed: record the facts, build the handler, open it.
@@ -822,6 +874,7 @@ impl Shard {
 
     /// Reconciles a connection after any event: close, arm receive, submit output, re-arm timer.
     fn service(&mut self, idx: usize) {
+        self.release_deferred(idx);
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
@@ -866,17 +919,31 @@ impl Shard {
             // does not read cannot make its connection hold receive buffers without bound.
             // With hysteresis: once paused, reading resumes only below half the mark, so a
             // peer hovering at the mark does not cancel and re-arm the receive per frame.
+            let held = match conn.io.read_hold {
+                Some(t) if t > self.now => {
+                    if conn.io.read_hold_armed != Some(t) {
+                        conn.io.read_hold_armed = Some(t);
+                        self.timers
+                            .push(Reverse((t, TimerKey::Resume(idx, conn.gen))));
+                    }
+                    true
+                }
+                _ => {
+                    conn.io.read_hold = None;
+                    false
+                }
+            };
             let mark = if conn.io.out_paused {
                 self.cfg.out_high_water / 2
             } else {
                 self.cfg.out_high_water
             };
-            let over = conn.state.queued() >= mark;
+            let over = conn.io.output_pauses_reading && conn.state.queued() >= mark;
             if over && !conn.io.out_paused {
                 ShardStats::add(&self.shared.stats.recv_paused, 1);
             }
             conn.io.out_paused = over;
-            let want = conn.io.want_read && !over;
+            let want = conn.io.want_read && !held && !over;
             conn.state.set_paused(self.now, !want);
             if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
                 let fd = conn.fd.clone();
@@ -1088,10 +1155,26 @@ impl Shard {
         if c.result > 0 {
             if let Some(buf) = c.buf {
                 if conn.io.close.is_none() {
-                    self.deliver(idx, buf);
+                    let held = conn.io.read_hold.is_some_and(|t| t > self.now);
+                    if held || !conn.io.deferred.is_empty() {
+                        // Reads are held (rate pacing) but the multishot receive had already
+                        // taken these bytes: keep them (a copy; the buffer goes back to the
+                        // ring at once) and deliver them as the hold allows.
+                        ShardStats::add(&self.shared.stats.bytes_in, buf.len() as u64);
+                        ShardStats::add(&self.shared.stats.recv_completions, 1);
+                        conn.io.deferred.extend_from_slice(buf.as_slice());
+                    } else {
+                        self.deliver(idx, Chunk::Ring(buf));
+                    }
                 }
             }
         } else if c.result == 0 {
+            // Bytes held back by pacing go first (unpaced: the peer is done sending).
+            while !self.conns[idx].io.deferred.is_empty() && self.conns[idx].io.close.is_none() {
+                let b = self.conns[idx].io.deferred.split().freeze();
+                self.deliver(idx, Chunk::Owned(b));
+            }
+            let conn = &mut self.conns[idx];
             conn.io.eof = true;
             if conn.io.close.is_none() {
                 conn.io.close = Some(if conn.state.mid_frame() {
@@ -1118,24 +1201,31 @@ impl Shard {
         self.service(idx);
     }
 
-    fn deliver(&mut self, idx: usize, mut buf: RingSlice) {
+    fn deliver(&mut self, idx: usize, mut chunk: Chunk) {
         let now = self.now;
         let st = &self.shared.stats;
-        ShardStats::add(&st.bytes_in, buf.len() as u64);
-        ShardStats::add(&st.recv_completions, 1);
+        if let Chunk::Ring(buf) = &chunk {
+            ShardStats::add(&st.bytes_in, buf.len() as u64);
+            ShardStats::add(&st.recv_completions, 1);
+        }
         let mut decoded = std::mem::take(&mut self.decoded);
         let conn = &mut self.conns[idx];
         let mut res = Ok(());
         let mut handshake_completed = false;
         let mut late_close = None;
+        let received;
         if let Some(tls) = conn.tls.as_mut() {
-            let input = if buf.as_mut_slice().is_some() {
-                // Re-borrow: the check above proved the hold is unique.
-                crate::tls_conn::RecvBuf::Mut(buf.as_mut_slice().unwrap_or_default())
-            } else {
-                crate::tls_conn::RecvBuf::Shared(buf.as_slice())
+            let unique = matches!(&mut chunk, Chunk::Ring(buf) if buf.is_unique());
+            let input = match &mut chunk {
+                Chunk::Ring(buf) if unique => {
+                    // `is_unique` held just above, so the writable view is available.
+                    crate::tls_conn::RecvBuf::Mut(buf.as_mut_slice().unwrap_or_default())
+                }
+                Chunk::Ring(buf) => crate::tls_conn::RecvBuf::Shared(buf.as_slice()),
+                Chunk::Owned(b) => crate::tls_conn::RecvBuf::Shared(b),
             };
             let oc = tls.on_recv(&mut conn.state, now, input, &mut decoded);
+            received = oc.plaintext;
             ShardStats::add(&st.tls_records_in_place, oc.records_in_place);
             if oc.assembled {
                 ShardStats::add(&st.tls_assembled, 1);
@@ -1158,9 +1248,10 @@ impl Shard {
                 });
             }
         } else {
+            received = chunk.as_slice().len();
             res = conn
                 .state
-                .handle_recv(now, buf.as_slice(), |d| decoded.push(d));
+                .handle_recv(now, chunk.as_slice(), |d| decoded.push(d));
         }
         if handshake_completed && conn.opener.is_some() {
             if conn.io.close.is_none() && late_close.is_none() {
@@ -1172,7 +1263,10 @@ impl Shard {
         let st = &self.shared.stats;
         let conn = &mut self.conns[idx];
         if let Some(mut h) = conn.handler.take() {
-            let data = buf.as_slice();
+            if received > 0 {
+                h.on_received(received);
+            }
+            let data = chunk.as_slice();
             let (mut n, mut in_place) = (0u64, 0u64);
             for d in decoded.drain(..) {
                 if conn.io.close.is_some() {
@@ -1186,14 +1280,24 @@ impl Shard {
                 };
                 n += 1;
                 match d {
-                    Decoded::InPlace { start, len } => {
-                        in_place += 1;
-                        let frame = Frame {
-                            payload: &data[start..start + len],
-                            src: FrameSrc::Ring(&buf, start),
-                        };
-                        h.on_frame(&mut ctx, frame);
-                    }
+                    Decoded::InPlace { start, len } => match &chunk {
+                        Chunk::Ring(buf) => {
+                            in_place += 1;
+                            let frame = Frame {
+                                payload: &data[start..start + len],
+                                src: FrameSrc::Ring(buf, start),
+                            };
+                            h.on_frame(&mut ctx, frame);
+                        }
+                        Chunk::Owned(b) => {
+                            let fb = b.slice(start..start + len);
+                            let frame = Frame {
+                                payload: &fb,
+                                src: FrameSrc::Owned(&fb),
+                            };
+                            h.on_frame(&mut ctx, frame);
+                        }
+                    },
                     Decoded::Assembled(b) => {
                         let frame = Frame {
                             payload: &b,
@@ -1259,6 +1363,11 @@ impl Shard {
             let (plain, frames) = tls.flight.written(n);
             // Any ciphertext written is progress for the write deadline.
             conn.state.handle_sent(self.now, plain);
+            if plain > 0 {
+                if let Some(h) = conn.handler.as_mut() {
+                    h.on_sent(plain);
+                }
+            }
             ShardStats::add(&self.shared.stats.frames_out, frames);
             for mut s in segs {
                 s.advance(n);
@@ -1271,6 +1380,11 @@ impl Shard {
             }
         } else {
             conn.state.handle_sent(self.now, n);
+            if n > 0 {
+                if let Some(h) = conn.handler.as_mut() {
+                    h.on_sent(n);
+                }
+            }
             let mut rem = n;
             let mut left = Vec::new();
             let mut frames = 0u64;
@@ -1460,6 +1574,11 @@ impl Shard {
                         self.call(idx, |h, ctx| h.on_wake(ctx, bits));
                     }
                     self.service(idx);
+                }
+                TimerKey::Resume(idx, gen) => {
+                    if self.conns.get(idx).is_some_and(|c| c.gen == gen) {
+                        self.service(idx);
+                    }
                 }
                 TimerKey::Dial(idx, gen) => {
                     if let Some(d) = self.dials.get_mut(idx) {

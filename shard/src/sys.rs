@@ -791,6 +791,11 @@ impl RingSlice {
         self.len
     }
 
+    /// True if this slice is the only hold on its buffer.
+    pub fn is_unique(&self) -> bool {
+        self.ring.holds[usize::from(self.bid)].get() == 1
+    }
+
     /// The bytes, writable, if this is the only hold on the buffer (no other slice of it lives,
     /// so nobody else can observe the write). Used to decrypt TLS records in place.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {

@@ -101,6 +101,7 @@ pub(crate) struct RecvOutcome {
     pub(crate) handshake_completed: bool,
     pub(crate) peer_closed: bool,
     pub(crate) records_in_place: u64,
+    pub(crate) plaintext: usize,
     pub(crate) assembled: bool,
     pub(crate) frame_error: Option<FrameError>,
     pub(crate) tls_error: Option<PumpError>,
@@ -348,6 +349,7 @@ fn run_pump(
         };
         oc.handshake_completed |= p.handshake_completed;
         if !p.plaintext.is_empty() {
+            oc.plaintext += p.plaintext.len();
             let r = (pos + p.plaintext.start)..(pos + p.plaintext.end);
             let plain = &data[r.clone()];
             if ring_base.is_some() {

@@ -48,16 +48,12 @@ pub fn tokio_available() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the uring row can run over `t` in this build: TCP through ron-transport's
-/// shard-local serving API (`engine::uring::serve_local`); TLS once the shard TLS pump is wired
-/// into ron-transport's uring engine.
+/// Whether the uring row can run over `t` in this build: both TCP and TLS go through
+/// ron-transport's shard-local serving API (`engine::uring::serve_local`); TLS is driven by the
+/// shard's rustls unbuffered pump.
 pub fn uring_available(t: Transport) -> Result<(), String> {
     match t {
-        Transport::Tcp => Ok(()),
-        Transport::Tls => Err(
-            "TLS on ron-transport's uring engine needs the shard TLS pump (not wired yet)"
-                .to_owned(),
-        ),
+        Transport::Tcp | Transport::Tls => Ok(()),
     }
 }
 

@@ -22,8 +22,13 @@
 //!   handler plays the reader and the writer role of a connection) and
 //!   `tasks_aborted_total` at shutdown.
 //!
-//! Plain TCP only for now: a TLS config is refused with `Unsupported` (the shard TLS pump is
-//! not wired into this path yet).
+//! TLS (`backend = "tls"`, server config from [`EngineSetup`](crate::engine::setup::EngineSetup)):
+//! the owning shard runs the handshake (bounded by `read_timeout`) and the record layer with
+//! its TLS pump; the factory runs once the handshake completed (`ConnInfo` carries `pq`,
+//! `alpn`, `resumed`), `handshake_latency_seconds{backend="tls",pq}` and
+//! `pq_handshake_total{result="ok"}` are observed then; a failed handshake counts
+//! `tls_handshake_failures_total`, `rejected_total{reason="tls"}` and
+//! `pq_handshake_total{result="fail"}` (a stalled one `rejected_total{reason="timeout"}`).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -386,6 +391,26 @@ where
         }
     }
 
+    fn handshake_failed(
+        &self,
+        token: AdmitToken,
+        _meta: &ConnMeta,
+        failure: &ron_shard::HandshakeFailure,
+    ) {
+        // Dropping the token releases the permit and the in-flight gauge.
+        drop(token);
+        let m = &self.shared.metrics;
+        match &failure.reason {
+            CloseReason::Timeout(_) => m.reject(RejectReason::Timeout),
+            CloseReason::Shutdown | CloseReason::Aborted => {}
+            _ => {
+                self.bm.tls_failures.inc();
+                m.reject(RejectReason::Tls);
+                m.pq_handshake_result(Backend::Tls, self.shared.pq_mode, false);
+            }
+        }
+    }
+
     fn open(
         &self,
         token: AdmitToken,
@@ -395,10 +420,20 @@ where
         let Ok(admitted) = token.downcast::<LocalAdmitted>() else {
             return Box::new(Refuse);
         };
+        // TLS: accept → handshake completion (the shard opens the handler only then).
         // Plain TCP: establishment (accept → open on the owning shard) is the "handshake".
+        let pq = match &meta.tls {
+            Some(t) if t.hybrid_pq => PqLabel::Hybrid,
+            _ => PqLabel::Off,
+        };
         self.bm
-            .handshake(PqLabel::Off)
+            .handshake(pq)
             .observe(admitted.started.elapsed().as_secs_f64());
+        if meta.tls.is_some() {
+            self.shared
+                .metrics
+                .pq_handshake_result(Backend::Tls, pq, true);
+        }
         for kind in [TaskKind::Reader, TaskKind::Writer] {
             self.shared
                 .metrics
@@ -412,9 +447,9 @@ where
             local_addr: meta.local,
             backend: self.shared.backend,
             engine: EngineKind::Uring,
-            alpn: None,
-            pq: PqLabel::Off,
-            resumed: false,
+            alpn: meta.tls.as_ref().and_then(|t| t.alpn.clone()),
+            pq,
+            resumed: meta.tls.as_ref().is_some_and(|t| t.resumed),
         };
         let handler = (self.factory)(&info);
         let generation = self.shared.policy.config_handle().generation();
@@ -478,7 +513,8 @@ impl std::fmt::Debug for LocalServer {
 /// with one `factory(&info)` handler per admitted connection, on the connection's shard,
 /// under `shared`'s policy, live config and metrics (see the module docs).
 ///
-/// Fails with `Unsupported` for a TLS backend or when io_uring cannot start, and with `Io`
+/// Fails with `Unsupported` for a TLS backend without a server config or when io_uring cannot
+/// start, and with `Io`
 /// when `addr` cannot be bound.
 pub fn serve_local<H, F>(
     shared: Arc<EngineShared>,
@@ -491,11 +527,20 @@ where
     F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
 {
     let cfg = shared.config();
-    if shared.backend == Backend::Tls || cfg.tls_enabled {
-        return Err(TransportError::Unsupported {
-            what: "tls on the shard-local uring path (the shard TLS pump is not wired yet)".into(),
-        });
-    }
+    let tls = if shared.backend == Backend::Tls {
+        match &shared.tls_server {
+            Some(c) => Some(c.clone()),
+            None => {
+                return Err(TransportError::Unsupported {
+                    what: "tls listener without a server config (set tls.enabled with \
+                           cert/key, or inject one with EngineSetup::with_tls_server)"
+                        .into(),
+                })
+            }
+        }
+    } else {
+        None
+    };
     let chunk = usize::try_from(cfg.chunk_bytes).unwrap_or(64 * 1024);
     let rt = Runtime::start(RuntimeConfig {
         chunk_bytes: chunk.max(1),
@@ -512,11 +557,13 @@ where
         bm,
         factory,
     });
-    let listener =
-        rt.listen(l, conn_options(&cfg), hooks)
-            .map_err(|e| TransportError::Unsupported {
-                what: format!("uring listener: {e}"),
-            })?;
+    let listened = match tls {
+        Some(c) => rt.listen_tls(l, conn_options(&cfg), c, hooks),
+        None => rt.listen(l, conn_options(&cfg), hooks),
+    };
+    let listener = listened.map_err(|e| TransportError::Unsupported {
+        what: format!("uring listener: {e}"),
+    })?;
     shared.readiness.set(ReadyState::Ready);
     Ok(LocalServer {
         rt,

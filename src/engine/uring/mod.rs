@@ -10,10 +10,12 @@
 //! - timeouts: read/write/idle deadlines are taken from the live config when each connection
 //!   opens and enforced by the shard's timers; every timeout counts
 //!   `rejected_total{reason="timeout"}` once;
-//! - rates: egress is checked in `try_send` (`RateLimited`) and paced in `send`.
-//! - metrics: accepts, dials, `conn_inflight`, bytes in/out, `io_read_size_bytes` (per frame),
-//!   `io_write_size_bytes` (per queued frame), writer-inbox drops, aborted tasks at shutdown,
-//!   all with `backend` label.
+//! - rates: egress is checked in `try_send` (`RateLimited`) and paced in `send`; ingress is
+//!   paced by holding the connection's reads for as long as the buckets ask.
+//! - metrics: accepts, dials, `conn_inflight`, `bytes_in_total` / `io_read_size_bytes` per
+//!   receive completion and `bytes_out_total` / `io_write_size_bytes` per send completion
+//!   (frame bytes, prefix included; for TLS the plaintext), writer-inbox drops, aborted tasks
+//!   at shutdown, all with `backend` label.
 //!
 //! TLS (`backend = "tls"`): the shards run the handshake and the record layer themselves
 //! (`ron-shard`'s unbuffered rustls pump, no Tokio task per connection). Listeners use the
@@ -483,8 +485,6 @@ impl ConnHandler for Metered {
 
     fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, frame: Frame<'_>) {
         let n = frame.len() as u64 + 4;
-        self.bm.bytes_in.inc_by(n);
-        self.bm.io_read_size.observe(n as f64);
         if let Some(e) = self.engine.upgrade() {
             let max = e.cfg().max_frame_bytes;
             if frame.len() as u64 > max {
@@ -494,15 +494,28 @@ impl ConnHandler for Metered {
             }
         }
         if let Some(p) = &self.admitted.permit {
-            // Ingress buckets are accounted; pacing reads is left to the socket backpressure
-            // (the shard has no per-connection read timer yet).
-            let _ = p.pace_ingress(n, now_ns());
+            // Ingress pacing: the shard stops reading this socket for as long as the buckets
+            // ask (per-conn, per-peer, global); TCP backpressure then slows the peer.
+            let wait = p.pace_ingress(n, now_ns());
+            ctx.hold_reading_for(wait);
         }
         self.inner.on_frame(ctx, frame);
     }
 
     fn on_writable(&mut self, ctx: &mut ConnCtx<'_>) {
         self.inner.on_writable(ctx);
+    }
+
+    fn on_received(&mut self, bytes: usize) {
+        // Per receive completion: frame bytes (prefix included; TLS: plaintext).
+        self.bm.bytes_in.inc_by(bytes as u64);
+        self.bm.io_read_size.observe(bytes as f64);
+    }
+
+    fn on_sent(&mut self, bytes: usize) {
+        // Per send completion: frame bytes actually written (TLS: plaintext carried).
+        self.bm.bytes_out.inc_by(bytes as u64);
+        self.bm.io_write_size.observe(bytes as f64);
     }
 
     fn on_wake(&mut self, ctx: &mut ConnCtx<'_>, bits: u32) {
@@ -793,9 +806,9 @@ impl UringSender {
             .queue_depth
             .with_label_values(&[QueueName::WriterInbox.as_str()])
             .inc();
-        let bm = self.inner.bm();
-        bm.bytes_out.inc_by(n as u64 + 4);
-        bm.io_write_size.observe((n + 4) as f64);
+        // `bytes_out_total` / `io_write_size_bytes` are counted per send completion
+        // (`Metered::on_sent`), not here at queue time.
+        let _ = n;
     }
 }
 
