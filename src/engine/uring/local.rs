@@ -43,7 +43,7 @@ use ron_shard::{
 
 pub use ron_shard::Frame;
 
-use super::{map_close, timeouts_of};
+use super::{admit_counted, count_handshake_failure, map_close, timeouts_of};
 use crate::config::{Backend, ValidConfig};
 use crate::engine::setup::EngineShared;
 use crate::engine::{ConnInfo, EngineKind, ShutdownReport};
@@ -374,21 +374,12 @@ where
     F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
 {
     fn admit(&self, peer: SocketAddr) -> Result<AdmitToken, Reject> {
-        match self.shared.policy.admit(peer.ip()) {
-            Ok(permit) => {
-                self.bm.accepts.inc();
-                self.bm.conn_inflight.inc();
-                Ok(AdmitToken::new(LocalAdmitted {
-                    permit,
-                    inflight: self.bm.conn_inflight.clone(),
-                    started: Instant::now(),
-                }))
-            }
-            // `Policy::admit` has counted `rejected_total{reason}` already.
-            Err(e) => Err(Reject {
-                reason: e.reject_reason().map_or(e.kind(), |r| r.as_str()),
-            }),
-        }
+        let permit = admit_counted(&self.shared.policy, &self.bm, peer)?;
+        Ok(AdmitToken::new(LocalAdmitted {
+            permit,
+            inflight: self.bm.conn_inflight.clone(),
+            started: Instant::now(),
+        }))
     }
 
     fn handshake_failed(
@@ -399,16 +390,12 @@ where
     ) {
         // Dropping the token releases the permit and the in-flight gauge.
         drop(token);
-        let m = &self.shared.metrics;
-        match &failure.reason {
-            CloseReason::Timeout(_) => m.reject(RejectReason::Timeout),
-            CloseReason::Shutdown | CloseReason::Aborted => {}
-            _ => {
-                self.bm.tls_failures.inc();
-                m.reject(RejectReason::Tls);
-                m.pq_handshake_result(Backend::Tls, self.shared.pq_mode, false);
-            }
-        }
+        count_handshake_failure(
+            &self.shared.metrics,
+            &self.bm,
+            self.shared.pq_mode,
+            &failure.reason,
+        );
     }
 
     fn open(

@@ -127,10 +127,7 @@ impl Inner {
     /// Counts a failed TLS handshake (not a timeout): `tls_handshake_failures_total`,
     /// `rejected_total{reason="tls"}`, `pq_handshake_total{result="fail"}`.
     fn tls_failed(&self) {
-        self.bm().tls_failures.inc();
-        self.metrics.reject(RejectReason::Tls);
-        self.metrics
-            .pq_handshake_result(Backend::Tls, self.pq_mode(), false);
+        count_tls_failure(&self.metrics, self.bm(), self.pq_mode());
     }
 
     /// The TLS server name for a dial: explicit option, then `tls_client.sni_override`, else
@@ -451,6 +448,52 @@ impl Engine for UringEngine {
     }
 }
 
+/// Admits `peer` through the policy, counted: on success `transport_accepts_total` and
+/// `conn_inflight` move (the caller's admission token decrements the gauge when dropped); on
+/// refusal `Policy::admit` has already counted `rejected_total{reason}`. Shared by the handle
+/// path and `serve_local`.
+pub(crate) fn admit_counted(
+    policy: &Arc<Policy>,
+    bm: &BackendMetrics,
+    peer: SocketAddr,
+) -> Result<ConnPermit, Reject> {
+    match policy.admit(peer.ip()) {
+        Ok(permit) => {
+            bm.accepts.inc();
+            bm.conn_inflight.inc();
+            Ok(permit)
+        }
+        Err(e) => Err(Reject {
+            reason: e.reject_reason().map_or(e.kind(), |r| r.as_str()),
+        }),
+    }
+}
+
+/// Counts a failed TLS handshake (not a timeout): `tls_handshake_failures_total`,
+/// `rejected_total{reason="tls"}`, `pq_handshake_total{result="fail"}`.
+pub(crate) fn count_tls_failure(metrics: &TransportMetrics, bm: &BackendMetrics, pq: PqLabel) {
+    bm.tls_failures.inc();
+    metrics.reject(RejectReason::Tls);
+    metrics.pq_handshake_result(Backend::Tls, pq, false);
+}
+
+/// Counts a handshake that ended before the connection opened, by why it ended: a deadline is
+/// a `timeout` reject; runtime shutdown is not the peer's doing and counts nothing; anything
+/// else (a TLS error, or the peer leaving mid-handshake, which tokio-rustls also reports as a
+/// TLS failure) is a TLS failure.
+pub(crate) fn count_handshake_failure(
+    metrics: &TransportMetrics,
+    bm: &BackendMetrics,
+    pq: PqLabel,
+    reason: &CloseReason,
+) {
+    match reason {
+        CloseReason::Timeout(_) => metrics.reject(RejectReason::Timeout),
+        CloseReason::Shutdown | CloseReason::Aborted => {}
+        _ => count_tls_failure(metrics, bm, pq),
+    }
+}
+
 /// Admission proof of one connection: the policy permit (caps, buckets) and the in-flight
 /// gauge, both released when the connection's handler is dropped (at close).
 struct Admitted {
@@ -630,22 +673,13 @@ impl AcceptHooks for AcceptSide {
         let Some(inner) = self.inner.upgrade() else {
             return Err(Reject { reason: "shutdown" });
         };
-        match inner.policy.admit(peer.ip()) {
-            Ok(permit) => {
-                let bm = inner.bm();
-                bm.accepts.inc();
-                bm.conn_inflight.inc();
-                Ok(AdmitToken::new(Admitted {
-                    permit: Some(permit),
-                    inflight: bm.conn_inflight.clone(),
-                    started: std::time::Instant::now(),
-                }))
-            }
-            // `Policy::admit` has counted `rejected_total{reason}` already.
-            Err(e) => Err(Reject {
-                reason: e.reject_reason().map_or(e.kind(), |r| r.as_str()),
-            }),
-        }
+        let bm = inner.bm();
+        let permit = admit_counted(&inner.policy, bm, peer)?;
+        Ok(AdmitToken::new(Admitted {
+            permit: Some(permit),
+            inflight: bm.conn_inflight.clone(),
+            started: std::time::Instant::now(),
+        }))
     }
 
     fn handshake_failed(
@@ -659,14 +693,7 @@ impl AcceptHooks for AcceptSide {
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
-        match &failure.reason {
-            CloseReason::Timeout(_) => inner.metrics.reject(RejectReason::Timeout),
-            // The runtime is going away: not the peer's doing.
-            CloseReason::Shutdown | CloseReason::Aborted => {}
-            // A TLS error, or the peer left mid-handshake (tokio-rustls reports that as a TLS
-            // failure too).
-            _ => inner.tls_failed(),
-        }
+        count_handshake_failure(&inner.metrics, inner.bm(), inner.pq_mode(), &failure.reason);
         tracing::info!(
             target: "ron_transport",
             event = "reject",
