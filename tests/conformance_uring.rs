@@ -46,39 +46,8 @@ impl EngineUnderTest for UringUnderTest {
     }
 }
 
-macro_rules! uring_cases {
-    ($module:ident, $runner:ident) => {
-        mod $module {
-            #[allow(unused_imports)]
-            use super::*;
-            conformance_suite!(@cases UringUnderTest, $runner;
-                echo_tcp,
-                echo_tls,
-                frame_ceiling,
-                read_timeout,
-                write_timeout,
-                idle_timeout,
-                dial_timeout,
-                max_conns_tcp,
-                max_conns_tls,
-                per_peer_cap,
-                egress_rate,
-                tls_wrong_ca,
-                tls_handshake_timeout,
-                pq_hybrid,
-                busy_when_inbox_full,
-                cancel_quiesces,
-                graceful_close_tcp,
-                graceful_close_tls,
-                metrics_smoke,
-                shutdown_drains_and_aborts,
-            );
-        }
-    };
-}
-
-uring_cases!(current_thread, run_current_thread);
-uring_cases!(multi_thread, run_multi_thread);
+// The shared suite, unchanged: every case on both tokio schedulers.
+conformance_suite!(UringUnderTest);
 
 /// Regression: a pipelining client (writer task and reader task independent) against an echo
 /// server. Both shards used to pause reading while their output was above the high-water
