@@ -209,7 +209,7 @@ fn io_sizes_are_observed_per_completion() {
         let srv = util::within("accept", std::time::Duration::from_secs(5), l.accept())
             .await
             .unwrap();
-        // One 1 MiB frame: the receiver's shard reads it in many completions (32 KiB buffers).
+        // One 1 MiB frame (read in several completions), then many small pipelined ones.
         const N: usize = 2000;
         let tx = srv.sender();
         tx.send(util::payload(1 << 20, 1)).await.unwrap();
@@ -241,8 +241,11 @@ fn io_sizes_are_observed_per_completion() {
         assert_eq!(rsum, wire, "read histogram sum equals bytes_in");
         assert_eq!(util::snap(&cm, Backend::Tcp).bytes_in, wire as u64);
         assert!(writes >= 1.0 && writes <= (N + 1) as f64, "{writes} writes");
-        // 1 MiB cannot arrive in one 32 KiB receive buffer: observed per completion, not per frame.
-        assert!(reads >= 32.0, "{reads} reads");
+        // Observed per completion, not per frame: 2001 frames took more than one receive (the
+        // 1 MiB frame alone exceeds the socket's receive window; after its first 32 KiB ring
+        // buffer the rest is received directly into the frame's buffer) and far fewer than
+        // one per frame.
+        assert!(reads >= 2.0 && reads < 200.0, "{reads} reads");
         drop(srv);
     });
 }

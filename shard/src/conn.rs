@@ -131,7 +131,6 @@ impl ConnState {
         if chunk.is_empty() {
             return Ok(());
         }
-        self.last_activity = now;
         let was_mid = self.decoder.mid_frame();
         let mut completed = false;
         let mut out = out;
@@ -139,13 +138,76 @@ impl ConnState {
             completed = true;
             out(d)
         });
+        self.track(now, was_mid, completed);
+        res
+    }
+
+    /// Payload bytes still missing from the frame in progress (0 between frames).
+    pub fn missing(&self) -> usize {
+        self.decoder.missing()
+    }
+
+    /// Announced payload length of the frame in progress (0 between frames).
+    pub fn body_len(&self) -> usize {
+        self.decoder.body_len()
+    }
+
+    /// Lends the body buffer of the frame in progress for a direct receive of its missing
+    /// bytes (see [`FrameDecoder::take_body`]).
+    pub fn take_body(&mut self) -> Option<(bytes::BytesMut, usize)> {
+        self.decoder.take_body()
+    }
+
+    /// Takes back a lent body buffer after a receive appended `n` bytes to it; `out` gets the
+    /// frame if it is complete.
+    pub fn put_body(
+        &mut self,
+        now: Instant,
+        buf: bytes::BytesMut,
+        n: usize,
+        out: impl FnMut(Decoded),
+    ) {
+        let mut completed = false;
+        let mut out = out;
+        self.decoder.put_body(buf, |d| {
+            completed = true;
+            out(d)
+        });
+        if n > 0 {
+            self.track(now, true, completed);
+        }
+    }
+
+    /// Feeds an owned receive buffer (see [`FrameDecoder::decode_owned`]).
+    pub fn handle_recv_owned(
+        &mut self,
+        now: Instant,
+        buf: bytes::BytesMut,
+        out: impl FnMut(Decoded),
+    ) -> Result<(), FrameError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let was_mid = self.decoder.mid_frame();
+        let mut completed = false;
+        let mut out = out;
+        let res = self.decoder.decode_owned(buf, |d| {
+            completed = true;
+            out(d)
+        });
+        self.track(now, was_mid, completed);
+        res
+    }
+
+    /// Activity and read-deadline bookkeeping after bytes arrived.
+    fn track(&mut self, now: Instant, was_mid: bool, completed: bool) {
+        self.last_activity = now;
         if !self.decoder.mid_frame() {
             self.frame_started = None;
         } else if !was_mid || completed || self.frame_started.is_none() {
             // The frame in progress started in this chunk.
             self.frame_started = Some(now);
         }
-        res
     }
 
     /// `n` bytes were queued for writing.

@@ -10,11 +10,17 @@
 //! finished frame's buffer back): allocating and freeing a fresh 64 KiB buffer per frame made
 //! the allocator hand the pages back to the kernel (`madvise`) and fault them in again on the
 //! next copy, which cost more server CPU than the copy itself (see docs/perf.md).
+//!
+//! **Direct receive.** For large frames the driver can skip the assembly copy: it lends the
+//! body buffer out ([`FrameDecoder::take_body`]) so the rest of the payload is received straight
+//! into it, and gives it back with the new bytes ([`FrameDecoder::put_body`]); and it can feed a
+//! whole owned receive buffer ([`FrameDecoder::decode_owned`]) whose frames are handed out as
+//! slices of that buffer (and whose partial last frame keeps growing in it when it has room).
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
@@ -60,8 +66,19 @@ impl FrameError {
 enum State {
     /// Collecting the 4-byte header (`have` bytes so far).
     Header { buf: [u8; HEADER_LEN], have: usize },
-    /// Collecting a payload that spans chunks.
-    Body { buf: BytesMut, need: usize },
+    /// Collecting a payload that spans chunks. `buf` holds `skip` bytes (the header, when the
+    /// buffer was adopted from an owned receive) before the payload; `need` is the payload length.
+    Body {
+        buf: BytesMut,
+        need: usize,
+        skip: usize,
+    },
+    /// The body buffer is lent to a receive ([`FrameDecoder::take_body`]).
+    Lent {
+        need: usize,
+        missing: usize,
+        skip: usize,
+    },
 }
 
 /// Incremental frame decoder with a length ceiling checked before any allocation.
@@ -98,6 +115,110 @@ impl FrameDecoder {
         match &self.state {
             State::Header { .. } => 0,
             State::Body { buf, .. } => buf.capacity(),
+            State::Lent { need, .. } => *need,
+        }
+    }
+
+    /// Payload bytes still missing from the frame in progress (0 between frames or while the
+    /// header is incomplete).
+    pub fn missing(&self) -> usize {
+        match &self.state {
+            State::Header { .. } => 0,
+            State::Body { buf, need, skip } => skip + need - buf.len(),
+            State::Lent { missing, .. } => *missing,
+        }
+    }
+
+    /// Announced payload length of the frame in progress (0 between frames).
+    pub fn body_len(&self) -> usize {
+        match &self.state {
+            State::Header { .. } => 0,
+            State::Body { need, .. } | State::Lent { need, .. } => *need,
+        }
+    }
+
+    /// Lends the body buffer of the frame in progress, with spare capacity for exactly the
+    /// missing bytes, so they can be received straight into it. Returns the buffer and how many
+    /// bytes are missing; `None` between frames (or if already lent). The buffer must come back
+    /// through [`put_body`](Self::put_body) before anything else is decoded.
+    pub fn take_body(&mut self) -> Option<(BytesMut, usize)> {
+        let State::Body { need, skip, .. } = self.state else {
+            return None;
+        };
+        let missing = self.missing();
+        let lent = State::Lent {
+            need,
+            missing,
+            skip,
+        };
+        let State::Body { buf, .. } = std::mem::replace(&mut self.state, lent) else {
+            unreachable!("matched just above")
+        };
+        debug_assert!(buf.capacity() - buf.len() >= missing && skip <= HEADER_LEN);
+        Some((buf, missing))
+    }
+
+    /// Takes back a buffer lent by [`take_body`](Self::take_body), now holding its old bytes
+    /// plus whatever the receive appended (at most the missing bytes). Calls `out` with the
+    /// frame if it is now complete.
+    pub fn put_body(&mut self, buf: BytesMut, mut out: impl FnMut(Decoded)) {
+        let State::Lent { need, skip, .. } = self.state else {
+            debug_assert!(false, "put_body without take_body");
+            return;
+        };
+        debug_assert!(buf.len() <= skip + need);
+        self.state = State::Body { buf, need, skip };
+        self.finish_body(&mut out);
+    }
+
+    /// Feeds an owned receive buffer. Complete frames come out as [`Decoded::Assembled`] slices
+    /// of it (no copy). If it starts at a frame boundary and ends inside a frame whose header
+    /// and payload fit its capacity, the buffer itself becomes that frame's body buffer (no
+    /// copy; continue with [`take_body`](Self::take_body)); otherwise a trailing partial frame
+    /// is copied as usual.
+    pub fn decode_owned(
+        &mut self,
+        mut buf: BytesMut,
+        mut out: impl FnMut(Decoded),
+    ) -> Result<(), FrameError> {
+        if matches!(self.state, State::Header { have: 0, .. }) && buf.len() >= HEADER_LEN {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if len > self.max {
+                return Err(FrameError::TooLarge { len, max: self.max });
+            }
+            let len = len as usize;
+            if buf.len() == HEADER_LEN + len {
+                buf.advance(HEADER_LEN);
+                out(Decoded::Assembled(buf.freeze()));
+                return Ok(());
+            }
+            if buf.len() < HEADER_LEN + len && buf.capacity() >= HEADER_LEN + len {
+                self.state = State::Body {
+                    buf,
+                    need: len,
+                    skip: HEADER_LEN,
+                };
+                return Ok(());
+            }
+        }
+        let all = buf.freeze();
+        self.decode(&all, |d| match d {
+            Decoded::InPlace { start, len } => {
+                out(Decoded::Assembled(all.slice(start..start + len)))
+            }
+            d => out(d),
+        })
+    }
+
+    fn finish_body(&mut self, out: &mut impl FnMut(Decoded)) {
+        if let State::Body { buf, need, skip } = &mut self.state {
+            if buf.len() == *skip + *need {
+                let mut frame = std::mem::take(buf);
+                let skip = *skip;
+                frame.advance(skip);
+                self.reset();
+                out(Decoded::Assembled(frame.freeze()));
+            }
         }
     }
 
@@ -128,15 +249,15 @@ impl FrameDecoder {
                         }
                     }
                 }
-                State::Body { buf, need } => {
-                    let take = (*need - buf.len()).min(chunk.len() - pos);
+                State::Body { buf, need, skip } => {
+                    let take = (*skip + *need - buf.len()).min(chunk.len() - pos);
                     buf.extend_from_slice(&chunk[pos..pos + take]);
                     pos += take;
-                    if buf.len() == *need {
-                        let frame = std::mem::take(buf).freeze();
-                        self.reset();
-                        out(Decoded::Assembled(frame));
-                    }
+                    self.finish_body(&mut out);
+                }
+                State::Lent { .. } => {
+                    debug_assert!(false, "decode while the body buffer is lent");
+                    return Ok(());
                 }
             }
         }
@@ -164,7 +285,11 @@ impl FrameDecoder {
             // Allocation (or pooled reuse) only after the ceiling check.
             let mut buf = take_buf(len);
             buf.extend_from_slice(&chunk[pos..]);
-            self.state = State::Body { buf, need: len };
+            self.state = State::Body {
+                buf,
+                need: len,
+                skip: 0,
+            };
             Ok(chunk.len())
         }
     }
@@ -197,7 +322,7 @@ thread_local! {
 
 /// An empty buffer able to hold `len` bytes: a pooled one whose capacity is between `len` and
 /// `2 × len`, else a new exact-size one. Callers check the frame ceiling first.
-fn take_buf(len: usize) -> BytesMut {
+pub fn take_buf(len: usize) -> BytesMut {
     if len >= POOL_MIN {
         let hit = POOL.with(|p| {
             let mut p = p.borrow_mut();
@@ -226,6 +351,9 @@ pub fn recycle(b: Bytes) -> bool {
         return false;
     };
     m.clear();
+    // A frame handed out without its header (direct receive) starts a few bytes into its
+    // allocation: take those bytes back (never allocates).
+    let _ = m.try_reclaim(m.capacity() + HEADER_LEN);
     let cap = m.capacity();
     POOL.with(|p| {
         let mut p = p.borrow_mut();
@@ -427,5 +555,126 @@ mod tests {
             assert_eq!(got, expect, "first chunk {first}");
             assert!(!d.mid_frame());
         }
+    }
+    /// Simulates a direct receive: lends the body, appends up to `max` bytes of `src`, gives
+    /// it back. Returns how many bytes were appended.
+    fn direct(d: &mut FrameDecoder, src: &[u8], max: usize, out: &mut Vec<Bytes>) -> usize {
+        let (mut buf, missing) = d.take_body().expect("a body in progress");
+        assert!(buf.capacity() - buf.len() >= missing);
+        let n = missing.min(max).min(src.len());
+        buf.extend_from_slice(&src[..n]);
+        d.put_body(buf, |f| match f {
+            Decoded::Assembled(b) => out.push(b),
+            Decoded::InPlace { .. } => panic!("lent bodies complete as owned frames"),
+        });
+        n
+    }
+
+    #[test]
+    fn lent_body_receives_the_rest_in_place() {
+        let payload: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        let wire = encode(&payload).unwrap();
+        let mut d = FrameDecoder::new(1 << 20);
+        assert!(d.take_body().is_none(), "nothing to lend between frames");
+        // A ring chunk brings the header and the start of the body.
+        assert!(frames(&mut d, &wire[..32 * 1024]).unwrap().is_empty());
+        assert_eq!(d.body_len(), payload.len());
+        assert_eq!(d.missing(), wire.len() - 32 * 1024);
+        let mut out = Vec::new();
+        let mut pos = 32 * 1024;
+        // Two partial direct receives, then the rest.
+        for max in [1000, 20_000, usize::MAX] {
+            assert!(d.mid_frame());
+            pos += direct(&mut d, &wire[pos..], max, &mut out);
+            assert_eq!(d.missing(), wire.len() - pos);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][..], &payload[..]);
+        assert!(!d.mid_frame());
+        // The decoder goes on with ring chunks afterwards.
+        assert_eq!(
+            frames(&mut d, &encode(b"next").unwrap()).unwrap(),
+            vec![b"next".to_vec()]
+        );
+    }
+
+    #[test]
+    fn owned_buffer_holding_one_frame_is_handed_out_without_copy() {
+        let wire = encode(&[7u8; 40_000]).unwrap();
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut buf = take_buf(wire.len());
+        buf.extend_from_slice(&wire);
+        let base = buf.as_ptr();
+        let mut out = Vec::new();
+        d.decode_owned(buf, |f| out.push(f)).unwrap();
+        let [Decoded::Assembled(b)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(&b[..], &wire[4..]);
+        assert_eq!(
+            b.as_ptr(),
+            base.wrapping_add(HEADER_LEN),
+            "a view of the receive buffer"
+        );
+        // Back in the pool, the header offset is reclaimed: a same-size buffer is reusable.
+        let b = b.clone();
+        out.clear();
+        assert!(recycle(b));
+        let again = take_buf(wire.len());
+        assert_eq!(again.as_ptr(), base);
+        assert!(again.capacity() >= wire.len());
+    }
+
+    #[test]
+    fn owned_buffer_ending_mid_frame_becomes_its_body_buffer() {
+        let payload = vec![3u8; 50_000];
+        let wire = encode(&payload).unwrap();
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::with_capacity(wire.len());
+        buf.extend_from_slice(&wire[..10_000]);
+        let base = buf.as_ptr();
+        d.decode_owned(buf, |_| panic!("incomplete")).unwrap();
+        assert_eq!(d.missing(), wire.len() - 10_000);
+        let mut out = Vec::new();
+        direct(&mut d, &wire[10_000..], usize::MAX, &mut out);
+        assert_eq!(&out[0][..], &payload[..]);
+        assert_eq!(
+            out[0].as_ptr(),
+            base.wrapping_add(HEADER_LEN),
+            "adopted, not copied"
+        );
+    }
+
+    #[test]
+    fn owned_buffer_with_several_frames_and_a_tail_decodes_like_slices() {
+        let mut wire = Vec::new();
+        for p in [&b"ab"[..], &[1u8; 300], b""] {
+            wire.extend_from_slice(&encode(p).unwrap());
+        }
+        let tail = encode(&[9u8; 100]).unwrap();
+        wire.extend_from_slice(&tail[..30]);
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        d.decode_owned(BytesMut::from(&wire[..]), |f| match f {
+            Decoded::Assembled(b) => out.push(b.to_vec()),
+            Decoded::InPlace { .. } => panic!("owned input yields owned frames"),
+        })
+        .unwrap();
+        assert_eq!(out, vec![b"ab".to_vec(), vec![1u8; 300], vec![]]);
+        assert_eq!(d.missing(), 100 - 26);
+        assert_eq!(frames(&mut d, &tail[30..]).unwrap(), vec![vec![9u8; 100]]);
+    }
+
+    #[test]
+    fn owned_buffer_checks_the_ceiling_before_adopting() {
+        let mut d = FrameDecoder::new(100);
+        let mut buf = BytesMut::with_capacity(1 << 16);
+        buf.extend_from_slice(&101u32.to_be_bytes());
+        buf.extend_from_slice(&[0; 50]);
+        assert_eq!(
+            d.decode_owned(buf, |_| panic!("no frame")).unwrap_err(),
+            FrameError::TooLarge { len: 101, max: 100 }
+        );
+        assert_eq!(d.buffered(), 0);
     }
 }

@@ -42,6 +42,9 @@ use crate::stats::StatsSnapshot;
 /// resumes below half of that).
 pub const OUT_HIGH_WATER_CHUNKS: usize = 16;
 
+/// Default [`RuntimeConfig::direct_recv_min`]: half a default provided buffer.
+pub const DIRECT_RECV_MIN: usize = 16 * 1024;
+
 /// Runtime configuration (mechanism knobs only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -63,6 +66,10 @@ pub struct RuntimeConfig {
     pub zc_threshold: Option<usize>,
     /// Capacity of each shard's command queue (hand-offs, dials); full ⇒ `Busy`.
     pub command_capacity: usize,
+    /// Plain-TCP frames with at least this many payload bytes still missing after a receive
+    /// switch the connection to direct receives (straight into the frame's buffer, see the
+    /// module docs); `None` keeps every receive on the provided-buffer ring.
+    pub direct_recv_min: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -77,6 +84,7 @@ impl Default for RuntimeConfig {
             chunk_bytes: 64 * 1024,
             zc_threshold: None,
             command_capacity: 4096,
+            direct_recv_min: Some(DIRECT_RECV_MIN),
         }
     }
 }
@@ -210,6 +218,7 @@ impl Runtime {
             chunk_bytes: cfg.chunk_bytes,
             zc_threshold: cfg.zc_threshold,
             command_capacity: cfg.command_capacity,
+            direct_recv_min: cfg.direct_recv_min,
             // Reading pauses at this much queued output and resumes below half of it. 16 chunks
             // (1 MiB at the 64 KiB default): at 4 chunks a peer pipelining four 64 KiB frames
             // sat exactly on the mark, and every frame cancelled and re-armed the multishot

@@ -159,6 +159,7 @@ pub(crate) struct ShardConfig {
     pub zc_threshold: Option<usize>,
     pub command_capacity: usize,
     pub out_high_water: usize,
+    pub direct_recv_min: Option<usize>,
 }
 
 /// Creates the shared half of a shard and the receivers its thread needs.
@@ -236,6 +237,23 @@ enum TimerKey {
 enum Chunk {
     Ring(RingSlice),
     Owned(bytes::Bytes),
+    /// A direct receive of `received` bytes, already decoded into `Shard::decoded` (owned
+    /// frames only), with the decoder's verdict.
+    Direct {
+        received: usize,
+        res: Result<(), frame::FrameError>,
+    },
+}
+
+/// What a connection's receive in flight reads into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecvKind {
+    /// Multishot into the provided-buffer ring.
+    Ring,
+    /// The missing bytes of the frame in progress, into its lent body buffer.
+    Body,
+    /// A fresh buffer sized for one frame like the last (starts at a frame boundary).
+    Fresh,
 }
 
 impl Chunk {
@@ -243,6 +261,7 @@ impl Chunk {
         match self {
             Self::Ring(r) => r.as_slice(),
             Self::Owned(b) => b,
+            Self::Direct { .. } => &[],
         }
     }
 }
@@ -262,6 +281,14 @@ pub(crate) struct ConnIo {
     pub(crate) remote: ConnRemote,
     recv_op: Option<OpId>,
     recv_cancelled: bool,
+    /// What the receive in flight reads into.
+    recv_kind: RecvKind,
+    /// Direct-receive mode (plain TCP carrying large frames): receives go straight into the
+    /// frame's buffer, or into a fresh buffer sized for one frame like the last, instead of
+    /// the provided-buffer ring.
+    direct: bool,
+    /// Payload length of the last large frame (sizes the next fresh direct buffer).
+    direct_len: usize,
     /// Reading is paused because queued output reached the high-water mark.
     out_paused: bool,
     starved: bool,
@@ -784,6 +811,9 @@ impl Shard {
                 remote,
                 recv_op: None,
                 recv_cancelled: false,
+                recv_kind: RecvKind::Ring,
+                direct: false,
+                direct_len: 0,
                 out_paused: false,
                 starved: false,
                 send_op: None,
@@ -947,7 +977,23 @@ impl Shard {
             conn.state.set_paused(self.now, !want);
             if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
                 let fd = conn.fd.clone();
-                match self.ring.recv_multi(&fd, tag(Kind::Recv, idx, key_tag_gen)) {
+                let t = tag(Kind::Recv, idx, key_tag_gen);
+                let direct = conn.io.direct && conn.tls.is_none() && conn.io.deferred.is_empty();
+                let armed = if !direct {
+                    conn.io.direct = false;
+                    conn.io.recv_kind = RecvKind::Ring;
+                    self.ring.recv_multi(&fd, t)
+                } else if let Some((buf, missing)) = conn.state.take_body() {
+                    conn.io.recv_kind = RecvKind::Body;
+                    self.ring.recv_into(&fd, buf, missing, t)
+                } else {
+                    // At a frame boundary (a partial header never stays in direct mode): one
+                    // frame like the last, header included.
+                    let want = frame::HEADER_LEN + conn.io.direct_len;
+                    conn.io.recv_kind = RecvKind::Fresh;
+                    self.ring.recv_into(&fd, frame::take_buf(want), want, t)
+                };
+                match armed {
                     Ok(op) => self.conns[idx].io.recv_op = Some(op),
                     Err(e) => {
                         self.conns[idx].io.close = Some((
@@ -1152,6 +1198,10 @@ impl Shard {
             conn.io.recv_op = None;
             conn.io.recv_cancelled = false;
         }
+        if let Some(Resource::RecvInto(_, buf)) = c.res {
+            self.on_direct_recv(idx, c.result, buf);
+            return;
+        }
         if c.result > 0 {
             if let Some(buf) = c.buf {
                 if conn.io.close.is_none() {
@@ -1165,6 +1215,7 @@ impl Shard {
                         conn.io.deferred.extend_from_slice(buf.as_slice());
                     } else {
                         self.deliver(idx, Chunk::Ring(buf));
+                        self.maybe_go_direct(idx);
                     }
                 }
             }
@@ -1201,6 +1252,88 @@ impl Shard {
         self.service(idx);
     }
 
+    /// After a ring receive: a plain-TCP frame with many bytes still missing switches the
+    /// connection to direct receives. The multishot receive is cancelled; what it already
+    /// took is still delivered (appended to the frame) before the first direct receive.
+    fn maybe_go_direct(&mut self, idx: usize) {
+        let Some(min) = self.cfg.direct_recv_min else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if conn.tls.is_some() || conn.io.direct || conn.io.close.is_some() {
+            return;
+        }
+        if conn.state.missing() >= min {
+            conn.io.direct = true;
+            conn.io.direct_len = conn.state.body_len();
+            ShardStats::add(&self.shared.stats.recv_direct_switches, 1);
+            if let (Some(op), false) = (conn.io.recv_op, conn.io.recv_cancelled) {
+                conn.io.recv_cancelled = true;
+                let _ = self.ring.cancel(op);
+            }
+        }
+    }
+
+    /// Completion of a direct receive (into a lent body buffer or a fresh one).
+    fn on_direct_recv(&mut self, idx: usize, result: i32, buf: bytes::BytesMut) {
+        let now = self.now;
+        let min = self.cfg.direct_recv_min.unwrap_or(usize::MAX);
+        let conn = &mut self.conns[idx];
+        let kind = conn.io.recv_kind;
+        let mut decoded = std::mem::take(&mut self.decoded);
+        let n = usize::try_from(result).unwrap_or(0);
+        let mut res = Ok(());
+        match kind {
+            RecvKind::Body => conn.state.put_body(now, buf, n, |d| decoded.push(d)),
+            _ if n == 0 => {
+                frame::recycle(buf.freeze());
+            }
+            _ => {
+                res = conn.state.handle_recv_owned(now, buf, |d| decoded.push(d));
+                // Stay direct while frames stay large: one whole large frame, or a large one
+                // still arriving. Anything else (small frames) goes back to the ring.
+                let one_large = decoded.len() == 1
+                    && !conn.state.mid_frame()
+                    && matches!(&decoded[0], Decoded::Assembled(b) if b.len() >= min);
+                if conn.state.missing() >= min {
+                    conn.io.direct_len = conn.state.body_len();
+                } else if one_large {
+                    if let Decoded::Assembled(b) = &decoded[0] {
+                        conn.io.direct_len = b.len();
+                    }
+                } else {
+                    conn.io.direct = false;
+                }
+            }
+        }
+        self.decoded = decoded;
+        if n > 0 {
+            let st = &self.shared.stats;
+            ShardStats::add(&st.bytes_in, n as u64);
+            ShardStats::add(&st.recv_completions, 1);
+            ShardStats::add(&st.recv_direct, 1);
+            self.deliver(idx, Chunk::Direct { received: n, res });
+        } else if result == 0 {
+            let conn = &mut self.conns[idx];
+            conn.io.eof = true;
+            if conn.io.close.is_none() {
+                conn.io.close = Some(if conn.state.mid_frame() {
+                    (CloseReason::PeerClosedMidFrame, false)
+                } else {
+                    (CloseReason::PeerClosed, true)
+                });
+            }
+        } else if result != -libc::ECANCELED {
+            let conn = &mut self.conns[idx];
+            if conn.io.close.is_none() {
+                conn.io.close = Some((CloseReason::Io(-result), false));
+            }
+        }
+        self.service(idx);
+    }
+
     fn deliver(&mut self, idx: usize, mut chunk: Chunk) {
         let now = self.now;
         let st = &self.shared.stats;
@@ -1223,6 +1356,7 @@ impl Shard {
                 }
                 Chunk::Ring(buf) => crate::tls_conn::RecvBuf::Shared(buf.as_slice()),
                 Chunk::Owned(b) => crate::tls_conn::RecvBuf::Shared(b),
+                Chunk::Direct { .. } => crate::tls_conn::RecvBuf::Shared(&[]),
             };
             let oc = tls.on_recv(&mut conn.state, now, input, &mut decoded);
             received = oc.plaintext;
@@ -1247,6 +1381,13 @@ impl Shard {
                     (CloseReason::PeerClosed, true)
                 });
             }
+        } else if let Chunk::Direct {
+            received: n,
+            res: r,
+        } = &mut chunk
+        {
+            received = *n;
+            res = std::mem::replace(r, Ok(()));
         } else {
             received = chunk.as_slice().len();
             res = conn
@@ -1297,6 +1438,8 @@ impl Shard {
                             };
                             h.on_frame(&mut ctx, frame);
                         }
+                        // Direct receives decode owned frames only.
+                        Chunk::Direct { .. } => {}
                     },
                     Decoded::Assembled(b) => {
                         let frame = Frame {

@@ -83,6 +83,10 @@ stats! {
     /// Reads paused because queued output reached the high-water mark (the multishot
     /// receive is cancelled; it is re-armed once output drains below half of that mark).
     recv_paused,
+    /// Receive completions that went straight into a frame's own buffer (direct receive).
+    recv_direct,
+    /// Connections switched from the provided-buffer ring to direct receives.
+    recv_direct_switches,
     /// Sends submitted as zero-copy (SENDMSG_ZC).
     sends_zc,
     /// Send submissions (each may carry several coalesced frames).

@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
@@ -59,6 +59,9 @@ pub(crate) enum Resource {
         #[allow(dead_code)] Rc<OwnedFd>,
         #[allow(dead_code)] Box<socket2::SockAddr>,
     ),
+    /// A receive into an owned buffer's spare capacity: socket + buffer. On the final
+    /// completion the buffer's length already includes the received bytes.
+    RecvInto(#[allow(dead_code)] Rc<OwnedFd>, BytesMut),
     /// An eventfd read: the eventfd file + its 8-byte buffer.
     Read8(
         #[allow(dead_code)] Rc<File>,
@@ -72,6 +75,7 @@ impl std::fmt::Debug for Resource {
             Self::Fd(_) => "Resource::Fd",
             Self::Send(..) => "Resource::Send",
             Self::Connect(..) => "Resource::Connect",
+            Self::RecvInto(..) => "Resource::RecvInto",
             Self::Read8(..) => "Resource::Read8",
         })
     }
@@ -413,6 +417,27 @@ impl Ring {
         self.push_owned(e, id)
     }
 
+    /// Single-shot receive of at most `max` bytes into the spare capacity of `buf` (after its
+    /// current contents). The buffer comes back in the final completion's
+    /// [`Resource::RecvInto`] with its length grown by the bytes received.
+    pub fn recv_into(
+        &mut self,
+        sock: &Rc<OwnedFd>,
+        mut buf: BytesMut,
+        max: usize,
+        tag: u64,
+    ) -> io::Result<OpId> {
+        let spare = buf.spare_capacity_mut();
+        let len = max.min(spare.len()).min(u32::MAX as usize) as u32;
+        // The pointer stays valid when `buf` moves into the op table: a `BytesMut` is a handle
+        // to heap storage, which does not move with it.
+        let ptr = spare.as_mut_ptr().cast::<u8>();
+        let fd = types::Fd(sock.as_raw_fd());
+        let id = self.insert(tag, Resource::RecvInto(sock.clone(), buf));
+        let e = opcode::Recv::new(fd, ptr, len).build();
+        self.push_owned(e, id)
+    }
+
     /// Vectored send of `batch` (MSG_NOSIGNAL); `zero_copy` uses SENDMSG_ZC.
     pub fn send(
         &mut self,
@@ -534,7 +559,18 @@ impl Ring {
             // notification. Every op is finished by its first CQE without F_MORE.
             let finished = !more;
             let res = if finished {
-                Some(self.ops.remove(idx).res)
+                let mut res = self.ops.remove(idx).res;
+                if let (Resource::RecvInto(_, buf), Ok(n @ 1..)) =
+                    (&mut res, usize::try_from(result))
+                {
+                    let n = n.min(buf.capacity() - buf.len());
+                    // SAFETY: the kernel wrote `result` bytes at the start of this buffer's spare
+                    // capacity (the SQE pointed there, with a length of at most the spare
+                    // capacity, and the heap storage did not move while the op owned it), so the
+                    // first `len + n` bytes are initialized; `n` is clamped to the capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                }
+                Some(res)
             } else {
                 None
             };
@@ -1003,6 +1039,49 @@ mod tests {
         assert_eq!(c.buf.unwrap().as_slice(), b"y");
     }
 
+    fn recv_into_appends_to_owned_buffer(defer: bool) {
+        let Some(mut r) = ring(defer) else { return };
+        let (a, mut b) = pair();
+        // Waits for one receive; returns its result and the buffer (the completion, which
+        // also holds the socket, is dropped here).
+        fn done(r: &mut Ring, tag: u64) -> (i32, BytesMut) {
+            let c = wait_for(r, 1).remove(0);
+            assert_eq!((c.tag, c.more), (tag, false));
+            match c.res {
+                Some(Resource::RecvInto(_, buf)) => (c.result, buf),
+                other => panic!("expected the buffer back, got {other:?}"),
+            }
+        }
+        // Existing bytes are kept; the receive lands right after them, bounded by `max`.
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(b"ab");
+        let base = buf.as_ptr();
+        b.write_all(b"cdefghij").unwrap();
+        r.recv_into(&a, buf, 5, 3).unwrap();
+        let (n, buf) = done(&mut r, 3);
+        assert_eq!(n, 5);
+        assert_eq!(&buf[..], b"abcdefg");
+        assert_eq!(buf.as_ptr(), base, "received in place, not reallocated");
+        // `max` larger than the spare capacity is clamped to it.
+        r.recv_into(&a, buf, 1 << 20, 4).unwrap();
+        let (n, buf) = done(&mut r, 4);
+        assert_eq!(n, 3);
+        assert_eq!(&buf[..], b"abcdefghij");
+        // Cancelled while waiting: the buffer comes back unchanged.
+        let op = r.recv_into(&a, buf, 4, 5).unwrap();
+        r.submit().unwrap();
+        r.cancel(op).unwrap();
+        let (n, buf) = done(&mut r, 5);
+        assert_eq!(n, -libc::ECANCELED);
+        assert_eq!(&buf[..], b"abcdefghij");
+        // EOF: result 0, buffer unchanged, and the socket is released with the op.
+        r.recv_into(&a, buf, 4, 6).unwrap();
+        drop(b);
+        let (n, buf) = done(&mut r, 6);
+        assert_eq!((n, buf.len()), (0, 10));
+        assert_eq!(Rc::strong_count(&a), 1);
+    }
+
     fn send_and_check(defer: bool, zc: bool) {
         let Some(mut r) = ring(defer) else { return };
         if zc && !probe_opcodes(&[opcode::SendMsgZc::CODE]).is_ok_and(|v| v[0]) {
@@ -1166,6 +1245,7 @@ mod tests {
     on_both_ring_configs!(
         buf_ring_recv_in_place_and_recycle,
         recv_without_buffers_reports_enobufs,
+        recv_into_appends_to_owned_buffer,
         accept_multi_adopts_fds_and_connect_connects,
         eventfd_doorbell_wakes_the_ring,
         cancel_returns_resources_and_fd_closes_after_completion,

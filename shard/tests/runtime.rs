@@ -199,3 +199,137 @@ fn output_backpressure_pauses_reading_and_resumes_without_loss() {
     assert_eq!(s.frames_out, n as u64);
     assert!(hooks.closes.lock().unwrap().is_empty());
 }
+
+/// Writes `bytes` in `piece`-sized writes with a pause between them, so the server sees the
+/// frame arrive in many partial receives.
+fn trickle(c: &mut std::net::TcpStream, bytes: &[u8], piece: usize) {
+    for p in bytes.chunks(piece) {
+        c.write_all(p).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn large_frames_switch_to_direct_receive_and_small_ones_switch_back() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let addr = listen(&rt, hooks.clone(), ConnOptions::default());
+    let mut c = connect(addr);
+    let big = |k: u8| (0..200_000u32).map(|i| (i as u8) ^ k).collect::<Vec<u8>>();
+    // 1. A large frame trickled in 7 KiB pieces: several partial direct receives.
+    let p1 = big(1);
+    trickle(&mut c, &framed(&p1), 7 * 1024);
+    assert_eq!(read_frame(&mut c).unwrap(), p1);
+    let s = total(&rt);
+    assert_eq!(s.recv_direct_switches, 1, "{s:?}");
+    assert!(s.recv_direct >= 2, "{s:?}");
+    // 2. More large frames back to back (fresh buffers sized like the last frame), one of
+    //    them larger than the last, one smaller.
+    let (p2, p3, p4) = (big(2), vec![5u8; 300_000], vec![6u8; 70_000]);
+    let mut wire = framed(&p2);
+    wire.extend_from_slice(&framed(&p3));
+    wire.extend_from_slice(&framed(&p4));
+    c.write_all(&wire).unwrap();
+    for p in [&p2, &p3, &p4] {
+        assert_eq!(&read_frame(&mut c).unwrap(), p);
+    }
+    // 3. Bursts of small frames, in order: the first lands in the fresh buffer sized for a
+    //    large frame (handed out as slices of it) and switches the connection back to the
+    //    ring, where the next one is delivered in place.
+    let in_place_before = total(&rt).frames_in_place;
+    for round in 0..2u32 {
+        let mut burst = Vec::new();
+        for i in 0..150u32 {
+            burst.extend_from_slice(&framed(&(round * 1000 + i).to_be_bytes()));
+        }
+        c.write_all(&burst).unwrap();
+        for i in 0..150u32 {
+            assert_eq!(
+                read_frame(&mut c).unwrap(),
+                (round * 1000 + i).to_be_bytes()
+            );
+        }
+    }
+    // 4. Large again: a second switch.
+    let p5 = big(5);
+    c.write_all(&framed(&p5)).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), p5);
+    let s = total(&rt);
+    assert_eq!(s.frames_in, 305);
+    assert!(s.frames_in_place > in_place_before, "{s:?}");
+    assert!(s.recv_direct_switches >= 2, "{s:?}");
+    // `bytes_out` counts send completions, which may trail the client reading the echo.
+    eventually("every byte echoed", || {
+        let s = total(&rt);
+        s.bytes_in == s.bytes_out
+    });
+    drop(c);
+    eventually("closed", || total(&rt).open == 0);
+    assert_eq!(hooks.closes.lock().unwrap()[0], CloseReason::PeerClosed);
+}
+
+#[test]
+fn direct_receive_keeps_read_timeout_and_mid_frame_close() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let opts = ConnOptions {
+        timeouts: Timeouts {
+            read: Some(Duration::from_millis(200)),
+            write: None,
+            idle: None,
+        },
+        ..ConnOptions::default()
+    };
+    let addr = listen(&rt, hooks.clone(), opts);
+    // Slow loris inside a large frame: the direct receive waits, the read deadline fires.
+    let mut loris = connect(addr);
+    let wire = framed(&[1u8; 100_000]);
+    loris.write_all(&wire[..40_000]).unwrap();
+    let mut b = [0u8; 4];
+    assert_eq!(loris.read(&mut b).unwrap_or(0), 0);
+    eventually("read timeout", || total(&rt).timeout_read == 1);
+    // Peer gone inside a large frame.
+    let mut gone = connect(addr);
+    gone.write_all(&wire[..60_000]).unwrap();
+    eventually("direct", || total(&rt).recv_direct_switches == 2);
+    drop(gone);
+    eventually("both closed", || hooks.closes.lock().unwrap().len() == 2);
+    let closes = hooks.closes.lock().unwrap().clone();
+    assert_eq!(
+        closes,
+        vec![
+            CloseReason::Timeout(TimeoutKind::Read),
+            CloseReason::PeerClosedMidFrame
+        ]
+    );
+}
+
+#[test]
+fn ceiling_still_applies_to_frames_received_directly() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let opts = ConnOptions {
+        max_frame: 128 * 1024,
+        ..ConnOptions::default()
+    };
+    let addr = listen(&rt, hooks.clone(), opts);
+    let mut c = connect(addr);
+    let p = vec![7u8; 100_000];
+    c.write_all(&framed(&p)).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), p);
+    assert_eq!(total(&rt).recv_direct_switches, 1);
+    // The next header (read into a fresh direct buffer) announces more than the ceiling.
+    let mut w = (128u32 * 1024 + 1).to_be_bytes().to_vec();
+    w.extend_from_slice(&[0; 1000]);
+    c.write_all(&w).unwrap();
+    let mut b = [0u8; 4];
+    assert_eq!(c.read(&mut b).unwrap_or(0), 0);
+    eventually("too_large", || total(&rt).too_large == 1);
+    assert_eq!(hooks.closes.lock().unwrap()[0].as_str(), "too_large");
+}
