@@ -173,41 +173,70 @@ impl FrameDecoder {
 
     /// Feeds an owned receive buffer. Complete frames come out as [`Decoded::Assembled`] slices
     /// of it (no copy). If it starts at a frame boundary and ends inside a frame whose header
-    /// and payload fit its capacity, the buffer itself becomes that frame's body buffer (no
-    /// copy; continue with [`take_body`](Self::take_body)); otherwise a trailing partial frame
-    /// is copied as usual.
+    /// and payload fit the capacity left after it, the rest of the buffer becomes that frame's
+    /// body buffer (no copy; continue with [`take_body`](Self::take_body)); otherwise a
+    /// trailing partial frame is copied as usual.
     pub fn decode_owned(
         &mut self,
         mut buf: BytesMut,
         mut out: impl FnMut(Decoded),
     ) -> Result<(), FrameError> {
-        if matches!(self.state, State::Header { have: 0, .. }) && buf.len() >= HEADER_LEN {
-            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if !matches!(self.state, State::Header { have: 0, .. }) {
+            // Finishing a frame that started elsewhere: the plain path, frames as slices.
+            let all = buf.freeze();
+            return self.decode(&all, |d| match d {
+                Decoded::InPlace { start, len } => {
+                    out(Decoded::Assembled(all.slice(start..start + len)))
+                }
+                d => out(d),
+            });
+        }
+        // Walk the complete frames (ceiling checked on every header before going on).
+        let mut off = 0;
+        let mut tail_len = None;
+        while buf.len() - off >= HEADER_LEN {
+            let h = &buf[off..off + HEADER_LEN];
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
             if len > self.max {
                 return Err(FrameError::TooLarge { len, max: self.max });
             }
-            let len = len as usize;
-            if buf.len() == HEADER_LEN + len {
-                buf.advance(HEADER_LEN);
-                out(Decoded::Assembled(buf.freeze()));
-                return Ok(());
+            let total = HEADER_LEN + len as usize;
+            if buf.len() - off < total {
+                tail_len = Some(len as usize);
+                break;
             }
-            if buf.len() < HEADER_LEN + len && buf.capacity() >= HEADER_LEN + len {
+            off += total;
+        }
+        if off > 0 {
+            let front = if off == buf.len() {
+                std::mem::take(&mut buf)
+            } else {
+                buf.split_to(off)
+            }
+            .freeze();
+            let mut p = 0;
+            while p < off {
+                let h = &front[p..p + HEADER_LEN];
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                out(Decoded::Assembled(
+                    front.slice(p + HEADER_LEN..p + HEADER_LEN + len),
+                ));
+                p += HEADER_LEN + len;
+            }
+        }
+        match tail_len {
+            Some(len) if buf.capacity() >= HEADER_LEN + len => {
                 self.state = State::Body {
                     buf,
                     need: len,
                     skip: HEADER_LEN,
                 };
-                return Ok(());
+                Ok(())
             }
+            // A partial header, or a frame too big for the room left: copied (no frame can
+            // complete here, so nothing comes out).
+            _ => self.decode(&buf, |_| {}),
         }
-        let all = buf.freeze();
-        self.decode(&all, |d| match d {
-            Decoded::InPlace { start, len } => {
-                out(Decoded::Assembled(all.slice(start..start + len)))
-            }
-            d => out(d),
-        })
     }
 
     fn finish_body(&mut self, out: &mut impl FnMut(Decoded)) {
@@ -676,5 +705,29 @@ mod tests {
             FrameError::TooLarge { len: 101, max: 100 }
         );
         assert_eq!(d.buffered(), 0);
+    }
+    #[test]
+    fn owned_buffer_with_large_frames_adopts_the_partial_tail_in_its_spare_room() {
+        let (a, b) = (vec![1u8; 30_000], vec![2u8; 30_000]);
+        let mut wire = encode(&a).unwrap().to_vec();
+        wire.extend_from_slice(&encode(&b).unwrap());
+        let mut buf = BytesMut::with_capacity(2 * wire.len());
+        buf.extend_from_slice(&wire[..40_000]);
+        let base = buf.as_ptr();
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        d.decode_owned(buf, |f| match f {
+            Decoded::Assembled(f) => out.push(f),
+            Decoded::InPlace { .. } => panic!("owned input yields owned frames"),
+        })
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][..], &a[..]);
+        assert_eq!(out[0].as_ptr(), base.wrapping_add(HEADER_LEN));
+        // The second frame continues in the same allocation, right after the first.
+        assert_eq!(d.missing(), wire.len() - 40_000);
+        direct(&mut d, &wire[40_000..], usize::MAX, &mut out);
+        assert_eq!(&out[1][..], &b[..]);
+        assert_eq!(out[1].as_ptr(), base.wrapping_add(2 * HEADER_LEN + a.len()));
     }
 }

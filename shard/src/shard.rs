@@ -245,6 +245,10 @@ enum Chunk {
     },
 }
 
+/// A fresh direct-receive buffer has room for as many frames like the last as fit in this
+/// (at least one).
+const DIRECT_BATCH_BYTES: usize = 256 * 1024;
+
 /// What a connection's receive in flight reads into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RecvKind {
@@ -987,9 +991,11 @@ impl Shard {
                     conn.io.recv_kind = RecvKind::Body;
                     self.ring.recv_into(&fd, buf, missing, t)
                 } else {
-                    // At a frame boundary (a partial header never stays in direct mode): one
-                    // frame like the last, header included.
-                    let want = frame::HEADER_LEN + conn.io.direct_len;
+                    // At a frame boundary (a partial header never stays in direct mode): room
+                    // for a few frames like the last, headers included, so one receive can
+                    // take several (fewer receive calls, and fewer window updates sent).
+                    let one = frame::HEADER_LEN + conn.io.direct_len;
+                    let want = one * (DIRECT_BATCH_BYTES / one).max(1);
                     conn.io.recv_kind = RecvKind::Fresh;
                     self.ring.recv_into(&fd, frame::take_buf(want), want, t)
                 };
@@ -1292,15 +1298,16 @@ impl Shard {
             }
             _ => {
                 res = conn.state.handle_recv_owned(now, buf, |d| decoded.push(d));
-                // Stay direct while frames stay large: one whole large frame, or a large one
-                // still arriving. Anything else (small frames) goes back to the ring.
-                let one_large = decoded.len() == 1
-                    && !conn.state.mid_frame()
-                    && matches!(&decoded[0], Decoded::Assembled(b) if b.len() >= min);
-                if conn.state.missing() >= min {
-                    conn.io.direct_len = conn.state.body_len();
-                } else if one_large {
-                    if let Decoded::Assembled(b) = &decoded[0] {
+                // Stay direct while frames stay large: every frame in this buffer large, and
+                // nothing small left in progress. Small frames go back to the ring.
+                let all_large = decoded
+                    .iter()
+                    .all(|d| matches!(d, Decoded::Assembled(b) if b.len() >= min));
+                let tail = conn.state.missing();
+                if all_large && (tail >= min || !conn.state.mid_frame()) {
+                    if tail > 0 {
+                        conn.io.direct_len = conn.state.body_len();
+                    } else if let Some(Decoded::Assembled(b)) = decoded.last() {
                         conn.io.direct_len = b.len();
                     }
                 } else {

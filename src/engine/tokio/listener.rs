@@ -258,14 +258,15 @@ async fn tls_accept(
             Some(inner.make_conn(stream, permit, info, None))
         }
         Err(e) => {
+            // The reject first: whoever sees the failure counter move also sees the reject.
+            if let Some(reason) = e.reject_reason() {
+                shared.metrics.reject(reason);
+            }
             if let TransportError::Tls { .. } = e {
-                bm.tls_failures.inc();
                 shared
                     .metrics
                     .pq_handshake_result(backend, shared.pq_mode, false);
-            }
-            if let Some(reason) = e.reject_reason() {
-                shared.metrics.reject(reason);
+                bm.tls_failures.inc();
             }
             tracing::info!(
                 target: "ron_transport",

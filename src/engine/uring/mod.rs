@@ -472,9 +472,10 @@ pub(crate) fn admit_counted(
 /// Counts a failed TLS handshake (not a timeout): `tls_handshake_failures_total`,
 /// `rejected_total{reason="tls"}`, `pq_handshake_total{result="fail"}`.
 pub(crate) fn count_tls_failure(metrics: &TransportMetrics, bm: &BackendMetrics, pq: PqLabel) {
-    bm.tls_failures.inc();
+    // The failure counter last: whoever sees it move also sees the reject and the pq result.
     metrics.reject(RejectReason::Tls);
     metrics.pq_handshake_result(Backend::Tls, pq, false);
+    bm.tls_failures.inc();
 }
 
 /// Counts a handshake that ended before the connection opened, by why it ended: a deadline is
