@@ -8,9 +8,11 @@
 //!   and its frames are handed out in place (0 copies by the shard; rustls 0.23 makes one
 //!   internal copy, see [`crate::tls_pump`]). A record that spans buffers is assembled once in
 //!   the connection's buffer (1 copy), and the frames inside it are copied out once more.
-//! - send: plaintext frames are staged (1 copy, up to `chunk_bytes` per pass; a large body is
-//!   sealed straight from the caller's bytes instead) and sealed into the send buffer by the
-//!   pump (rustls 0.23: 2 internal copies), which the kernel reads directly.
+//! - send: small plaintext frames are staged (1 copy, up to `chunk_bytes` per pass) and
+//!   sealed into the send buffer by the pump (rustls 0.23: 1 internal copy into the record,
+//!   then in-place AEAD), which the kernel reads directly. Of a body of 16 KiB or more only the
+//!   part that fills the staged plaintext to a record boundary is staged (with the frame
+//!   header); whole records of the rest are sealed straight from the caller's bytes.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -240,16 +242,24 @@ impl TlsConn {
             while self.stage.len() < chunk {
                 let Some(seg) = out.front_mut() else { break };
                 let (hdr, body) = seg.parts();
-                if self.stage.is_empty() && hdr.is_empty() && body.len() >= chunk {
-                    // A large body: seal `chunk` bytes of it straight from the caller's bytes.
-                    direct = Some(0..chunk);
+                let large = body.len() >= MAX_RECORD;
+                if self.stage.is_empty() && hdr.is_empty() && large {
+                    // A large body: seal whole records of it straight from the caller's bytes
+                    // (its last partial record is staged with what follows).
+                    let n = body.len().min(chunk.max(MAX_RECORD)) / MAX_RECORD * MAX_RECORD;
+                    direct = Some(0..n);
                     break;
                 }
                 let room = chunk - self.stage.len();
                 let h = hdr.len().min(room);
                 self.stage.extend_from_slice(&hdr[..h]);
                 let b = if h == hdr.len() {
-                    let b = body.len().min(chunk - self.stage.len());
+                    let mut b = body.len().min(chunk - self.stage.len());
+                    if large {
+                        // Copy only enough of a large body to end the staged plaintext on a
+                        // record boundary; the next pass seals the rest in place.
+                        b = b.min((MAX_RECORD - self.stage.len() % MAX_RECORD) % MAX_RECORD);
+                    }
                     self.stage.extend_from_slice(&body[..b]);
                     b
                 } else {
@@ -259,6 +269,8 @@ impl TlsConn {
                 if seg.remaining() == 0 {
                     out.pop_front();
                     flight.frames += 1;
+                } else if large {
+                    break;
                 }
             }
             let sealed = if let Some(r) = direct {
