@@ -406,6 +406,8 @@ pub(crate) struct Shard {
     comps: Vec<Completion>,
     decoded: Vec<Decoded>,
     now: Instant,
+    /// Submit queued SQEs right after the current completion (see `run`).
+    flush_now: bool,
 }
 
 impl Shard {
@@ -447,6 +449,7 @@ impl Shard {
             comps: Vec::with_capacity(256),
             decoded: Vec::with_capacity(64),
             now: Instant::now(),
+            flush_now: false,
         })
     }
 
@@ -484,6 +487,13 @@ impl Shard {
             self.ring.complete(&mut comps);
             for c in comps.drain(..) {
                 self.dispatch(c);
+                if self.flush_now {
+                    // A TLS handshake step just cost this shard real CPU (key exchange,
+                    // signature): send its reply now rather than after the rest of the batch,
+                    // so its peer is not kept waiting behind other connections' handshakes.
+                    self.flush_now = false;
+                    let _ = self.ring.submit();
+                }
             }
             self.comps = comps;
             self.fire_timers();
@@ -1365,7 +1375,9 @@ impl Shard {
                 Chunk::Owned(b) => crate::tls_conn::RecvBuf::Shared(b),
                 Chunk::Direct { .. } => crate::tls_conn::RecvBuf::Shared(&[]),
             };
+            let handshaking = tls.pump.is_handshaking();
             let oc = tls.on_recv(&mut conn.state, now, input, &mut decoded);
+            self.flush_now |= handshaking;
             received = oc.plaintext;
             ShardStats::add(&st.tls_records_in_place, oc.records_in_place);
             if oc.assembled {
