@@ -283,3 +283,60 @@ fn ingress_rate_limit_paces_reading_and_the_echo_stays_whole() {
     assert_eq!(*closed.lock().unwrap(), vec![None]);
     server.shutdown(Duration::from_secs(5));
 }
+
+/// Read and idle deadlines on the shard-local path: a half-sent frame (slow loris) and a
+/// silent connection are closed with `timeout`, each counted once in
+/// `rejected_total{reason="timeout"}`; a frame completed in time and silence between frames
+/// are not timeouts. A large frame stalled inside a direct receive (the rest of its body
+/// going straight into its buffer) times out the same way.
+#[test]
+fn read_and_idle_timeouts_close_and_count() {
+    let metrics = TransportMetrics::new();
+    let mut cfg = Config::default();
+    cfg.read_timeout = Duration::from_millis(300);
+    cfg.idle_timeout = Duration::from_millis(1500);
+    let (server, closed, _) = start(cfg, metrics.clone());
+    let addr = server.local_addr();
+
+    // Frames with silence between them (shorter than idle) are fine.
+    let mut ok = connect(addr);
+    for i in 0..3 {
+        ok.write_all(&frame(100, i)).unwrap();
+        let mut back = vec![0u8; 104];
+        ok.read_exact(&mut back).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(metrics.rejected_count(RejectReason::Timeout), 0);
+
+    // Slow loris: half a header, then nothing.
+    let t0 = Instant::now();
+    let mut loris = connect(addr);
+    loris.write_all(&[0, 0]).unwrap();
+    assert!(closed_by_server(&mut loris));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(250),
+        "read timeout early: {took:?}"
+    );
+    // Stalled inside a large frame's body.
+    let mut big = connect(addr);
+    big.write_all(&frame(200_000, 7)[..60_000]).unwrap();
+    assert!(closed_by_server(&mut big));
+    eventually("two read timeouts", || {
+        metrics.rejected_count(RejectReason::Timeout) == 2
+    });
+
+    // Idle: the first connection, now silent, is closed by the idle deadline.
+    assert!(closed_by_server(&mut ok));
+    eventually("idle timeout counted", || {
+        metrics.rejected_count(RejectReason::Timeout) == 3
+    });
+    eventually("three handlers closed", || {
+        closed.lock().unwrap().len() == 3
+    });
+    assert!(closed.lock().unwrap().iter().all(|c| *c == Some("timeout")));
+    eventually("conn_inflight back to 0", || {
+        metrics.backend(Backend::Tcp).conn_inflight.get() == 0
+    });
+    server.shutdown(Duration::from_secs(5));
+}

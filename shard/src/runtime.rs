@@ -10,7 +10,22 @@
 //! place: a frame that arrived whole in one buffer is handed to the handler as a slice of that
 //! buffer and an echo sends straight from it (the buffer stays out of the ring until the send
 //! completes); only frames spanning buffers are assembled, once, into an exact-size buffer.
-//! An idle connection holds no receive buffer. Defaults: 128 buffers × 32 KiB per shard
+//! An idle connection holds no receive buffer.
+//!
+//! Large frames on plain TCP switch the connection to **direct receives**: once a ring
+//! receive leaves at least [`RuntimeConfig::direct_recv_min`] (16 KiB) of a frame missing, the
+//! multishot receive is cancelled and the rest of the frame is received with single-shot
+//! `RECV`s straight into the frame's own buffer; while frames stay large, each next receive
+//! goes into a fresh buffer with room for a few frames like the last (256 KiB), whose complete
+//! frames are handed out as slices of it and whose partial last frame keeps growing in it.
+//! The first small frame switches the connection back to the ring. Measured with
+//! `ron-perf run --scenarios stream` (8 connections echoing 64 KiB frames): consuming 32 KiB
+//! ring buffers cost three receive completions and one user-space assembly copy per frame, and
+//! the server's user-space share was 8.4 % `memmove`; with direct receives it is one or two
+//! completions, no user copy, and ron-shard plus libc are under 5 % of the server's CPU (the
+//! kernel's two copies are the rest). See docs/perf.md, "64 KiB stream on uring".
+//!
+//! Defaults: 128 buffers × 32 KiB per shard
 //! (4 MiB of ordinary memory; only the 2 KiB descriptor ring is pinned). On this 2-core box
 //! (`cargo run --release -p ron-shard --example echo_bench`, best of 3, 1 shard, 4 connections,
 //! tokio current-thread echo as baseline) the ring echo ran 1.30–1.35× tokio with 64 KiB frames
