@@ -358,7 +358,7 @@ pub fn take_buf(len: usize) -> BytesMut {
             let i = p
                 .bufs
                 .iter()
-                .position(|b| b.capacity() >= len && b.capacity() / 2 <= len)?;
+                .rposition(|b| b.capacity() >= len && b.capacity() / 2 <= len)?;
             let b = p.bufs.swap_remove(i);
             p.bytes -= b.capacity();
             Some(b)
