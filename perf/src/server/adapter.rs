@@ -94,7 +94,28 @@ pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> 
     })
 }
 
-/// The shard-runtime knobs both uring rows use: one shard per `--shards`, threads inheriting
+/// Serves with ron-transport's io_uring engine through the adapter traits (`uring-handles`):
+/// the same accept → recv → send loop as the tokio row, on a current-thread tokio runtime
+/// whose thread shares the server cores with the shards. This is what a consumer that plugs
+/// the uring engine in behind the `Engine` trait gets.
+pub fn serve_uring_handles(
+    opts: &ServeOpts,
+    ready: &dyn Fn(SocketAddr, &ServeOpts),
+) -> anyhow::Result<()> {
+    uring_available(opts.transport).map_err(|e| anyhow!(e))?;
+    let cfg = serve_config(opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let engine = EngineSetup::new(cfg, TransportMetrics::new())
+            .and_then(|s| s.build_uring_with(shard_runtime(opts)))
+            .map_err(|e| anyhow!("uring engine: {e}"))?;
+        serve_adapter(&engine, opts, ready).await
+    })
+}
+
+/// The shard-runtime knobs the uring rows use: one shard per `--shards`, threads inheriting
 /// the server-core affinity set by `serve` (the runtime's own pinning is off so `--cores`
 /// decides).
 fn shard_runtime(opts: &ServeOpts) -> ron_shard::RuntimeConfig {

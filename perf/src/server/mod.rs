@@ -7,6 +7,10 @@
 //!   (accept → recv → send), TCP and TLS. The baseline.
 //! - `uring`: ron-transport's io_uring engine through its shard-local serving API
 //!   (`engine::uring::serve_local`: handler on the owning shard, policy and metrics on), TCP.
+//! - `uring-handles`: ron-transport's io_uring engine through the adapter traits (the drop-in
+//!   path: `Send` handles reaching the owning shard through bounded queues and a doorbell),
+//!   driven by the same accept → recv → send loop as `tokio` on a current-thread tokio runtime
+//!   sharing the server cores with the shards, TCP and TLS. Not in the default engine list.
 //! - `uring-raw`: the bare `ron-shard` runtime with an admit-all hook and no metrics (TCP); not
 //!   ron-transport's engine, only the reference that shows what the engine's policy costs.
 //! - `monoio`, `tokio-uring`: plain TCP echo servers on those runtimes (feature `peers`).
@@ -29,6 +33,8 @@ pub enum EngineId {
     Tokio,
     /// ron-transport's io_uring engine (shard-local serving API).
     Uring,
+    /// ron-transport's io_uring engine through the adapter traits (drop-in path).
+    UringHandles,
     /// The bare ron-shard runtime, no policy or metrics (reference).
     UringRaw,
     /// monoio echo (peer).
@@ -80,9 +86,10 @@ pub enum Role {
 
 impl EngineId {
     /// Every engine, in table order.
-    pub const ALL: [EngineId; 6] = [
+    pub const ALL: [EngineId; 7] = [
         EngineId::Tokio,
         EngineId::Uring,
+        EngineId::UringHandles,
         EngineId::UringRaw,
         EngineId::Monoio,
         EngineId::TokioUring,
@@ -94,6 +101,7 @@ impl EngineId {
         match self {
             Self::Tokio => "tokio",
             Self::Uring => "uring",
+            Self::UringHandles => "uring-handles",
             Self::UringRaw => "uring-raw",
             Self::Monoio => "monoio",
             Self::TokioUring => "tokio-uring",
@@ -108,7 +116,8 @@ impl EngineId {
             .find(|e| e.name() == s)
             .ok_or_else(|| {
                 anyhow!(
-                    "unknown engine {s:?} (tokio|uring|uring-raw|monoio|tokio-uring|bare-uring)"
+                    "unknown engine {s:?} \
+                     (tokio|uring|uring-handles|uring-raw|monoio|tokio-uring|bare-uring)"
                 )
             })
     }
@@ -116,7 +125,7 @@ impl EngineId {
     /// Its role in the comparison.
     pub fn role(self) -> Role {
         match self {
-            Self::Tokio | Self::Uring => Role::Engine,
+            Self::Tokio | Self::Uring | Self::UringHandles => Role::Engine,
             Self::Monoio | Self::TokioUring => Role::Peer,
             Self::BareUring | Self::UringRaw => Role::Floor,
         }
@@ -125,7 +134,7 @@ impl EngineId {
     /// Whether it speaks `t`.
     pub fn supports(self, t: Transport) -> bool {
         match self {
-            Self::Tokio | Self::Uring => true,
+            Self::Tokio | Self::Uring | Self::UringHandles => true,
             Self::UringRaw | Self::Monoio | Self::TokioUring | Self::BareUring => {
                 t == Transport::Tcp
             }
@@ -136,7 +145,7 @@ impl EngineId {
     pub fn available(self, t: Transport) -> Result<(), String> {
         match self {
             Self::Tokio => adapter::tokio_available(),
-            Self::Uring => adapter::uring_available(t),
+            Self::Uring | Self::UringHandles => adapter::uring_available(t),
             Self::Monoio | Self::TokioUring => {
                 if cfg!(feature = "peers") {
                     Ok(())
@@ -261,6 +270,7 @@ fn dispatch(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow:
     match opts.engine {
         EngineId::Tokio => adapter::serve_tokio(opts, ready),
         EngineId::Uring => adapter::serve_uring(opts, ready),
+        EngineId::UringHandles => adapter::serve_uring_handles(opts, ready),
         EngineId::UringRaw => adapter::serve_uring_raw(opts, ready),
         #[cfg(feature = "peers")]
         EngineId::Monoio => peers::serve_monoio(opts, ready),
