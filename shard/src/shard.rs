@@ -318,6 +318,20 @@ struct Conn {
     opener: Option<Opener>,
 }
 
+impl Conn {
+    /// The peer finished sending: a graceful close, or an abortive one inside a frame.
+    fn mark_eof(&mut self) {
+        self.io.eof = true;
+        if self.io.close.is_none() {
+            self.io.close = Some(if self.state.mid_frame() {
+                (CloseReason::PeerClosedMidFrame, false)
+            } else {
+                (CloseReason::PeerClosed, true)
+            });
+        }
+    }
+}
+
 /// Builds a connection's handler (at once for TCP, after the handshake for TLS).
 enum Opener {
     Accept {
@@ -1241,15 +1255,7 @@ impl Shard {
                 let b = self.conns[idx].io.deferred.split().freeze();
                 self.deliver(idx, Chunk::Owned(b));
             }
-            let conn = &mut self.conns[idx];
-            conn.io.eof = true;
-            if conn.io.close.is_none() {
-                conn.io.close = Some(if conn.state.mid_frame() {
-                    (CloseReason::PeerClosedMidFrame, false)
-                } else {
-                    (CloseReason::PeerClosed, true)
-                });
-            }
+            self.conns[idx].mark_eof();
         } else {
             match -c.result {
                 libc::ENOBUFS => {
@@ -1333,15 +1339,7 @@ impl Shard {
             ShardStats::add(&st.recv_direct, 1);
             self.deliver(idx, Chunk::Direct { received: n, res });
         } else if result == 0 {
-            let conn = &mut self.conns[idx];
-            conn.io.eof = true;
-            if conn.io.close.is_none() {
-                conn.io.close = Some(if conn.state.mid_frame() {
-                    (CloseReason::PeerClosedMidFrame, false)
-                } else {
-                    (CloseReason::PeerClosed, true)
-                });
-            }
+            self.conns[idx].mark_eof();
         } else if result != -libc::ECANCELED {
             let conn = &mut self.conns[idx];
             if conn.io.close.is_none() {
