@@ -415,6 +415,8 @@ pub fn encode(payload: &[u8]) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::test_runner::TestCaseError;
+    use proptest::{prop_assert, prop_assert_eq};
 
     fn frames(d: &mut FrameDecoder, chunk: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
         let mut v = Vec::new();
@@ -729,5 +731,107 @@ mod tests {
         direct(&mut d, &wire[40_000..], usize::MAX, &mut out);
         assert_eq!(&out[1][..], &b[..]);
         assert_eq!(out[1].as_ptr(), base.wrapping_add(2 * HEADER_LEN + a.len()));
+    }
+    /// Drives a decoder the way the shard does, mixing ring chunks, direct body receives and
+    /// fresh owned buffers at random sizes, and checks every frame comes out whole, in order.
+    fn drive_mixed(lens: &[usize], seed: u64) -> Result<(), TestCaseError> {
+        const MIN: usize = 16 * 1024;
+        let mut rng = seed | 1;
+        let mut next = |bound: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % bound.max(1) as u64) as usize
+        };
+        let mut wire = Vec::new();
+        let mut expect = Vec::new();
+        for (i, &n) in lens.iter().enumerate() {
+            let p: Vec<u8> = (0..n).map(|j| (i * 7 + j) as u8).collect();
+            wire.extend_from_slice(&encode(&p).unwrap());
+            expect.push(p);
+        }
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut pos = 0;
+        let mut direct = false;
+        let mut last_len = 0usize;
+        while pos < wire.len() {
+            if !direct {
+                let k = (1 + next(32 * 1024)).min(wire.len() - pos);
+                let chunk = &wire[pos..pos + k];
+                pos += k;
+                d.decode(chunk, |f| match f {
+                    Decoded::InPlace { start, len } => got.push(chunk[start..start + len].to_vec()),
+                    Decoded::Assembled(b) => got.push(b.to_vec()),
+                })
+                .unwrap();
+                if d.missing() >= MIN {
+                    direct = true;
+                    last_len = d.body_len();
+                }
+            } else if let Some((mut buf, missing)) = d.take_body() {
+                prop_assert!(buf.capacity() - buf.len() >= missing);
+                let k = (1 + next(missing)).min(wire.len() - pos);
+                buf.extend_from_slice(&wire[pos..pos + k]);
+                pos += k;
+                d.put_body(buf, |f| match f {
+                    Decoded::Assembled(b) => got.push(b.to_vec()),
+                    Decoded::InPlace { .. } => panic!("lent bodies complete as owned frames"),
+                });
+            } else if d.mid_frame() {
+                // A partial header: the shard goes back to the ring.
+                direct = false;
+            } else {
+                let one = HEADER_LEN + last_len;
+                let cap = one * (1 + next(3));
+                let mut buf = BytesMut::with_capacity(cap);
+                let k = (1 + next(cap)).min(wire.len() - pos);
+                buf.extend_from_slice(&wire[pos..pos + k]);
+                pos += k;
+                let mut frames = Vec::new();
+                d.decode_owned(buf, |f| match f {
+                    Decoded::Assembled(b) => frames.push(b.to_vec()),
+                    Decoded::InPlace { .. } => panic!("owned input yields owned frames"),
+                })
+                .unwrap();
+                let all_large = frames.iter().all(|f| f.len() >= MIN);
+                if all_large && (d.missing() >= MIN || !d.mid_frame()) {
+                    if d.missing() > 0 {
+                        last_len = d.body_len();
+                    } else if let Some(f) = frames.last() {
+                        last_len = f.len();
+                    }
+                } else {
+                    direct = false;
+                }
+                got.extend(frames);
+            }
+        }
+        prop_assert!(!d.mid_frame());
+        prop_assert_eq!(got.len(), expect.len());
+        for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+            prop_assert!(
+                g == e,
+                "frame {} differs ({} vs {} bytes)",
+                i,
+                g.len(),
+                e.len()
+            );
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn ring_direct_and_owned_receives_mixed_yield_the_same_frames(
+            lens in proptest::collection::vec(
+                proptest::prop_oneof![0usize..64, 16_384usize..92_160, 92_160usize..307_200],
+                1..24,
+            ),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            drive_mixed(&lens, seed)?;
+        }
     }
 }
