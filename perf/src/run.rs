@@ -311,6 +311,16 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
         join(&o.server_cores),
         join(&o.client_cores),
     ));
+    let overrides: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("RON_TRANSPORT_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !overrides.is_empty() {
+        progress(&format!(
+            "ron-transport engines configured from the environment: {}",
+            overrides.join(" ")
+        ));
+    }
     let limits = measure_limits(o.server_cores.first().copied(), Duration::from_millis(700));
 
     let ss = tlsutil::SelfSigned::generate()?;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use ron_transport::config::{Backend, Config, ValidConfig};
+use ron_transport::config::{Backend, Config, ConfigLoader, ValidConfig};
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::uring::local::Frame;
 use ron_transport::engine::uring::{serve_local, LocalCtx, LocalHandler};
@@ -57,11 +57,18 @@ pub fn uring_available(t: Transport) -> Result<(), String> {
     }
 }
 
-/// The engine configuration the rig serves with: the library defaults, except caps and
-/// timeouts opened wide enough for the idle scenario (10,000 connections held for minutes);
-/// TLS from the PEM files through the library's own loader (0600 check included).
+/// The engine configuration the rig serves with: the library defaults overlaid by any
+/// `RON_TRANSPORT_*` variables in the environment (the library's own loader, so e.g.
+/// `RON_TRANSPORT_CHUNK_BYTES=256KiB ron-perf run` measures every ron-transport engine with
+/// that setting), except caps and timeouts opened wide enough for the idle scenario (10,000
+/// connections held for minutes); TLS from the PEM files through the library's own loader
+/// (0600 check included).
 pub fn serve_config(opts: &ServeOpts) -> anyhow::Result<ValidConfig> {
-    let mut c = Config::default();
+    let mut c: Config = ConfigLoader::new()
+        .from_process_env()
+        .merge()
+        .map_err(|e| anyhow!("config from the environment: {e}"))?
+        .config;
     c.bind_addr = Some(opts.listen);
     c.max_conns = 1_000_000;
     c.idle_timeout = Duration::from_secs(3600);
