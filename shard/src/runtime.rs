@@ -18,7 +18,9 @@
 //! `RECV`s straight into the frame's own buffer; while frames stay large, each next receive
 //! goes into a fresh buffer with room for a few frames like the last (256 KiB), whose complete
 //! frames are handed out as slices of it and whose partial last frame keeps growing in it.
-//! The first small frame switches the connection back to the ring. Measured with
+//! The first small frame switches the connection back to the ring, and so does silence: a
+//! fresh buffer still waiting after 10 ms is cancelled and freed, so a quiet connection holds
+//! no receive memory whichever mode it was in. Measured with
 //! `ron-perf run --scenarios stream` (8 connections echoing 64 KiB frames): consuming 32 KiB
 //! ring buffers cost three receive completions and one user-space assembly copy per frame, and
 //! the server's user-space share was 8.4 % `memmove`; with direct receives it is one or two

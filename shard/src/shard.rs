@@ -230,6 +230,8 @@ enum TimerKey {
     Listener(usize, u32),
     Wake(usize, u32),
     Resume(usize, u32),
+    /// A fresh direct receive armed with this sequence number may be waiting on an idle peer.
+    DirectIdle(usize, u32, u32),
 }
 
 /// Received bytes handed to [`Shard::deliver`]: a provided buffer (frames in place) or bytes
@@ -248,6 +250,10 @@ enum Chunk {
 /// A fresh direct-receive buffer has room for as many frames like the last as fit in this
 /// (at least one).
 const DIRECT_BATCH_BYTES: usize = 256 * 1024;
+
+/// A fresh direct receive still waiting after this long is cancelled (its buffer freed) and
+/// the connection returns to the provided-buffer ring.
+const DIRECT_IDLE: Duration = Duration::from_millis(10);
 
 /// What a connection's receive in flight reads into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +299,8 @@ pub(crate) struct ConnIo {
     direct: bool,
     /// Payload length of the last large frame (sizes the next fresh direct buffer).
     direct_len: usize,
+    /// Counts fresh direct receives armed (matches a `DirectIdle` timer to its receive).
+    fresh_seq: u32,
     /// Reading is paused because queued output reached the high-water mark.
     out_paused: bool,
     starved: bool,
@@ -842,6 +850,7 @@ impl Shard {
                 recv_kind: RecvKind::Ring,
                 direct: false,
                 direct_len: 0,
+                fresh_seq: 0,
                 out_paused: false,
                 starved: false,
                 send_op: None,
@@ -1021,6 +1030,14 @@ impl Shard {
                     let one = frame::HEADER_LEN + conn.io.direct_len;
                     let want = one * (DIRECT_BATCH_BYTES / one).max(1);
                     conn.io.recv_kind = RecvKind::Fresh;
+                    // A peer that stops sending must not pin this buffer: if nothing arrives
+                    // within DIRECT_IDLE the receive is cancelled and the connection goes
+                    // back to the ring (which holds no memory while idle).
+                    conn.io.fresh_seq = conn.io.fresh_seq.wrapping_add(1);
+                    self.timers.push(Reverse((
+                        self.now + DIRECT_IDLE,
+                        TimerKey::DirectIdle(idx, key_tag_gen, conn.io.fresh_seq),
+                    )));
                     self.ring.recv_into(&fd, frame::take_buf(want), want, t)
                 };
                 match armed {
@@ -1734,6 +1751,24 @@ impl Shard {
                         self.call(idx, |h, ctx| h.on_wake(ctx, bits));
                     }
                     self.service(idx);
+                }
+                TimerKey::DirectIdle(idx, gen, seq) => {
+                    let Some(conn) = self.conns.get_mut(idx) else {
+                        continue;
+                    };
+                    if conn.gen != gen
+                        || conn.io.fresh_seq != seq
+                        || conn.io.recv_kind != RecvKind::Fresh
+                        || conn.io.recv_cancelled
+                    {
+                        continue;
+                    }
+                    if let Some(op) = conn.io.recv_op {
+                        conn.io.direct = false;
+                        conn.io.recv_cancelled = true;
+                        ShardStats::add(&self.shared.stats.recv_direct_idle, 1);
+                        let _ = self.ring.cancel(op);
+                    }
                 }
                 TimerKey::Resume(idx, gen) => {
                     if self.conns.get(idx).is_some_and(|c| c.gen == gen) {

@@ -87,6 +87,9 @@ stats! {
     recv_direct,
     /// Connections switched from the provided-buffer ring to direct receives.
     recv_direct_switches,
+    /// Fresh direct receives cancelled because the peer went quiet (the connection went back
+    /// to the ring, freeing the buffer).
+    recv_direct_idle,
     /// Sends submitted as zero-copy (SENDMSG_ZC).
     sends_zc,
     /// Send submissions (each may carry several coalesced frames).

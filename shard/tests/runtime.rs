@@ -385,3 +385,31 @@ fn random_mix_of_frame_sizes_and_write_splits_echoes_exactly() {
     assert_eq!(s.frames_in, 200);
     assert!(s.recv_direct > 0 && s.recv_direct_switches > 0, "{s:?}");
 }
+
+/// A connection that streamed large frames and then went quiet gives its fresh direct
+/// buffer back (the receive is cancelled and the ring, which holds no memory while idle,
+/// takes over); the next large frame switches it to direct receives again.
+#[test]
+fn quiet_direct_connection_returns_to_the_ring() {
+    let Some(rt) = runtime(1) else { return };
+    let hooks = Arc::new(EchoHooks::default());
+    let addr = listen(&rt, hooks, ConnOptions::default());
+    let mut c = connect(addr);
+    let p = vec![4u8; 100_000];
+    c.write_all(&framed(&p)).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), p);
+    assert_eq!(total(&rt).recv_direct_switches, 1);
+    eventually("idle direct receive cancelled", || {
+        total(&rt).recv_direct_idle == 1
+    });
+    // Quiet for much longer than the idle window: nothing more is cancelled or re-armed.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(total(&rt).recv_direct_idle, 1);
+    c.write_all(&framed(&p)).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), p);
+    write_frame(&mut c, b"small");
+    assert_eq!(read_frame(&mut c).unwrap(), b"small");
+    let s = total(&rt);
+    assert_eq!(s.recv_direct_switches, 2, "{s:?}");
+    assert_eq!(s.frames_in, 3);
+}
