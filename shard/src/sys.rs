@@ -320,11 +320,10 @@ impl Ring {
 
     /// Registers `bufs` as provided-buffer group `bufs.bgid()`. The ring keeps it alive.
     pub fn register_buf_ring(&mut self, bufs: Rc<BufRing>) -> io::Result<()> {
-        // SAFETY: the ring memory is `bufs.entries` page-aligned `io_uring_buf` entries allocated
-        // by `BufRing::new` and freed only in `BufRing::drop`. `self.bufs` keeps an `Rc` to it for
-        // as long as this ring lives, and `Ring::drop` unregisters the group (or leaks the
-        // `BufRing` if the kernel still has ops in flight), so the memory outlives the
-        // registration.
+        // SAFETY: `bufs.ring` is `bufs.entries` page-aligned `io_uring_buf`s from `BufRing::new`,
+        // freed only in `BufRing::drop`; `self.bufs` holds an `Rc` while the ring lives and
+        // `Ring::drop` unregisters the group (or leaks the `BufRing` if ops are still in
+        // flight), so the memory outlives the registration.
         unsafe {
             self.uring.submitter().register_buf_ring_with_flags(
                 bufs.ring as u64,
@@ -839,12 +838,10 @@ impl RingSlice {
             return None;
         }
         let base = usize::from(self.bid) * self.ring.buf_size as usize + self.off;
-        // SAFETY: the range lies inside buffer `bid` of the live allocation (as in `as_slice`).
-        // The buffer is held (so not in the kernel's ring: the kernel does not write to it) and
-        // this slice is its only hold (checked above), so no other `RingSlice` — and hence no
-        // other reference — covers these bytes; `&mut self` keeps this slice's own `as_slice`
-        // borrows out for the lifetime of the returned reference, and `sub`/`clone` (which
-        // would add a hold) also need a borrow of `self`.
+        // SAFETY: the range is inside buffer `bid` of the live allocation (as in `as_slice`); the
+        // buffer is held (not in the kernel's ring, so the kernel does not write it) and this is
+        // its only hold (checked above), so no other reference covers these bytes; `&mut self`
+        // excludes this slice's own `as_slice`, `sub` and `clone` while the result lives.
         Some(unsafe { std::slice::from_raw_parts_mut(self.ring.mem.add(base), self.len) })
     }
 

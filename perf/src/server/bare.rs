@@ -202,11 +202,10 @@ unsafe fn queue_recv(ring: &mut Ring, conns: &mut slab::Slab<Conn>, key: usize) 
     )
     .build()
     .user_data(user_data(key, KIND_RECV));
-    // SAFETY: the receive writes into `c.buf[filled..]`, heap memory owned by the slab entry.
-    // The entry (and so the Vec's heap block, which does not move when the slab grows) is only
-    // removed, and the Vec only resized, in the completion handler of this connection's single
-    // in-flight operation, i.e. after this receive has completed. The process exits rather than
-    // unwinding past in-flight operations (`serve`).
+    // SAFETY: the receive writes `c.buf[filled..]`, a heap block owned by the slab entry (it does
+    // not move when the slab grows); the entry is removed and the Vec resized only in this
+    // connection's completion handler, after its single in-flight op completed, and the process
+    // exits rather than unwinding past in-flight operations (`serve`).
     unsafe { ring.push(&e) }
 }
 
