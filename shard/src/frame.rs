@@ -191,14 +191,17 @@ impl FrameDecoder {
                 d => out(d),
             });
         }
-        // Walk the complete frames (ceiling checked on every header before going on).
+        // Walk the complete frames (ceiling checked on every header before going on; frames
+        // before an oversized header are still handed out, as `decode` does).
         let mut off = 0;
         let mut tail_len = None;
+        let mut too_large = None;
         while buf.len() - off >= HEADER_LEN {
             let h = &buf[off..off + HEADER_LEN];
             let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
             if len > self.max {
-                return Err(FrameError::TooLarge { len, max: self.max });
+                too_large = Some(FrameError::TooLarge { len, max: self.max });
+                break;
             }
             let total = HEADER_LEN + len as usize;
             if buf.len() - off < total {
@@ -223,6 +226,9 @@ impl FrameDecoder {
                 ));
                 p += HEADER_LEN + len;
             }
+        }
+        if let Some(e) = too_large {
+            return Err(e);
         }
         match tail_len {
             Some(len) if buf.capacity() >= HEADER_LEN + len => {
@@ -833,5 +839,38 @@ mod tests {
         ) {
             drive_mixed(&lens, seed)?;
         }
+    }
+    #[test]
+    fn owned_buffer_hands_out_frames_before_an_oversized_header() {
+        let mut wire = encode(b"first").unwrap().to_vec();
+        wire.extend_from_slice(&encode(b"second").unwrap());
+        wire.extend_from_slice(&1000u32.to_be_bytes());
+        wire.extend_from_slice(&[0; 10]);
+        let mut d = FrameDecoder::new(100);
+        let mut got = Vec::new();
+        let err = d
+            .decode_owned(BytesMut::from(&wire[..]), |f| match f {
+                Decoded::Assembled(b) => got.push(b.to_vec()),
+                Decoded::InPlace { .. } => panic!("owned input yields owned frames"),
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                len: 1000,
+                max: 100
+            }
+        );
+        assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+        // The same bytes through the ring path: the same frames, the same error.
+        let mut d = FrameDecoder::new(100);
+        let mut ring = Vec::new();
+        let e2 = d
+            .decode(&wire, |f| match f {
+                Decoded::InPlace { start, len } => ring.push(wire[start..start + len].to_vec()),
+                Decoded::Assembled(b) => ring.push(b.to_vec()),
+            })
+            .unwrap_err();
+        assert_eq!((ring, e2), (got, err));
     }
 }
