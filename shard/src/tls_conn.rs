@@ -9,8 +9,9 @@
 //!   internal copy, see [`crate::tls_pump`]). A record that spans buffers is assembled once in
 //!   the connection's buffer (1 copy), and the frames inside it are copied out once more.
 //! - send: small plaintext frames are staged (1 copy, up to `chunk_bytes` per pass) and
-//!   sealed into the send buffer by the pump (rustls 0.23: 1 internal copy into the record,
-//!   then in-place AEAD), which the kernel reads directly. Of a body of 16 KiB or more only the
+//!   sealed into the send buffer by the pump (rustls 0.23's unbuffered `encrypt`: 2 internal
+//!   copies, into its own record buffer, sealed in place, then into ours), which the kernel
+//!   reads directly. Of a body of 16 KiB or more only the
 //!   part that fills the staged plaintext to a record boundary is staged (with the frame
 //!   header); whole records of the rest are sealed straight from the caller's bytes.
 #![forbid(unsafe_code)]
