@@ -60,43 +60,7 @@ enum Cmd {
         cores: String,
     },
     /// Load client against a running echo server.
-    Load {
-        #[arg(long)]
-        target: SocketAddr,
-        #[arg(long, default_value = "tcp")]
-        transport: String,
-        #[arg(long, default_value_t = 64)]
-        conns: usize,
-        #[arg(long, default_value_t = 1024)]
-        payload: usize,
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        duration: Duration,
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Frames in flight per connection.
-        #[arg(long, default_value_t = 1)]
-        depth: usize,
-        /// Fixed offered rate over all connections (frames/s).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// CA certificate PEM for TLS.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// `echo` (closed loop) or `stream` (64 KiB frames, 4 in flight, unless overridden).
-        #[arg(long, default_value = "echo")]
-        mode: String,
-        #[arg(long, default_value = "1")]
-        client_cores: String,
-        /// Server pid, to report its CPU per frame.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Engine label for the JSON row.
-        #[arg(long, default_value = "external")]
-        engine_label: String,
-        /// Write a report with this row.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Load(LoadArgs),
     /// The suite: servers and clients started here, one engine after another.
     Run(RunArgs),
     /// Regression gates (spec/PERFORMANCE.md §5): median of the reports vs a baseline.
@@ -230,37 +194,7 @@ fn main() {
                 cores: parse_cores(&cores)?,
             })
         })(),
-        Some(Cmd::Load {
-            target,
-            transport,
-            conns,
-            payload,
-            duration,
-            warmup,
-            depth,
-            rate,
-            ca,
-            mode,
-            client_cores,
-            server_pid,
-            engine_label,
-            json,
-        }) => cmd_load(LoadArgs {
-            target,
-            transport,
-            conns,
-            payload,
-            duration,
-            warmup,
-            depth,
-            rate,
-            ca,
-            mode,
-            client_cores,
-            server_pid,
-            engine_label,
-            json,
-        }),
+        Some(Cmd::Load(a)) => cmd_load(a),
         Some(Cmd::Run(a)) => cmd_run(a),
         Some(Cmd::Check {
             baseline,
@@ -283,20 +217,43 @@ fn main() {
     }
 }
 
+/// Arguments of `ron-perf load`.
+#[derive(Debug, clap::Args)]
 struct LoadArgs {
+    #[arg(long)]
     target: SocketAddr,
+    #[arg(long, default_value = "tcp")]
     transport: String,
+    #[arg(long, default_value_t = 64)]
     conns: usize,
+    #[arg(long, default_value_t = 1024)]
     payload: usize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Frames in flight per connection.
+    #[arg(long, default_value_t = 1)]
     depth: usize,
+    /// Fixed offered rate over all connections (frames/s).
+    #[arg(long)]
     rate: Option<f64>,
+    /// CA certificate PEM for TLS.
+    #[arg(long)]
     ca: Option<PathBuf>,
+    /// `echo` (closed loop) or `stream` (64 KiB frames, 4 in flight, unless overridden).
+    #[arg(long, default_value = "echo")]
     mode: String,
+    #[arg(long, default_value = "1")]
     client_cores: String,
+    /// Server pid, to report its CPU per frame.
+    #[arg(long)]
     server_pid: Option<u32>,
+    /// Engine label for the JSON row.
+    #[arg(long, default_value = "external")]
     engine_label: String,
+    /// Write a report with this row.
+    #[arg(long)]
     json: Option<PathBuf>,
 }
 
