@@ -514,20 +514,7 @@ where
     F: Fn(&ConnInfo) -> H + Send + Sync + 'static,
 {
     let cfg = shared.config();
-    let tls = if shared.backend == Backend::Tls {
-        match &shared.tls_server {
-            Some(c) => Some(c.clone()),
-            None => {
-                return Err(TransportError::Unsupported {
-                    what: "tls listener without a server config (set tls.enabled with \
-                           cert/key, or inject one with EngineSetup::with_tls_server)"
-                        .into(),
-                })
-            }
-        }
-    } else {
-        None
-    };
+    let tls = super::listener_tls(shared.backend == Backend::Tls, shared.tls_server.as_ref())?;
     let chunk = usize::try_from(cfg.chunk_bytes).unwrap_or(64 * 1024);
     let rt = Runtime::start(RuntimeConfig {
         chunk_bytes: chunk.max(1),

@@ -306,20 +306,7 @@ impl Engine for UringEngine {
     ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send {
         let inner = self.inner.clone();
         async move {
-            let server_tls = if inner.is_tls() {
-                match &inner.tls.server {
-                    Some(c) => Some(c.clone()),
-                    None => {
-                        return Err(TransportError::Unsupported {
-                            what: "tls listener without a server config (set tls.enabled with \
-                                   cert/key, or inject one with EngineSetup::with_tls_server)"
-                                .into(),
-                        })
-                    }
-                }
-            } else {
-                None
-            };
+            let server_tls = listener_tls(inner.is_tls(), inner.tls.server.as_ref())?;
             let l = ron_shard::bind(addr)?;
             let local = l.local_addr()?;
             let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
@@ -1027,6 +1014,23 @@ impl Conn for UringConn {
 
     fn cancel(&self) {
         self.handle.cancel();
+    }
+}
+
+/// The server config a listener needs: `None` for plain TCP; for TLS the configured one, or
+/// an `Unsupported` error saying how to provide it.
+pub(crate) fn listener_tls(
+    tls: bool,
+    server: Option<&Arc<rustls::ServerConfig>>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TransportError> {
+    match (tls, server) {
+        (false, _) => Ok(None),
+        (true, Some(c)) => Ok(Some(c.clone())),
+        (true, None) => Err(TransportError::Unsupported {
+            what: "tls listener without a server config (set tls.enabled with cert/key, or \
+                   inject one with EngineSetup::with_tls_server)"
+                .into(),
+        }),
     }
 }
 
