@@ -267,26 +267,34 @@ fn hybrid_with_classical_peer_falls_back_to_x25519() {
     });
 }
 
+/// Two connections from `client` to `server` with classical key exchange: the first is a full
+/// handshake on both ends, the second a resumption on both ends (the client's session store
+/// holds the ticket the server sent).
+async fn resumes<S: Engine, C: Engine>(server: Side<S>, client: Side<C>) {
+    let (cli, srv) = pair(&server, &client).await;
+    assert!(!cli.resumed && !srv.resumed);
+    let (cli, srv) = pair(&server, &client).await;
+    assert!(
+        cli.resumed && srv.resumed,
+        "{:?} client resumed: {}, {:?} server resumed: {}",
+        client.engine.kind(),
+        cli.resumed,
+        server.engine.kind(),
+        srv.resumed
+    );
+}
+
+/// (server config, client config) for classical key exchange.
+fn classical(p: &Pki) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    (server_cfg(p, PqMode::Off), client_cfg(p, PqMode::Off))
+}
+
 #[test]
 fn uring_client_resumes_against_tokio_server() {
     util::run_multi_thread(async {
         let p = pki();
-        let server = tokio_side(
-            PqMode::Off,
-            server_cfg(&p, PqMode::Off),
-            client_cfg(&p, PqMode::Off),
-        );
-        let client = uring(
-            PqMode::Off,
-            server_cfg(&p, PqMode::Off),
-            client_cfg(&p, PqMode::Off),
-        );
-        let (first, _) = pair(&server, &client).await;
-        assert!(!first.resumed);
-        // Same engine, same client config (its session store holds the ticket).
-        let (second, second_srv) = pair(&server, &client).await;
-        assert!(second.resumed, "uring client resumed the session");
-        assert!(second_srv.resumed, "tokio server saw a resumption");
+        let ((s1, c1), (s2, c2)) = (classical(&p), classical(&p));
+        resumes(tokio_side(PqMode::Off, s1, c1), uring(PqMode::Off, s2, c2)).await;
     });
 }
 
@@ -294,21 +302,8 @@ fn uring_client_resumes_against_tokio_server() {
 fn uring_server_resumes_tokio_client() {
     util::run_multi_thread(async {
         let p = pki();
-        let server = uring(
-            PqMode::Off,
-            server_cfg(&p, PqMode::Off),
-            client_cfg(&p, PqMode::Off),
-        );
-        let client = tokio_side(
-            PqMode::Off,
-            server_cfg(&p, PqMode::Off),
-            client_cfg(&p, PqMode::Off),
-        );
-        let (_, first) = pair(&server, &client).await;
-        assert!(!first.resumed);
-        let (second_cli, second) = pair(&server, &client).await;
-        assert!(second.resumed, "uring server resumed the session");
-        assert!(second_cli.resumed, "tokio client saw a resumption");
+        let ((s1, c1), (s2, c2)) = (classical(&p), classical(&p));
+        resumes(uring(PqMode::Off, s1, c1), tokio_side(PqMode::Off, s2, c2)).await;
     });
 }
 
@@ -316,25 +311,8 @@ fn uring_server_resumes_tokio_client() {
 fn uring_to_uring_resumes() {
     util::run_multi_thread(async {
         let p = pki();
-        let server = uring(
-            PqMode::Off,
-            server_cfg(&p, PqMode::Off),
-            client_cfg(&p, PqMode::Off),
-        );
-        let client = uring(
-            PqMode::Off,
-            server_cfg(&p, PqMode::Off),
-            client_cfg(&p, PqMode::Off),
-        );
-        let (a, b) = pair(&server, &client).await;
-        assert!(!a.resumed && !b.resumed);
-        let (a, b) = pair(&server, &client).await;
-        assert!(
-            a.resumed && b.resumed,
-            "client {} server {}",
-            a.resumed,
-            b.resumed
-        );
+        let ((s1, c1), (s2, c2)) = (classical(&p), classical(&p));
+        resumes(uring(PqMode::Off, s1, c1), uring(PqMode::Off, s2, c2)).await;
     });
 }
 
