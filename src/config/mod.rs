@@ -300,25 +300,40 @@ impl Config {
         ConfigLoader::new().json_str(text).merge().map(|m| m.config)
     }
 
+    /// Every key's value converted by `conv`, as `(section, field, value)` in key order
+    /// (`section` is `None` for top-level keys): the common walk of the document writers.
+    fn sections<V>(
+        &self,
+        conv: impl Fn(keys::Value) -> V,
+    ) -> Vec<(Option<&'static str>, &'static str, V)> {
+        Key::ALL
+            .into_iter()
+            .map(|key| {
+                let value = conv(keys::Value::get(self, key));
+                match key.dotted().split_once('.') {
+                    None => (None, key.dotted(), value),
+                    Some((section, field)) => (Some(section), field, value),
+                }
+            })
+            .collect()
+    }
+
     /// A complete, bare TOML document with every key (sizes and durations with units, unset
     /// options as `""`); [`Config::from_toml_str`] reads it back to an equal `Config`.
     pub fn to_toml_string(&self) -> String {
         let mut root = toml::Table::new();
-        for key in Key::ALL {
-            let value = keys::Value::get(self, key).to_toml();
-            match key.dotted().split_once('.') {
-                None => {
-                    root.insert(key.dotted().to_owned(), value);
-                }
-                Some((section, field)) => {
-                    let entry = root
-                        .entry(section.to_owned())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                    if let toml::Value::Table(t) = entry {
-                        t.insert(field.to_owned(), value);
-                    }
-                }
-            }
+        for (section, field, value) in self.sections(|v| v.to_toml()) {
+            let table = match section {
+                None => &mut root,
+                Some(s) => match root
+                    .entry(s.to_owned())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                {
+                    toml::Value::Table(t) => t,
+                    _ => continue,
+                },
+            };
+            table.insert(field.to_owned(), value);
         }
         // A table of strings, integers, booleans and homogeneous arrays always serializes.
         toml::to_string(&root).expect("config tables serialize to TOML")
@@ -327,21 +342,18 @@ impl Config {
     /// A complete, bare JSON document with every key; [`Config::from_json_str`] reads it back.
     pub fn to_json_string(&self) -> String {
         let mut root = serde_json::Map::new();
-        for key in Key::ALL {
-            let value = keys::Value::get(self, key).to_json();
-            match key.dotted().split_once('.') {
-                None => {
-                    root.insert(key.dotted().to_owned(), value);
-                }
-                Some((section, field)) => {
-                    let entry = root
-                        .entry(section.to_owned())
-                        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-                    if let serde_json::Value::Object(t) = entry {
-                        t.insert(field.to_owned(), value);
-                    }
-                }
-            }
+        for (section, field, value) in self.sections(|v| v.to_json()) {
+            let map = match section {
+                None => &mut root,
+                Some(s) => match root
+                    .entry(s.to_owned())
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()))
+                {
+                    serde_json::Value::Object(m) => m,
+                    _ => continue,
+                },
+            };
+            map.insert(field.to_owned(), value);
         }
         serde_json::Value::Object(root).to_string()
     }
