@@ -557,22 +557,9 @@ where
         match self.tx.try_send(handle) {
             Ok(()) => handler,
             // Accept queue full (or consumer gone): refuse this connection.
-            Err(_) => Box::new(Refuse),
+            Err(_) => Box::new(crate::handler::Refuse),
         }
     }
-}
-
-/// A handler that aborts its connection as soon as it opens.
-struct Refuse;
-
-impl ConnHandler for Refuse {
-    fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
-        ctx.abort();
-    }
-    fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, _frame: Frame<'_>) {
-        ctx.abort();
-    }
-    fn on_close(&mut self, _reason: &CloseReason) {}
 }
 
 struct HandleDial {
@@ -585,7 +572,7 @@ impl DialHooks for HandleDial {
         let (handler, handle) = bridge(meta, remote, self.opts, None);
         match self.tx.send(Ok(handle)) {
             Ok(()) => handler,
-            Err(_) => Box::new(Refuse), // the dialer gave up
+            Err(_) => Box::new(crate::handler::Refuse), // the dialer gave up
         }
     }
 

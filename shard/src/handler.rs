@@ -500,3 +500,19 @@ impl ConnRemote {
         self.0.shard.id
     }
 }
+
+/// A handler that aborts its connection as soon as it opens (and any frame that still
+/// arrives): for connections nobody will consume, e.g. a dial whose caller gave up or an
+/// accept whose admission token went missing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Refuse;
+
+impl ConnHandler for Refuse {
+    fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
+        ctx.abort();
+    }
+    fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, _frame: Frame<'_>) {
+        ctx.abort();
+    }
+    fn on_close(&mut self, _reason: &CloseReason) {}
+}

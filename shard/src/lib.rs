@@ -55,7 +55,7 @@ pub use handle::{
 };
 pub use handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, CtxSendError,
-    DialError, DialHooks, Frame, HandshakeFailure, Reject, TlsFacts,
+    DialError, DialHooks, Frame, HandshakeFailure, Refuse, Reject, TlsFacts,
 };
 pub use probe::{probe, ProbeFailure, ProbeReport};
 pub use runtime::TlsDial;

@@ -349,19 +349,6 @@ impl<H: LocalHandler> ConnHandler for Local<H> {
     }
 }
 
-/// Aborts a connection whose admission token went missing (never expected).
-struct Refuse;
-
-impl ConnHandler for Refuse {
-    fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
-        ctx.abort();
-    }
-    fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, _frame: Frame<'_>) {
-        ctx.abort();
-    }
-    fn on_close(&mut self, _reason: &CloseReason) {}
-}
-
 struct LocalAccept<F> {
     shared: Arc<EngineShared>,
     bm: BackendMetrics,
@@ -405,7 +392,7 @@ where
         _remote: ConnRemote,
     ) -> Box<dyn ConnHandler> {
         let Ok(admitted) = token.downcast::<LocalAdmitted>() else {
-            return Box::new(Refuse);
+            return Box::new(ron_shard::Refuse);
         };
         // TLS: accept → handshake completion (the shard opens the handler only then).
         // Plain TCP: establishment (accept → open on the owning shard) is the "handshake".

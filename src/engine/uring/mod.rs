@@ -636,19 +636,6 @@ impl OutboundHooks for Outbound {
     }
 }
 
-/// Aborts a connection nobody will consume.
-struct Refuse;
-
-impl ConnHandler for Refuse {
-    fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
-        ctx.abort();
-    }
-    fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, _frame: Frame<'_>) {
-        ctx.abort();
-    }
-    fn on_close(&mut self, _reason: &CloseReason) {}
-}
-
 type Accepted = (ConnHandle, Weak<Admitted>);
 
 struct AcceptSide {
@@ -698,7 +685,7 @@ impl AcceptHooks for AcceptSide {
     fn open(&self, token: AdmitToken, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
         let (Some(inner), Ok(admitted)) = (self.inner.upgrade(), token.downcast::<Admitted>())
         else {
-            return Box::new(Refuse);
+            return Box::new(ron_shard::Refuse);
         };
         let admitted = Arc::new(admitted);
         let weak = Arc::downgrade(&admitted);
@@ -707,7 +694,7 @@ impl AcceptHooks for AcceptSide {
             Ok(()) => h,
             Err(_) => {
                 inner.metrics.reject(RejectReason::Busy);
-                Box::new(Refuse)
+                Box::new(ron_shard::Refuse)
             }
         }
     }
@@ -722,7 +709,7 @@ struct DialSide {
 impl DialHooks for DialSide {
     fn connected(self: Box<Self>, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
         let Some(inner) = self.inner.upgrade() else {
-            return Box::new(Refuse);
+            return Box::new(ron_shard::Refuse);
         };
         let bm = inner.bm();
         bm.conn_inflight.inc();
@@ -735,7 +722,7 @@ impl DialHooks for DialSide {
         let (h, handle) = metered(&inner, meta, remote, admitted);
         match self.tx.send(Ok((handle, weak))) {
             Ok(()) => h,
-            Err(_) => Box::new(Refuse),
+            Err(_) => Box::new(ron_shard::Refuse),
         }
     }
 
