@@ -219,18 +219,6 @@ impl UringEngine {
         Self::build(config, metrics, runtime, None)
     }
 
-    /// [`build`](Self::build) with TLS configs (for `backend = "tls"`).
-    pub fn build_with_tls(
-        config: ConfigHandle,
-        metrics: Arc<TransportMetrics>,
-        runtime: RuntimeConfig,
-        readiness: Option<Readiness>,
-        tls: UringTls,
-    ) -> Result<Self, TransportError> {
-        let e = Self::build_inner(config, metrics, runtime, readiness, tls)?;
-        Ok(e)
-    }
-
     /// The full constructor: runtime knobs and an optional readiness publisher to drive (e.g.
     /// one shared with a consumer's `/readyz`); it is set `Ready` once the shards run.
     pub fn build(
@@ -239,10 +227,11 @@ impl UringEngine {
         runtime: RuntimeConfig,
         readiness: Option<Readiness>,
     ) -> Result<Self, TransportError> {
-        Self::build_inner(config, metrics, runtime, readiness, UringTls::default())
+        Self::build_with_tls(config, metrics, runtime, readiness, UringTls::default())
     }
 
-    fn build_inner(
+    /// [`build`](Self::build) with TLS configs (for `backend = "tls"`).
+    pub fn build_with_tls(
         config: ConfigHandle,
         metrics: Arc<TransportMetrics>,
         runtime: RuntimeConfig,
