@@ -138,6 +138,41 @@ pub trait Engine: TransportHealth + Send + Sync + 'static {
 
     /// Stops accepting, lets open connections drain until `deadline`, aborts the rest.
     fn shutdown(&self, deadline: Duration) -> impl Future<Output = ShutdownReport> + Send;
+
+    /// Serves `listener`: every admitted connection is handed to `handler`, whose future runs
+    /// where the engine runs connection work best. The returned future ends with `Ok(())` once
+    /// the listener stops (engine shutdown), or with the accept error that stopped it.
+    ///
+    /// This is the one way in that is fast on every engine. The default (the tokio engine)
+    /// spawns one task per connection on the caller's Tokio runtime, as a hand-written accept
+    /// loop would; the uring engine runs each connection's future on the shard that owns the
+    /// connection, polled between completion batches, where [`Conn::recv`] / [`Conn::send`]
+    /// touch shard-local state only. The handler's future may still move the connection (or a
+    /// sender) elsewhere: off its shard it keeps working through the engine's handle path.
+    ///
+    /// Dropping the returned future stops accepting; connections already handed out keep
+    /// running.
+    fn serve<H, Fut>(
+        &self,
+        mut listener: Self::Listener,
+        handler: H,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send
+    where
+        H: Fn(Self::Conn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok(conn) => {
+                        ::tokio::spawn(handler(conn));
+                    }
+                    Err(TransportError::Cancelled | TransportError::IoClosed) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
 }
 
 /// A bound listener.
