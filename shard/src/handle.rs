@@ -69,14 +69,18 @@ pub enum SendError {
     /// The connection has closed (with its reason, if known).
     #[error("connection closed")]
     Closed(Option<CloseReason>),
+    /// The inbox stayed full for the whole allowed wait.
+    #[error("writer inbox stayed full")]
+    Timeout,
 }
 
 impl SendError {
-    /// Stable reason string (`busy` or `closed`).
+    /// Stable reason string (`busy`, `closed` or `timeout`).
     pub const fn reason(&self) -> &'static str {
         match self {
             Self::Busy => "busy",
             Self::Closed(_) => "closed",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -274,6 +278,12 @@ impl Drop for ConnHandle {
 
 /// Observes a bridge's writer side (runs on the owning shard).
 pub trait OutboundHooks: Send + Sync + 'static {
+    /// `frames` entered the writer inbox (reported by a port in batches: per frame from other
+    /// threads, once per shard batch from the owning shard).
+    fn queued(&self, frames: usize) {
+        let _ = frames;
+    }
+
     /// `frames` left the writer inbox (moved to the socket queue, or discarded at close).
     fn taken(&self, frames: usize) {
         let _ = frames;

@@ -36,9 +36,12 @@
 
 pub mod balance;
 pub mod conn;
+mod doorbell;
+mod exec;
 pub mod frame;
 pub mod handle;
 pub mod handler;
+pub mod port;
 pub mod probe;
 pub mod runtime;
 mod shard;
@@ -48,6 +51,7 @@ mod tls_conn;
 pub mod tls_pump;
 
 pub use conn::{ConnState, TimeoutKind, Timeouts};
+pub use exec::{is_shard_thread, spawn_local};
 pub use frame::{Decoded, FrameDecoder, FrameError};
 pub use handle::{
     bridge, bridge_with_hooks, handle_listener, Accepted, ConnHandle, FrameTx, HandleListener,
@@ -57,6 +61,7 @@ pub use handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, CtxSendError,
     DialError, DialHooks, Frame, HandshakeFailure, Refuse, Reject, TlsFacts,
 };
+pub use port::{port, PortConn, PortTx};
 pub use probe::{probe, ProbeFailure, ProbeReport};
 pub use runtime::TlsDial;
 pub use runtime::{

@@ -391,7 +391,8 @@ impl Runtime {
             .map_err(|e| to_shard_error(e.1))
     }
 
-    /// Dials `addr` from the shard with the fewest open connections; `hooks` learns the
+    /// Dials `addr` from the calling shard (when called on one of this runtime's shards) or else the
+    /// shard with the fewest open connections; `hooks` learns the
     /// outcome on that shard. `timeout` bounds the connect.
     pub fn dial(
         &self,
@@ -425,10 +426,19 @@ impl Runtime {
         tls: Option<TlsDial>,
         hooks: Box<dyn DialHooks>,
     ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
+        // A dial made from one of this runtime's shards (a consumer task running there) stays
+        // on that shard, so its consumer runs where the connection lives; other callers get
+        // the shard with the fewest connections.
+        let uid = crate::exec::shard_uid();
         let target = self
             .shards
             .iter()
-            .min_by_key(|s| s.stats.open.load(Ordering::Relaxed))
+            .find(|s| uid != 0 && s.uid == uid)
+            .or_else(|| {
+                self.shards
+                    .iter()
+                    .min_by_key(|s| s.stats.open.load(Ordering::Relaxed))
+            })
             .map_or(0, |s| s.id);
         let cmd = Command::Dial {
             addr,

@@ -26,6 +26,8 @@ use slab::Slab;
 
 use crate::balance::Balancer;
 use crate::conn::{ConnState, TimeoutKind, Timeouts};
+use crate::doorbell::Doorbell;
+use crate::exec::{self, ConnKey, ExecRemote, TaskWaker};
 use crate::frame::{self, Decoded};
 use crate::handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, DialError,
@@ -108,10 +110,12 @@ pub(crate) struct Adopt {
 /// The part of a shard other threads may touch.
 pub(crate) struct ShardShared {
     pub(crate) id: usize,
+    /// Process-unique identity (tells a shard thread of this runtime from any other).
+    pub(crate) uid: u64,
     cmd_tx: Sender<Command>,
     wake_tx: Sender<Arc<RemoteShared>>,
-    efd: File,
-    notified: AtomicBool,
+    pub(crate) bell: Arc<Doorbell>,
+    pub(crate) exec: Arc<ExecRemote>,
     pub(crate) stats: ShardStats,
 }
 
@@ -142,9 +146,7 @@ impl ShardShared {
     }
 
     fn doorbell(&self) {
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            sys::eventfd_notify(&self.efd);
-        }
+        self.bell.ring();
     }
 }
 
@@ -173,18 +175,22 @@ pub(crate) fn shared(
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
     let efd = sys::eventfd()?;
     let read_efd = efd.try_clone()?;
+    let bell = Arc::new(Doorbell::new(efd));
+    let (exec, task_rx) = ExecRemote::new(bell.clone());
     Ok((
         Arc::new(ShardShared {
             id,
+            uid: exec::new_uid(),
             cmd_tx,
             wake_tx,
-            efd,
-            notified: AtomicBool::new(false),
+            bell,
+            exec,
             stats: ShardStats::default(),
         }),
         ShardQueues {
             cmd_rx,
             wake_rx,
+            task_rx,
             efd: read_efd,
         },
     ))
@@ -194,8 +200,18 @@ pub(crate) fn shared(
 pub(crate) struct ShardQueues {
     cmd_rx: Receiver<Command>,
     wake_rx: Receiver<Arc<RemoteShared>>,
+    task_rx: Receiver<Arc<TaskWaker>>,
     efd: File,
 }
+
+impl ShardQueues {
+    fn is_empty(&self) -> bool {
+        self.cmd_rx.is_empty() && self.wake_rx.is_empty() && self.task_rx.is_empty()
+    }
+}
+
+/// Tasks polled per round before the shard applies their effects and looks at the ring again.
+const TASK_BUDGET: usize = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -486,17 +502,41 @@ impl Shard {
 
     /// Runs until shut down.
     pub(crate) fn run(mut self) {
+        exec::install(self.shared.uid, self.shared.exec.clone());
         self.arm_doorbell();
+        let mut dirty = Vec::new();
+        let mut wakes = Vec::new();
         loop {
             self.now = Instant::now();
+            exec::tick(self.now);
             self.process_commands();
             self.process_wakes();
+            exec::take_remote(&self.queues.task_rx);
+            self.run_tasks(&mut dirty);
             self.unstarve();
             if self.check_drain() {
                 break;
             }
-            let wait = self.next_wait();
-            if self.ring.submit_and_wait(wait).is_err() {
+            // Wakes of consumers on other threads: once per waiter per batch.
+            exec::flush_deferred(&mut wakes);
+            let mut wait = self.next_wait();
+            let parked = wait != Some(Duration::ZERO) && !exec::has_ready();
+            if exec::has_ready() {
+                wait = Some(Duration::ZERO);
+            }
+            if parked {
+                // Posters ring the eventfd only while we are parked: publish that, then look
+                // at the queues once more (see `doorbell`).
+                self.shared.bell.park();
+                if !self.queues.is_empty() {
+                    wait = Some(Duration::ZERO);
+                }
+            }
+            let waited = self.ring.submit_and_wait(wait);
+            if parked {
+                self.shared.bell.unpark();
+            }
+            if waited.is_err() {
                 // The ring itself failed (not an op): nothing can progress. Abort everything.
                 self.abort_all(CloseReason::Shutdown);
                 if let Some(d) = self.drain.as_mut().and_then(|d| d.reply.take()) {
@@ -522,10 +562,39 @@ impl Shard {
         }
     }
 
+    /// Polls the tasks that are ready, then applies what they asked of their connections
+    /// (queued frames, closes, resumed reads), a few rounds while that wakes more tasks.
+    fn run_tasks(&mut self, dirty: &mut Vec<ConnKey>) {
+        for _ in 0..4 {
+            let polls = exec::run(TASK_BUDGET);
+            exec::take_dirty(dirty);
+            if polls == 0 && dirty.is_empty() {
+                break;
+            }
+            for (idx, gen) in dirty.drain(..) {
+                let idx = idx as usize;
+                if self.conns.get(idx).is_some_and(|c| c.gen == gen) {
+                    self.call(idx, |h, ctx| h.on_wake(ctx, 0));
+                    self.service(idx);
+                }
+            }
+            if polls > 0 {
+                let c = exec::counts();
+                let st = &self.shared.stats;
+                ShardStats::set(&st.tasks_spawned, c.spawned);
+                ShardStats::set(&st.task_polls, c.polls);
+                ShardStats::set(&st.task_panics, c.panics);
+            }
+        }
+    }
+
     fn next_wait(&self) -> Option<Duration> {
         let mut t = self.now + Duration::from_secs(5);
         if let Some(Reverse((d, _))) = self.timers.peek() {
             t = t.min(*d);
+        }
+        if let Some(d) = exec::next_timer() {
+            t = t.min(d);
         }
         if let Some(d) = &self.drain {
             t = t.min(d.deadline);
@@ -1225,7 +1294,8 @@ impl Shard {
             k if k == Kind::Accept as u8 => self.on_accept(idx, gen, c),
             k if k == Kind::Connect as u8 => self.on_connect(idx, gen, c),
             k if k == Kind::Event as u8 => {
-                self.shared.notified.store(false, Ordering::Release);
+                self.shared.bell.rearmed();
+                ShardStats::set(&self.shared.stats.doorbell_rings, self.shared.bell.rings());
                 self.arm_doorbell();
             }
             _ => {} // Shutdown: nothing to do; its resource (fd Rc) is dropped with `c`.
@@ -1867,8 +1937,10 @@ impl Shard {
 
 impl Drop for Shard {
     fn drop(&mut self) {
-        // Handlers see an explicit close before the ring (and every op's resources) goes away.
+        // Handlers see an explicit close before the ring (and every op's resources) goes away;
+        // then the tasks go (their connection ends find their connections closed).
         self.abort_all(CloseReason::Shutdown);
+        exec::uninstall();
         self.ring.cancel_all_and_drain(Duration::from_secs(2));
     }
 }

@@ -108,6 +108,14 @@ stats! {
     tls_assembled,
     /// TLS encrypt passes (each seals up to `chunk_bytes` of plaintext).
     tls_encrypt_passes,
+    /// Tasks spawned on this shard's executor.
+    tasks_spawned,
+    /// Task polls made by this shard's executor.
+    task_polls,
+    /// Tasks that panicked (dropped; the shard kept running).
+    task_panics,
+    /// Eventfd writes made to wake this shard (by any thread).
+    doorbell_rings,
 }
 
 impl ShardStats {
@@ -118,6 +126,12 @@ impl ShardStats {
             cell.load(Ordering::Relaxed).wrapping_add(n),
             Ordering::Relaxed,
         );
+    }
+
+    /// Sets `cell` to `v` (a counter kept elsewhere on the owning shard).
+    #[inline]
+    pub(crate) fn set(cell: &AtomicU64, v: u64) {
+        cell.store(v, Ordering::Relaxed);
     }
 
     /// Subtracts `n` from a gauge cell.

@@ -32,14 +32,15 @@ pub use local::{serve_local, LocalCtx, LocalHandler, LocalServer};
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ron_shard::{
-    AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandle, ConnHandler, ConnMeta, ConnOptions,
-    ConnRemote, DialError, DialHooks, Frame, FrameTx, HandleOptions, OutboundHooks, Reject,
-    Runtime, RuntimeConfig, SendError, TimeoutKind, Timeouts,
+    AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnOptions, ConnRemote,
+    DialError, DialHooks, Frame, HandleOptions, OutboundHooks, PortConn, PortTx, Reject, Runtime,
+    RuntimeConfig, SendError, TimeoutKind, Timeouts,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -299,9 +300,11 @@ impl Engine for UringEngine {
             let l = ron_shard::bind(addr)?;
             let local = l.local_addr()?;
             let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+            let serve = Arc::new(OnceLock::new());
             let hooks = Arc::new(AcceptSide {
                 inner: Arc::downgrade(&inner),
                 tx,
+                serve: serve.clone(),
             });
             let listened = match server_tls {
                 Some(cfg) => inner.rt.listen_tls(l, inner.conn_options(), cfg, hooks),
@@ -315,6 +318,7 @@ impl Engine for UringEngine {
                 local,
                 rx,
                 id,
+                serve,
             })
         }
     }
@@ -399,6 +403,44 @@ impl Engine for UringEngine {
                     Err(e)
                 }
             }
+        }
+    }
+
+    /// Runs each admitted connection's `handler` future on the shard that owns the connection
+    /// (spawned there by the accept path, polled between completion batches): its `recv` /
+    /// `send` touch that shard's local state only. Connections that were already waiting for
+    /// `accept` when `serve` started run on the caller's Tokio runtime (or, called on a shard,
+    /// on that shard) through the port's shared path. Ends when the listener stops.
+    fn serve<H, Fut>(
+        &self,
+        mut listener: UringListener,
+        handler: H,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send
+    where
+        H: Fn(UringConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        async move {
+            let handler = Arc::new(handler);
+            let on_shard = handler.clone();
+            let run: ServeFn = Arc::new(move |conn| Box::pin(on_shard(conn)) as ServeFuture);
+            if listener.serve.set(run).is_err() {
+                return Err(TransportError::Unsupported {
+                    what: "this listener is already being served".into(),
+                });
+            }
+            // The accept queue only holds connections admitted before `serve` took over; it
+            // ends when the listener stops (engine shutdown drops the shard's accept hooks).
+            while let Some((handle, admitted)) = listener.rx.recv().await {
+                let conn = UringConn::new(&listener.inner, handle, admitted, None);
+                let fut = handler(conn);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(fut);
+                } else if let Err(fut) = ron_shard::spawn_local(fut) {
+                    drop(fut); // nowhere to run it: the connection closes
+                }
+            }
+            Ok(())
         }
     }
 
@@ -566,7 +608,7 @@ fn metered(
     meta: &ConnMeta,
     remote: ConnRemote,
     admitted: Arc<Admitted>,
-) -> (Box<dyn ConnHandler>, ConnHandle) {
+) -> (Box<dyn ConnHandler>, PortConn) {
     let bm = engine.bm().clone();
     // TLS: accept/connect to handshake completion (the shard built the handler only then).
     // Plain TCP: establishment (accept → open, or connect) is the "handshake".
@@ -590,8 +632,7 @@ fn metered(
             .with_label_values(&[QueueName::WriterInbox.as_str()]),
         admitted: Arc::downgrade(&admitted),
     });
-    let (bridge, handle) =
-        ron_shard::bridge_with_hooks(meta, remote, engine.handle_options(), None, Some(hooks));
+    let (bridge, handle) = ron_shard::port(meta, remote, engine.handle_options(), Some(hooks));
     let h = Metered {
         inner: bridge,
         engine: Arc::downgrade(engine),
@@ -610,6 +651,10 @@ struct Outbound {
 }
 
 impl OutboundHooks for Outbound {
+    fn queued(&self, frames: usize) {
+        self.depth.add(frames as i64);
+    }
+
     fn taken(&self, frames: usize) {
         self.depth.sub(frames as i64);
     }
@@ -625,11 +670,20 @@ impl OutboundHooks for Outbound {
     }
 }
 
-type Accepted = (ConnHandle, Weak<Admitted>);
+type Accepted = (PortConn, Weak<Admitted>);
+
+/// A consumer's per-connection future, boxed once per connection.
+type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What [`Engine::serve`] runs for each connection.
+type ServeFn = Arc<dyn Fn(UringConn) -> ServeFuture + Send + Sync>;
 
 struct AcceptSide {
     inner: Weak<Inner>,
     tx: mpsc::Sender<Accepted>,
+    /// Set by `serve`: connections are handed to this on their owning shard instead of the
+    /// accept queue.
+    serve: Arc<OnceLock<ServeFn>>,
 }
 
 impl AcceptHooks for AcceptSide {
@@ -679,6 +733,15 @@ impl AcceptHooks for AcceptSide {
         let admitted = Arc::new(admitted);
         let weak = Arc::downgrade(&admitted);
         let (h, handle) = metered(&inner, meta, remote, admitted);
+        if let Some(serve) = self.serve.get() {
+            // `open` runs on the owning shard: the consumer's future runs right here.
+            let conn = UringConn::new(&inner, handle, weak, None);
+            if ron_shard::spawn_local(serve(conn)).is_err() {
+                inner.metrics.reject(RejectReason::Busy);
+                return Box::new(ron_shard::Refuse);
+            }
+            return h;
+        }
         match self.tx.try_send((handle, weak)) {
             Ok(()) => h,
             Err(_) => {
@@ -726,6 +789,7 @@ pub struct UringListener {
     local: SocketAddr,
     rx: mpsc::Receiver<Accepted>,
     id: ron_shard::ListenerId,
+    serve: Arc<OnceLock<ServeFn>>,
 }
 
 impl std::fmt::Debug for UringListener {
@@ -760,7 +824,7 @@ impl Drop for UringListener {
 /// A cloneable sender into one uring connection's writer inbox.
 #[derive(Clone)]
 pub struct UringSender {
-    tx: FrameTx,
+    tx: PortTx,
     inner: Arc<Inner>,
     admitted: Weak<Admitted>,
 }
@@ -790,17 +854,6 @@ impl UringSender {
             None => TransportError::IoClosed,
         }
     }
-
-    fn sent(&self, n: usize) {
-        self.inner
-            .metrics
-            .queue_depth
-            .with_label_values(&[QueueName::WriterInbox.as_str()])
-            .inc();
-        // `bytes_out_total` / `io_write_size_bytes` are counted per send completion
-        // (`Metered::on_sent`), not here at queue time.
-        let _ = n;
-    }
 }
 
 impl FrameSender for UringSender {
@@ -814,12 +867,10 @@ impl FrameSender for UringSender {
                 }
             }
         }
-        let n = frame.len();
+        // `queue_depth{writer_inbox}` is kept by the port (`Outbound`), and `bytes_out_total` /
+        // `io_write_size_bytes` per send completion (`Metered::on_sent`), not here per frame.
         match self.tx.try_send(frame) {
-            Ok(()) => {
-                self.sent(n);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(SendError::Busy) => {
                 self.inner
                     .metrics
@@ -838,25 +889,25 @@ impl FrameSender for UringSender {
         let this = self.clone();
         async move {
             this.check_size(frame.len())?;
-            let n = frame.len();
-            // Egress rate limits pace the writer on the shard (see `Outbound::pace`).
+            // Egress rate limits pace the writer on the shard (see `Outbound::pace`). The wait
+            // for inbox space is bounded by `write_timeout`: by the shard's own timer when the
+            // caller runs on a shard, by Tokio's elsewhere.
             let write_timeout = this.inner.cfg().write_timeout;
-            let fut = this.tx.send(frame);
-            let res = if write_timeout.is_zero() {
-                fut.await
-            } else {
-                match tokio::time::timeout(write_timeout, fut).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        this.inner.metrics.reject(RejectReason::Timeout);
-                        return Err(TransportError::timeout(TimeoutOp::Write));
+            let limit = (!write_timeout.is_zero()).then_some(write_timeout);
+            let res = match limit {
+                Some(t) if !ron_shard::is_shard_thread() => {
+                    match tokio::time::timeout(t, this.tx.send(frame, None)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(SendError::Timeout),
                     }
                 }
+                _ => this.tx.send(frame, limit).await,
             };
             match res {
-                Ok(()) => {
-                    this.sent(n);
-                    Ok(())
+                Ok(()) => Ok(()),
+                Err(SendError::Timeout) => {
+                    this.inner.metrics.reject(RejectReason::Timeout);
+                    Err(TransportError::timeout(TimeoutOp::Write))
                 }
                 Err(SendError::Closed(r)) => Err(this.closed(r)),
                 Err(_) => Err(TransportError::IoClosed),
@@ -892,10 +943,12 @@ pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
     })
 }
 
-/// An established uring connection (plain TCP or TLS).
+/// An established uring connection (plain TCP or TLS). Its calls touch only shard-local
+/// state while it is used on its owning shard (see [`Engine::serve`]); moved elsewhere it
+/// keeps working through the port's shared half.
 pub struct UringConn {
     info: ConnInfo,
-    handle: ConnHandle,
+    handle: PortConn,
     sender: UringSender,
     failed: bool,
 }
@@ -911,7 +964,7 @@ impl std::fmt::Debug for UringConn {
 impl UringConn {
     fn new(
         inner: &Arc<Inner>,
-        handle: ConnHandle,
+        handle: PortConn,
         admitted: Weak<Admitted>,
         corr_id: Option<String>,
     ) -> Self {
