@@ -1,6 +1,7 @@
 //! SVG chart of a report (plotters): for every measurement shape, throughput and p99 latency
-//! per engine, each relative to the tokio engine of the same shape (1.0 = tokio; the first
-//! engine of the shape when tokio did not run).
+//! per engine, each relative to the hand-written `tokio-framed` server of the same shape
+//! (1.0 = tokio-framed; ron-transport's `tokio` engine when tokio-framed did not run, else the
+//! first engine of the shape).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,14 +14,19 @@ use crate::report::{Report, Row};
 /// Per engine: (throughput, p99 µs) of one shape.
 type ByEngine = BTreeMap<&'static str, (Option<f64>, Option<f64>)>;
 
-const ENGINES: [&str; 6] = [
+const ENGINES: [&str; 8] = [
+    "tokio-framed",
     "tokio",
     "uring",
+    "uring-local",
     "uring-raw",
     "monoio",
     "tokio-uring",
     "bare-uring",
 ];
+
+/// The engines the ratios are taken against, in order of preference.
+const BASELINES: [&str; 2] = ["tokio-framed", "tokio"];
 
 fn short(r: &Row) -> String {
     let p = r
@@ -58,15 +64,19 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
         return Err(anyhow!("report has no rows to chart"));
     }
     let rel = |m: &BTreeMap<&str, (Option<f64>, Option<f64>)>,
-               which: usize|
+               which: usize,
+               bases: &[&str]|
      -> BTreeMap<&'static str, f64> {
         let pick = |v: &(Option<f64>, Option<f64>)| if which == 0 { v.0 } else { v.1 };
-        let base = m.get("tokio").and_then(pick).or_else(|| {
-            ENGINES
-                .iter()
-                .filter_map(|e| m.get(e).and_then(pick))
-                .next()
-        });
+        let base = bases
+            .iter()
+            .find_map(|b| m.get(b).and_then(pick))
+            .or_else(|| {
+                ENGINES
+                    .iter()
+                    .filter_map(|e| m.get(e).and_then(pick))
+                    .next()
+            });
         let mut out = BTreeMap::new();
         for e in ENGINES {
             if let (Some(v), Some(b)) = (m.get(e).and_then(pick), base) {
@@ -79,22 +89,36 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
     };
     let n = groups.len();
     let width = (160 + n * 90).max(900) as u32;
-    let root = SVGBackend::new(path, (width, 900)).into_drawing_area();
+    let root = SVGBackend::new(path, (width, 1350)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
-    let (top, bottom) = root.split_vertically(450);
-    for (area, which, title) in [
+    let (top, rest) = root.split_vertically(450);
+    let (middle, bottom) = rest.split_vertically(450);
+    let by_tokio: [&str; 1] = ["tokio"];
+    for (area, which, bases, title, ydesc) in [
         (
             &top,
             0usize,
-            "throughput relative to tokio (higher is better)",
+            &BASELINES[..],
+            "throughput relative to tokio-framed (higher is better)",
+            "× tokio-framed",
+        ),
+        (
+            &middle,
+            0usize,
+            &by_tokio[..],
+            "throughput relative to ron-transport's tokio engine (higher is better)",
+            "× tokio",
         ),
         (
             &bottom,
             1usize,
-            "p99 latency relative to tokio (lower is better)",
+            &BASELINES[..],
+            "p99 latency relative to tokio-framed (lower is better)",
+            "× tokio-framed",
         ),
     ] {
-        let vals: Vec<BTreeMap<&str, f64>> = groups.iter().map(|(_, m)| rel(m, which)).collect();
+        let vals: Vec<BTreeMap<&str, f64>> =
+            groups.iter().map(|(_, m)| rel(m, which, bases)).collect();
         let ymax = vals
             .iter()
             .flat_map(|m| m.values().copied())
@@ -118,7 +142,7 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
             .configure_mesh()
             .x_labels(0)
             .disable_x_mesh()
-            .y_desc("× tokio")
+            .y_desc(ydesc)
             .draw()
             .map_err(|e| anyhow!("{e:?}"))?;
         // Shape names under each group, in pixel coordinates of the enclosing area.
@@ -196,6 +220,7 @@ mod tests {
             },
             limits: Limits::default(),
             results: vec![
+                mk("tokio-framed", 1200.0),
                 mk("tokio", 1000.0),
                 mk("monoio", 1500.0),
                 mk("bare-uring", 2000.0),
@@ -206,7 +231,13 @@ mod tests {
         write_svg(&rep, &p).unwrap();
         let s = std::fs::read_to_string(&p).unwrap();
         assert!(s.starts_with("<svg"));
-        for e in ["tokio", "monoio", "bare-uring", "small tcp 1K d1"] {
+        for e in [
+            "tokio-framed",
+            "tokio",
+            "monoio",
+            "bare-uring",
+            "small tcp 1K d1",
+        ] {
             assert!(s.contains(e), "missing {e}");
         }
     }

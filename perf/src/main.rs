@@ -58,6 +58,9 @@ enum Cmd {
         /// Cores to pin the server to, e.g. `0` or `0,1` (empty = no pinning).
         #[arg(long, default_value = "")]
         cores: String,
+        /// tokio runtime flavour of `tokio-framed` (current-thread|multi-thread).
+        #[arg(long, default_value = "current-thread")]
+        flavour: String,
     },
     /// Load client against a running echo server.
     Load(LoadArgs),
@@ -88,6 +91,11 @@ enum Cmd {
     },
 }
 
+/// The default engine list of the suite (tokio-framed first: the baseline of the ratios and of
+/// the fixed-rate variant).
+const DEFAULT_ENGINES: &str =
+    "tokio-framed,tokio,uring,uring-local,uring-raw,monoio,tokio-uring,bare-uring";
+
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {
     #[arg(long, default_value = "small,pipelined,stream,handshake,idle")]
@@ -96,7 +104,7 @@ struct RunArgs {
     transports: String,
     #[arg(
         long,
-        default_value = "tokio,uring,uring-raw,monoio,tokio-uring,bare-uring"
+        default_value = DEFAULT_ENGINES
     )]
     engines: String,
     /// Window per row (default 2s quick, 10s with --full).
@@ -118,6 +126,9 @@ struct RunArgs {
     /// Server shards (0 = one per server core).
     #[arg(long, default_value_t = 0)]
     shards: usize,
+    /// tokio runtime flavour of `tokio-framed` (current-thread|multi-thread).
+    #[arg(long, default_value = "current-thread")]
+    framed_flavour: String,
 }
 
 /// Parses `500ms`, `3s`, `2m` or a bare number of seconds.
@@ -170,9 +181,10 @@ fn main() {
         None => cmd_run(RunArgs {
             scenarios: "small,pipelined,stream,handshake,idle".into(),
             transports: "tcp,tls".into(),
-            engines: "tokio,uring,uring-raw,monoio,tokio-uring,bare-uring".into(),
+            engines: DEFAULT_ENGINES.into(),
             server_cores: "0".into(),
             client_cores: "1".into(),
+            framed_flavour: "current-thread".into(),
             ..RunArgs::default()
         }),
         Some(Cmd::Serve {
@@ -183,8 +195,10 @@ fn main() {
             key,
             shards,
             cores,
+            flavour,
         }) => (|| {
             server::serve(ServeOpts {
+                flavour: server::framed::Flavour::parse(&flavour)?,
                 engine: EngineId::parse(&engine)?,
                 transport: Transport::parse(&transport)?,
                 listen,
@@ -307,7 +321,12 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
         server_pid: a.server_pid,
     };
     let r = client::run_load(&spec)?;
-    let row = run::load_row(scenario, t, &a.engine_label, &spec, &r);
+    let mut row = run::load_row(scenario, t, &a.engine_label, &spec, &r);
+    // The server's core count is unknown here: one is assumed.
+    row.flag = run::flag_of(&row, spec.cores.len().max(1), 1).map(str::to_owned);
+    if let Some(f) = &row.flag {
+        eprintln!("flag: {f}");
+    }
     println!("{}", serde_json::to_string_pretty(&row)?);
     if r.errors > 0 {
         eprintln!(
@@ -368,6 +387,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         server_cores,
         client_cores,
         shards: a.shards,
+        framed_flavour: server::framed::Flavour::parse(&a.framed_flavour)?,
         out_dir: if out_dir.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {

@@ -93,6 +93,43 @@ pub struct Row {
     /// was not the bottleneck.
     #[serde(default)]
     pub client_cpu_pct: Option<f64>,
+    /// Throughput (frames/s, or handshakes/s) over the `tokio-framed` row of the same shape in
+    /// the same run: the baseline ratio of the chart and of `ron-perf check`.
+    #[serde(default)]
+    pub x_tokio_framed: Option<f64>,
+    /// Throughput over the `tokio` row (ron-transport's tokio engine) of the same shape.
+    #[serde(default)]
+    pub x_tokio: Option<f64>,
+    /// What the rig suspects about the row: `CLIENT-BOUND?` (the client's cores were saturated
+    /// before the server's) or `STALL?` (a closed-loop row on which neither side was busy);
+    /// null when nothing is suspected.
+    #[serde(default)]
+    pub flag: Option<String>,
+}
+
+/// Throughput of a row: handshakes/s for handshake rows, else frames/s.
+pub fn throughput(r: &Row) -> Option<f64> {
+    r.handshakes_per_sec.or(r.frames_per_sec)
+}
+
+/// The throughput ratio of `r` over the `engine` row of the same shape in `rows`.
+pub fn ratio_over(rows: &[Row], r: &Row, engine: &str) -> Option<f64> {
+    let g = r.group();
+    let base = rows
+        .iter()
+        .find(|b| b.engine == engine && b.group() == g)
+        .and_then(throughput)?;
+    let v = throughput(r)?;
+    (base > 0.0).then(|| v / base)
+}
+
+/// Fills every row's `x_tokio_framed` and `x_tokio` from the rows of the same shape.
+pub fn fill_ratios(rows: &mut [Row]) {
+    let snapshot = rows.to_vec();
+    for r in rows.iter_mut() {
+        r.x_tokio_framed = ratio_over(&snapshot, r, "tokio-framed");
+        r.x_tokio = ratio_over(&snapshot, r, "tokio");
+    }
 }
 
 impl Row {

@@ -86,6 +86,8 @@ pub struct RunOpts {
     pub client_cores: Vec<usize>,
     /// Server shards/threads (0 = one per server core).
     pub shards: usize,
+    /// tokio runtime flavour of `tokio-framed`.
+    pub framed_flavour: crate::server::framed::Flavour,
     /// Output directory for TLS material.
     pub out_dir: PathBuf,
 }
@@ -114,6 +116,7 @@ pub fn spawn_server(
     tls: Option<(&PathBuf, &PathBuf)>,
     cores: &[usize],
     shards: usize,
+    flavour: crate::server::framed::Flavour,
 ) -> anyhow::Result<ServerProc> {
     let exe = std::env::current_exe().context("current_exe")?;
     let mut cmd = Command::new(exe);
@@ -127,6 +130,8 @@ pub fn spawn_server(
         "127.0.0.1:0",
         "--shards",
         &shards.to_string(),
+        "--flavour",
+        flavour.name(),
     ]);
     if !cores.is_empty() {
         cmd.args(["--cores", &join(cores)]);
@@ -236,10 +241,15 @@ fn describe(row: &Row, errors: u64, first: &Option<String>) -> String {
     if let Some(m) = row.rss_per_conn_bytes {
         s.push_str(&format!(" {m:.0} B/conn"));
     }
-    if let (Some(cli), Some(srv)) = (row.client_cpu_pct, row.server_cpu_pct) {
-        if client_bound(cli, srv) {
-            s.push_str("  CLIENT-BOUND? (client core saturated before the server's)");
+    match row.flag.as_deref() {
+        Some(CLIENT_BOUND) => {
+            s.push_str("  CLIENT-BOUND? (client core saturated before the server's)")
         }
+        Some(STALL) => s.push_str(&format!(
+            "  STALL? (closed loop, yet neither the server nor the client was {STALL_BUSY_PCT:.0} % busy)"
+        )),
+        Some(f) => s.push_str(&format!("  {f}")),
+        None => {}
     }
     if errors > 0 {
         s.push_str(&format!(
@@ -250,10 +260,42 @@ fn describe(row: &Row, errors: u64, first: &Option<String>) -> String {
     s
 }
 
+/// The flag of a row limited by the client rather than the server.
+pub const CLIENT_BOUND: &str = "CLIENT-BOUND?";
+/// The flag of a closed-loop row on which neither side was busy.
+pub const STALL: &str = "STALL?";
+/// Busy threshold of [`STALL`], per core, percent.
+pub const STALL_BUSY_PCT: f64 = 80.0;
+
 /// True if a row looks limited by the client rather than the server: the client's cores are
 /// nearly saturated (≥ 90 % per client thread) while the server still had headroom.
 pub fn client_bound(client_pct: f64, server_pct: f64) -> bool {
     client_pct >= 90.0 && server_pct < client_pct - 10.0
+}
+
+/// True if a closed-loop row had neither side busy: the server's cores below
+/// [`STALL_BUSY_PCT`] % on average and the client's too. A closed loop with K frames in flight
+/// per connection keeps one of the two working all the time unless something waits (a timer,
+/// a lost wake-up, a flush held back, a connection starved by the scheduler), so such a row
+/// measures the waiting, not the engine. Percentages are of one core, as in the report;
+/// `server_cores` / `client_cores` are how many cores each side had.
+pub fn stalled(client_pct: f64, server_pct: f64, client_cores: usize, server_cores: usize) -> bool {
+    let per_core = |pct: f64, cores: usize| pct / (cores.max(1) as f64);
+    per_core(client_pct, client_cores) < STALL_BUSY_PCT
+        && per_core(server_pct, server_cores) < STALL_BUSY_PCT
+}
+
+/// The flag of a row: [`CLIENT_BOUND`], [`STALL`] (closed-loop rows only) or none.
+pub fn flag_of(row: &Row, client_cores: usize, server_cores: usize) -> Option<&'static str> {
+    let (cli, srv) = (row.client_cpu_pct?, row.server_cpu_pct?);
+    let per_core = |pct: f64, cores: usize| pct / (cores.max(1) as f64);
+    if client_bound(per_core(cli, client_cores), per_core(srv, server_cores)) {
+        Some(CLIENT_BOUND)
+    } else if row.offered_rate.is_none() && stalled(cli, srv, client_cores, server_cores) {
+        Some(STALL)
+    } else {
+        None
+    }
 }
 
 /// Measures the physical limits (each on a pinned thread of its own).
@@ -322,6 +364,32 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
         ));
     }
     let limits = measure_limits(o.server_cores.first().copied(), Duration::from_millis(700));
+    let server_n = if o.shards > 0 {
+        o.shards
+    } else {
+        o.server_cores.len().max(1)
+    };
+    let client_n = o.client_cores.len().max(1);
+
+    // io_uring is probed once, here: without it every io_uring engine is skipped with the
+    // reason, instead of starting servers that fail (or panic) one row at a time.
+    let mut engines = o.engines.clone();
+    if let Err(why) = crate::server::io_uring_available() {
+        let (skip, keep): (Vec<EngineId>, Vec<EngineId>) =
+            engines.iter().partition(|e| e.needs_io_uring());
+        if !skip.is_empty() {
+            progress(&format!(
+                "{why}; skipping {}; running {}",
+                skip.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+                if keep.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    keep.iter().map(|e| e.name()).collect::<Vec<_>>().join(", ")
+                }
+            ));
+        }
+        engines = keep;
+    }
 
     let ss = tlsutil::SelfSigned::generate()?;
     let (cert, key) = ss.write_to(&o.out_dir.join("tls"))?;
@@ -330,10 +398,10 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
 
     let mut rows = Vec::new();
     for &t in &o.transports {
-        // The fixed offered rate: half of what the first engine (tokio) reaches closed-loop,
-        // so every engine is compared at equal load.
+        // The fixed offered rate: half of what the first engine (tokio-framed by default)
+        // reaches closed-loop, so every engine is compared at equal load.
         let mut equal_rate: Option<f64> = None;
-        for &e in &o.engines {
+        for &e in &engines {
             if !e.supports(t) {
                 continue;
             }
@@ -348,6 +416,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                 (t == Transport::Tls).then_some((&cert, &key)),
                 &o.server_cores,
                 o.shards,
+                o.framed_flavour,
             ) {
                 Ok(s) => s,
                 Err(err) => {
@@ -375,7 +444,8 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             let go = |sc: Scenario, spec: LoadSpec, rows: &mut Vec<Row>| -> Option<Row> {
                 match client::run_load(&spec) {
                     Ok(r) => {
-                        let row = load_row(sc, t, e.name(), &spec, &r);
+                        let mut row = load_row(sc, t, e.name(), &spec, &r);
+                        row.flag = flag_of(&row, client_n, server_n).map(str::to_owned);
                         progress(&describe(&row, r.errors, &r.first_error));
                         rows.push(row.clone());
                         Some(row)
@@ -479,7 +549,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                                             h.resumed, h.handshakes
                                         ));
                                     }
-                                    let row = Row {
+                                    let mut row = Row {
                                         scenario: sc.name().to_owned(),
                                         transport: t.as_str().to_owned(),
                                         engine: e.name().to_owned(),
@@ -498,6 +568,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                                         ),
                                         ..Row::default()
                                     };
+                                    row.flag = flag_of(&row, client_n, server_n).map(str::to_owned);
                                     progress(&describe(&row, h.errors, &h.first_error));
                                     rows.push(row);
                                 }
@@ -544,6 +615,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             drop(srv);
         }
     }
+    report::fill_ratios(&mut rows);
     progress(&format!(
         "suite done in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -558,4 +630,32 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
         limits,
         results: rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cli: f64, srv: f64, rate: Option<f64>) -> Row {
+        Row {
+            client_cpu_pct: Some(cli),
+            server_cpu_pct: Some(srv),
+            offered_rate: rate,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!(flag_of(&row(99.0, 60.0, None), 1, 1), Some(CLIENT_BOUND));
+        assert_eq!(flag_of(&row(98.0, 97.0, None), 1, 1), None);
+        assert_eq!(flag_of(&row(40.0, 99.0, None), 1, 1), None);
+        assert_eq!(flag_of(&row(40.0, 35.0, None), 1, 1), Some(STALL));
+        // Fixed-rate rows are meant to leave both sides idle part of the time.
+        assert_eq!(flag_of(&row(40.0, 35.0, Some(1e4)), 1, 1), None);
+        // Percentages are of one core: 150 % over two client cores is 75 % each.
+        assert_eq!(flag_of(&row(150.0, 70.0, None), 2, 1), Some(STALL));
+        assert_eq!(flag_of(&row(170.0, 70.0, None), 2, 1), None);
+        assert_eq!(flag_of(&Row::default(), 1, 1), None);
+    }
 }

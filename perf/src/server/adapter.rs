@@ -1,79 +1,90 @@
-//! ron-transport's own engines as echo servers, driven only through the adapter traits
-//! (`Engine::listen` → `Listener::accept` → `Conn::recv` → `Conn::send`), so the rig measures
-//! exactly what a consumer of the library gets, limits and metrics included.
+//! ron-transport's own engines as echo servers. `tokio` and `uring` are served by the SAME
+//! generic consumer code ([`serve_generic`]), written once against the drop-in adapter traits
+//! (`Engine::listen`, then `Engine::serve(listener, handler)`, each connection's future echoing
+//! `Conn::recv` → `Conn::send`), so the rig measures exactly what a consumer of the library
+//! gets, limits and metrics included. `uring-local` is the uring engine's shard-local serving
+//! API, `uring-raw` the bare shard runtime under it.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::anyhow;
-use ron_transport::config::{Backend, Config, ConfigLoader, ValidConfig};
+use ron_transport::config::{Backend, ConfigLoader, ValidConfig};
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::uring::local::Frame;
 use ron_transport::engine::uring::{serve_local, LocalCtx, LocalHandler};
-use ron_transport::engine::{Conn, ConnInfo, Engine, Listener};
 use ron_transport::metrics::TransportMetrics;
-use ron_transport::TransportError;
+use ron_transport::{Conn, ConnInfo, Engine, Listener, TransportError};
 
 use super::{ServeOpts, Transport};
 
-/// Accepts forever and echoes every frame back on the same connection.
-pub async fn serve_adapter<E: Engine>(
+/// The consumer code of the `tokio` and `uring` rows, generic over the engine: listen, report
+/// ready, then hand every connection to `Engine::serve` with an echo handler. Runs until the
+/// listener stops.
+pub async fn serve_generic<E: Engine>(
     engine: &E,
     opts: &ServeOpts,
     ready: &dyn Fn(SocketAddr, &ServeOpts),
 ) -> anyhow::Result<()> {
-    let mut l = engine
+    let listener = engine
         .listen(opts.listen)
         .await
         .map_err(|e| anyhow!("listen {}: {e}", opts.listen))?;
-    ready(l.local_addr(), opts);
-    loop {
-        match l.accept().await {
-            Ok(mut c) => {
-                tokio::spawn(async move {
-                    while let Ok(Some(f)) = c.recv().await {
-                        if c.send(f).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+    ready(listener.local_addr(), opts);
+    engine
+        .serve(listener, |mut conn: E::Conn| async move {
+            while let Ok(Some(f)) = conn.recv().await {
+                if conn.send(f).await.is_err() {
+                    break;
+                }
             }
-            Err(e) => eprintln!("accept: {e}"),
-        }
-    }
+        })
+        .await
+        .map_err(|e| anyhow!("serve: {e}"))
 }
 
-/// Whether ron-transport's tokio engine is in this build.
-pub fn tokio_available() -> Result<(), String> {
-    Ok(())
-}
-
-/// Whether the uring row can run over `t` in this build: both TCP and TLS go through
-/// ron-transport's shard-local serving API (`engine::uring::serve_local`); TLS is driven by the
-/// shard's rustls unbuffered pump.
+/// Whether the uring rows can run over `t` in this build (TCP and TLS both; io_uring itself is
+/// probed by `EngineId::available`).
 pub fn uring_available(t: Transport) -> Result<(), String> {
     match t {
         Transport::Tcp | Transport::Tls => Ok(()),
     }
 }
 
-/// The engine configuration the rig serves with: the library defaults overlaid by any
-/// `RON_TRANSPORT_*` variables in the environment (the library's own loader, so e.g.
-/// `RON_TRANSPORT_CHUNK_BYTES=256KiB ron-perf run` measures every ron-transport engine with
-/// that setting), except caps and timeouts opened wide enough for the idle scenario (10,000
-/// connections held for minutes); TLS from the PEM files through the library's own loader
-/// (0600 check included).
+/// The rig's defaults for the bench, a TOML layer under the environment: caps and timeouts
+/// opened wide enough for the idle scenario (10,000 connections held for minutes).
+pub const BENCH_DEFAULTS: &str = "max_conns = 1000000\n\
+                                  idle_timeout = \"3600s\"\n\
+                                  read_timeout = \"60s\"\n\
+                                  write_timeout = \"60s\"\n";
+
+/// The engine configuration the rig serves with, merged by the library's own loader: library
+/// defaults, then [`BENCH_DEFAULTS`], then any `RON_TRANSPORT_*` variable of the environment
+/// (which wins: e.g. `RON_TRANSPORT_CHUNK_BYTES=256KiB ron-perf run` or
+/// `RON_TRANSPORT_IDLE_TIMEOUT=5s ron-perf serve` measure exactly that setting); TLS from the
+/// PEM files through the library's own loader (0600 check included).
 pub fn serve_config(opts: &ServeOpts) -> anyhow::Result<ValidConfig> {
-    let mut c: Config = ConfigLoader::new()
-        .from_process_env()
+    serve_config_from(opts, std::env::vars_os())
+}
+
+/// [`serve_config`] with an explicit environment (tests).
+pub fn serve_config_from<I, K, V>(opts: &ServeOpts, env: I) -> anyhow::Result<ValidConfig>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<std::ffi::OsString>,
+    V: Into<std::ffi::OsString>,
+{
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = env
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .filter(|(k, _)| k.to_str().is_some_and(|k| k.starts_with("RON_TRANSPORT_")))
+        .collect();
+    let mut c = ConfigLoader::new()
+        .toml_str(BENCH_DEFAULTS)
+        .env_vars(env)
         .merge()
         .map_err(|e| anyhow!("config from the environment: {e}"))?
         .config;
     c.bind_addr = Some(opts.listen);
-    c.max_conns = 1_000_000;
-    c.idle_timeout = Duration::from_secs(3600);
-    c.read_timeout = Duration::from_secs(60);
-    c.write_timeout = Duration::from_secs(60);
     if opts.transport == Transport::Tls {
         c.backend = Backend::Tls;
         c.tls_enabled = true;
@@ -85,10 +96,36 @@ pub fn serve_config(opts: &ServeOpts) -> anyhow::Result<ValidConfig> {
     c.validate().map_err(|e| anyhow!("config: {e}"))
 }
 
-/// Serves with the tokio engine on a multi-thread runtime with one worker per shard (all
-/// pinned to the server cores by `serve`).
+/// One line with the effective values a bench run depends on (printed by `ron-perf serve`).
+pub fn describe_config(c: &ValidConfig) -> String {
+    format!(
+        "max_conns={} idle_timeout={:?} read_timeout={:?} write_timeout={:?} \
+         max_frame_bytes={} chunk_bytes={} per_peer.max_conns={}",
+        c.max_conns,
+        c.idle_timeout,
+        c.read_timeout,
+        c.write_timeout,
+        c.max_frame_bytes,
+        c.chunk_bytes,
+        c.per_peer_max_conns,
+    )
+}
+
+fn announce(opts: &ServeOpts, cfg: &ValidConfig) {
+    eprintln!(
+        "ron-perf serve: {} {} config: {}",
+        opts.engine.name(),
+        opts.transport.as_str(),
+        describe_config(cfg)
+    );
+}
+
+/// `tokio`: the tokio engine (a multi-thread runtime, one worker per shard, all pinned to the
+/// server cores by `serve`) through [`serve_generic`]; its `Engine::serve` spawns a task per
+/// connection.
 pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
     let cfg = serve_config(opts)?;
+    announce(opts, &cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.shards.max(1))
         .enable_all()
@@ -97,20 +134,18 @@ pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> 
         let engine = EngineSetup::new(cfg, TransportMetrics::new())
             .and_then(|s| s.build_tokio())
             .map_err(|e| anyhow!("tokio engine: {e}"))?;
-        serve_adapter(&engine, opts, ready).await
+        serve_generic(&engine, opts, ready).await
     })
 }
 
-/// Serves with ron-transport's io_uring engine through the adapter traits (`uring-handles`):
-/// the same accept → recv → send loop as the tokio row, on a current-thread tokio runtime
-/// whose thread shares the server cores with the shards. This is what a consumer that plugs
-/// the uring engine in behind the `Engine` trait gets.
-pub fn serve_uring_handles(
-    opts: &ServeOpts,
-    ready: &dyn Fn(SocketAddr, &ServeOpts),
-) -> anyhow::Result<()> {
+/// `uring`: the io_uring engine through the same [`serve_generic`] code as `tokio`, the
+/// drop-in path. The caller's runtime (current-thread, sharing the server cores with the
+/// shards) only drives the `serve` future; where connection futures run is the engine's
+/// business (`Engine::serve`).
+pub fn serve_uring(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
     uring_available(opts.transport).map_err(|e| anyhow!(e))?;
     let cfg = serve_config(opts)?;
+    announce(opts, &cfg);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -118,7 +153,7 @@ pub fn serve_uring_handles(
         let engine = EngineSetup::new(cfg, TransportMetrics::new())
             .and_then(|s| s.build_uring_with(shard_runtime(opts)))
             .map_err(|e| anyhow!("uring engine: {e}"))?;
-        serve_adapter(&engine, opts, ready).await
+        serve_generic(&engine, opts, ready).await
     })
 }
 
@@ -148,13 +183,17 @@ impl LocalHandler for LocalEcho {
     fn on_close(&mut self, _outcome: Result<(), TransportError>) {}
 }
 
-/// Serves with ron-transport's io_uring engine through its shard-local API
+/// `uring-local`: ron-transport's io_uring engine through its shard-local API
 /// (`engine::uring::serve_local`): admission (`Policy::admit`, caps), the frame ceiling from
 /// the live config, timeouts, rate accounting and every metric on, exactly what a consumer of
 /// the library gets. Runs until the process is killed.
-pub fn serve_uring(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
+pub fn serve_uring_local(
+    opts: &ServeOpts,
+    ready: &dyn Fn(SocketAddr, &ServeOpts),
+) -> anyhow::Result<()> {
     uring_available(opts.transport).map_err(|e| anyhow!(e))?;
     let cfg = serve_config(opts)?;
+    announce(opts, &cfg);
     let shared = EngineSetup::new(cfg, TransportMetrics::new())
         .and_then(|s| s.build_shared())
         .map_err(|e| anyhow!("uring engine: {e}"))?;

@@ -3,14 +3,15 @@
 //! of them in its own process (pinned to the server cores) and prints one `READY` line on
 //! stdout once it accepts connections; the orchestrator reads that line.
 //!
-//! - `tokio`: ron-transport's tokio engine, driven through the adapter traits
-//!   (accept → recv → send), TCP and TLS. The baseline.
-//! - `uring`: ron-transport's io_uring engine through its shard-local serving API
-//!   (`engine::uring::serve_local`: handler on the owning shard, policy and metrics on), TCP.
-//! - `uring-handles`: ron-transport's io_uring engine through the adapter traits (the drop-in
-//!   path: `Send` handles reaching the owning shard through bounded queues and a doorbell),
-//!   driven by the same accept → recv → send loop as `tokio` on a current-thread tokio runtime
-//!   sharing the server cores with the shards, TCP and TLS. Not in the default engine list.
+//! - `tokio-framed`: what a user writes by hand instead of this library: tokio +
+//!   tokio-util `Framed<_, LengthDelimitedCodec>` (+ tokio-rustls), no project code in the data
+//!   path. The baseline of the chart and of `ron-perf check`'s ratios.
+//! - `tokio`, `uring`: ron-transport's two engines behind the drop-in adapter traits, served by
+//!   the SAME generic consumer code (`adapter::serve_generic`: `Engine::listen` then
+//!   `Engine::serve(listener, handler)`, each connection's future echoing `recv` → `send`),
+//!   TCP and TLS.
+//! - `uring-local`: ron-transport's io_uring engine through its shard-local serving API
+//!   (`engine::uring::serve_local`: handler on the owning shard, policy and metrics on).
 //! - `uring-raw`: the bare `ron-shard` runtime with an admit-all hook and no metrics (TCP); not
 //!   ron-transport's engine, only the reference that shows what the engine's policy costs.
 //! - `monoio`, `tokio-uring`: plain TCP echo servers on those runtimes (feature `peers`).
@@ -18,6 +19,7 @@
 
 pub mod adapter;
 pub mod bare;
+pub mod framed;
 #[cfg(feature = "peers")]
 pub mod peers;
 
@@ -29,12 +31,14 @@ use anyhow::{anyhow, bail, Context};
 /// One server implementation the rig can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EngineId {
-    /// ron-transport's tokio engine (baseline).
+    /// tokio + tokio-util `Framed` by hand (peer; the baseline of ratios).
+    TokioFramed,
+    /// ron-transport's tokio engine through the adapter traits and `Engine::serve`.
     Tokio,
-    /// ron-transport's io_uring engine (shard-local serving API).
+    /// ron-transport's io_uring engine through the adapter traits and `Engine::serve`.
     Uring,
-    /// ron-transport's io_uring engine through the adapter traits (drop-in path).
-    UringHandles,
+    /// ron-transport's io_uring engine through its shard-local serving API.
+    UringLocal,
     /// The bare ron-shard runtime, no policy or metrics (reference).
     UringRaw,
     /// monoio echo (peer).
@@ -86,10 +90,11 @@ pub enum Role {
 
 impl EngineId {
     /// Every engine, in table order.
-    pub const ALL: [EngineId; 7] = [
+    pub const ALL: [EngineId; 8] = [
+        EngineId::TokioFramed,
         EngineId::Tokio,
         EngineId::Uring,
-        EngineId::UringHandles,
+        EngineId::UringLocal,
         EngineId::UringRaw,
         EngineId::Monoio,
         EngineId::TokioUring,
@@ -99,9 +104,10 @@ impl EngineId {
     /// The CLI / report name.
     pub fn name(self) -> &'static str {
         match self {
+            Self::TokioFramed => "tokio-framed",
             Self::Tokio => "tokio",
             Self::Uring => "uring",
-            Self::UringHandles => "uring-handles",
+            Self::UringLocal => "uring-local",
             Self::UringRaw => "uring-raw",
             Self::Monoio => "monoio",
             Self::TokioUring => "tokio-uring",
@@ -117,7 +123,7 @@ impl EngineId {
             .ok_or_else(|| {
                 anyhow!(
                     "unknown engine {s:?} \
-                     (tokio|uring|uring-handles|uring-raw|monoio|tokio-uring|bare-uring)"
+                     (tokio-framed|tokio|uring|uring-local|uring-raw|monoio|tokio-uring|bare-uring)"
                 )
             })
     }
@@ -125,8 +131,8 @@ impl EngineId {
     /// Its role in the comparison.
     pub fn role(self) -> Role {
         match self {
-            Self::Tokio | Self::Uring | Self::UringHandles => Role::Engine,
-            Self::Monoio | Self::TokioUring => Role::Peer,
+            Self::Tokio | Self::Uring | Self::UringLocal => Role::Engine,
+            Self::TokioFramed | Self::Monoio | Self::TokioUring => Role::Peer,
             Self::BareUring | Self::UringRaw => Role::Floor,
         }
     }
@@ -134,18 +140,26 @@ impl EngineId {
     /// Whether it speaks `t`.
     pub fn supports(self, t: Transport) -> bool {
         match self {
-            Self::Tokio | Self::Uring | Self::UringHandles => true,
+            Self::TokioFramed | Self::Tokio | Self::Uring | Self::UringLocal => true,
             Self::UringRaw | Self::Monoio | Self::TokioUring | Self::BareUring => {
                 t == Transport::Tcp
             }
         }
     }
 
+    /// Whether it needs io_uring (skipped when the kernel refuses io_uring).
+    pub fn needs_io_uring(self) -> bool {
+        !matches!(self, Self::TokioFramed | Self::Tokio)
+    }
+
     /// `Ok` if this build can run it over `t`, else why not.
     pub fn available(self, t: Transport) -> Result<(), String> {
+        if self.needs_io_uring() {
+            io_uring_available()?;
+        }
         match self {
-            Self::Tokio => adapter::tokio_available(),
-            Self::Uring | Self::UringHandles => adapter::uring_available(t),
+            Self::TokioFramed | Self::Tokio => Ok(()),
+            Self::Uring | Self::UringLocal => adapter::uring_available(t),
             Self::Monoio | Self::TokioUring => {
                 if cfg!(feature = "peers") {
                     Ok(())
@@ -156,6 +170,22 @@ impl EngineId {
             Self::BareUring | Self::UringRaw => Ok(()),
         }
     }
+}
+
+/// Whether io_uring works on this host, probed once per process (`ron_shard::probe`, the same
+/// probe the library's engine auto-selection uses); `Err` says why not.
+pub fn io_uring_available() -> Result<(), String> {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let p = ron_shard::probe();
+            match (p.usable, p.failure) {
+                (true, _) => Ok(()),
+                (false, Some(f)) => Err(format!("io_uring unavailable: {f} ({})", f.reason())),
+                (false, None) => Err("io_uring unavailable (probe found it unusable)".to_owned()),
+            }
+        })
+        .clone()
 }
 
 /// Arguments of `ron-perf serve`.
@@ -175,6 +205,8 @@ pub struct ServeOpts {
     pub shards: usize,
     /// Cores to pin to.
     pub cores: Vec<usize>,
+    /// tokio runtime flavour of the `tokio-framed` server.
+    pub flavour: framed::Flavour,
 }
 
 /// The line a server prints on stdout when it accepts connections.
@@ -268,9 +300,10 @@ pub fn serve(mut opts: ServeOpts) -> anyhow::Result<()> {
 /// Runs the server of `opts.engine` on the calling thread; `ready` is called once it accepts.
 fn dispatch(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
     match opts.engine {
+        EngineId::TokioFramed => framed::serve(opts, ready),
         EngineId::Tokio => adapter::serve_tokio(opts, ready),
         EngineId::Uring => adapter::serve_uring(opts, ready),
-        EngineId::UringHandles => adapter::serve_uring_handles(opts, ready),
+        EngineId::UringLocal => adapter::serve_uring_local(opts, ready),
         EngineId::UringRaw => adapter::serve_uring_raw(opts, ready),
         #[cfg(feature = "peers")]
         EngineId::Monoio => peers::serve_monoio(opts, ready),
@@ -313,6 +346,7 @@ pub fn spawn_in_thread(
         key: cert.map(|c| c.1),
         shards: 1,
         cores: vec![],
+        flavour: framed::Flavour::default(),
     };
     std::thread::spawn(move || {
         let tx2 = tx.clone();
@@ -365,8 +399,10 @@ mod tests {
             exact_echo(addr);
             ran += 1;
         }
-        // tokio, uring, uring-raw, bare-uring, and the two peers with the default features.
-        assert!(ran >= 4, "only {ran} engines ran");
+        // tokio-framed and tokio always; with io_uring also uring, uring-local, uring-raw,
+        // bare-uring and the two peers of the default features.
+        let want = if io_uring_available().is_ok() { 6 } else { 2 };
+        assert!(ran >= want, "only {ran} engines ran");
     }
 
     #[test]
@@ -417,6 +453,69 @@ mod tests {
     }
 
     #[test]
+    fn tokio_framed_and_generic_engines_echo_over_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ss = crate::tlsutil::SelfSigned::generate().unwrap();
+        let (c, k) = ss.write_to(dir.path()).unwrap();
+        let tls = crate::tlsutil::library_client_config(ss.cert_pem.as_bytes(), true).unwrap();
+        for e in [EngineId::TokioFramed, EngineId::Tokio, EngineId::Uring] {
+            if e.available(Transport::Tls).is_err() {
+                continue;
+            }
+            let addr = spawn_in_thread(e, Transport::Tls, Some((c.clone(), k.clone()))).unwrap();
+            let r = crate::client::run_load(&crate::client::LoadSpec {
+                target: addr,
+                tls: Some(tls.clone()),
+                conns: 3,
+                payload: 70_000,
+                depth: 2,
+                rate: None,
+                warmup: std::time::Duration::from_millis(50),
+                duration: std::time::Duration::from_millis(300),
+                cores: vec![],
+                server_pid: None,
+            })
+            .unwrap();
+            assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
+            assert!(r.frames > 0, "{}", e.name());
+        }
+    }
+
+    #[test]
+    fn environment_wins_over_the_bench_defaults() {
+        let o = ServeOpts {
+            engine: EngineId::Tokio,
+            transport: Transport::Tcp,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: None,
+            key: None,
+            shards: 1,
+            cores: vec![],
+            flavour: framed::Flavour::default(),
+        };
+        let c = adapter::serve_config_from(&o, Vec::<(String, String)>::new()).unwrap();
+        assert_eq!(c.max_conns, 1_000_000);
+        assert_eq!(c.idle_timeout, std::time::Duration::from_secs(3600));
+        let c = adapter::serve_config_from(
+            &o,
+            [
+                ("RON_TRANSPORT_IDLE_TIMEOUT", "5s"),
+                ("RON_TRANSPORT_MAX_CONNS", "10"),
+                ("HOME", "/nowhere"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.max_conns, 10);
+        assert_eq!(c.idle_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.read_timeout, std::time::Duration::from_secs(60));
+        let line = adapter::describe_config(&c);
+        assert!(
+            line.contains("max_conns=10") && line.contains("idle_timeout=5s"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn ready_line_roundtrip() {
         let o = ServeOpts {
             engine: EngineId::BareUring,
@@ -426,6 +525,7 @@ mod tests {
             key: None,
             shards: 1,
             cores: vec![],
+            flavour: framed::Flavour::default(),
         };
         let a: SocketAddr = "127.0.0.1:4567".parse().unwrap();
         let l = ready_line(a, &o, Some(&PathBuf::from("/tmp/x/cert.pem")));
@@ -445,5 +545,12 @@ mod tests {
         assert_eq!(EngineId::BareUring.role(), Role::Floor);
         assert!(!EngineId::Monoio.supports(Transport::Tls));
         assert!(EngineId::Tokio.supports(Transport::Tls));
+        assert!(EngineId::TokioFramed.supports(Transport::Tls));
+        assert_eq!(EngineId::TokioFramed.role(), Role::Peer);
+        assert_eq!(EngineId::UringLocal.role(), Role::Engine);
+        assert!(EngineId::ALL
+            .iter()
+            .filter(|e| e.needs_io_uring())
+            .all(|e| !matches!(e, EngineId::Tokio | EngineId::TokioFramed)));
     }
 }
