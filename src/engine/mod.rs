@@ -150,13 +150,13 @@ pub trait Engine: TransportHealth + Send + Sync + 'static {
     /// touch shard-local state only. The handler's future may still move the connection (or a
     /// sender) elsewhere: off its shard it keeps working through the engine's handle path.
     ///
-    /// Dropping the returned future stops accepting; connections already handed out keep
-    /// running.
+    /// The returned future borrows nothing (`tokio::spawn(engine.serve(listener, handler))`
+    /// works). Dropping it stops accepting; connections already handed out keep running.
     fn serve<H, Fut>(
         &self,
         mut listener: Self::Listener,
         handler: H,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send
+    ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static
     where
         H: Fn(Self::Conn) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,

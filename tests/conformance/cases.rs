@@ -56,36 +56,42 @@ fn dial_opts() -> DialOptions {
     }
 }
 
-/// Spawns an accept loop that echoes every frame back until the peer leaves.
-fn spawn_echo<L: Listener>(mut listener: L) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Ok(mut conn) = listener.accept().await {
-            tokio::spawn(async move {
-                while let Ok(Some(frame)) = conn.recv().await {
-                    if conn.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = conn.close().await;
-            });
-        }
-    })
-}
-
-/// Spawns an accept loop forwarding every accepted connection into a channel.
-fn spawn_acceptor<L: Listener>(
-    mut listener: L,
-) -> (
-    tokio::sync::mpsc::UnboundedReceiver<L::Conn>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        while let Ok(conn) = listener.accept().await {
-            if tx.send(conn).is_err() {
+/// Serves `listener` with an echo through [`Engine::serve`] — the one way in users take: on
+/// uring each connection's future runs on its owning shard; on tokio it is a task per
+/// connection. Ends when the engine shuts down.
+fn spawn_echo<E: Engine>(engine: &E, listener: E::Listener) -> tokio::task::JoinHandle<()> {
+    let serving = engine.serve(listener, |mut conn: E::Conn| async move {
+        while let Ok(Some(frame)) = conn.recv().await {
+            if conn.send(frame).await.is_err() {
                 break;
             }
         }
+        let _ = conn.close().await;
+    });
+    tokio::spawn(async move {
+        let _ = serving.await;
+    })
+}
+
+/// Serves `listener` through [`Engine::serve`] with a handler that forwards every connection
+/// into a channel: the test then drives the server side from its own runtime (on uring this
+/// moves the connection off its shard, so the shared path of the connection is exercised).
+fn spawn_acceptor<E: Engine>(
+    engine: &E,
+    listener: E::Listener,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<E::Conn>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let serving = engine.serve(listener, move |conn: E::Conn| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(conn);
+        }
+    });
+    let task = tokio::spawn(async move {
+        let _ = serving.await;
     });
     (rx, task)
 }
@@ -146,7 +152,7 @@ async fn echo<T: EngineUnderTest>(backend: Backend) {
     let client = side::<T>(base(backend), tls);
     let listener = server.engine.listen(loopback()).await.expect("listen");
     let addr = listener.local_addr();
-    let echo_task = spawn_echo(listener);
+    let echo_task = spawn_echo(&server.engine, listener);
 
     let mut conn = client.engine.dial(addr, dial_opts()).await.expect("dial");
     assert_eq!(conn.info().backend, backend);
@@ -479,7 +485,7 @@ async fn max_conns<T: EngineUnderTest>(backend: Backend) {
     let client = side::<T>(base(backend), tls);
     let listener = server.engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
-    let (mut accepted, acceptor) = spawn_acceptor(listener);
+    let (mut accepted, acceptor) = spawn_acceptor(&server.engine, listener);
 
     let a = client
         .engine
@@ -557,7 +563,7 @@ pub async fn per_peer_cap<T: EngineUnderTest>() {
         .await
         .unwrap();
     let addr = listener.local_addr();
-    let (mut accepted, acceptor) = spawn_acceptor(listener);
+    let (mut accepted, acceptor) = spawn_acceptor(&server.engine, listener);
 
     let _a = raw_connect_from([127, 0, 0, 1], addr).await;
     let a_srv = within("accept A", SLACK, accepted.recv()).await.unwrap();
@@ -655,7 +661,7 @@ pub async fn tls_wrong_ca<T: EngineUnderTest>() {
     let client = side::<T>(base(Backend::Tls), Some(fx));
     let listener = server.engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
-    let echo_task = spawn_echo(listener);
+    let echo_task = spawn_echo(&server.engine, listener);
 
     let err = expect_err(
         within("dial", SLACK, client.engine.dial(addr, dial_opts())).await,
@@ -695,7 +701,7 @@ pub async fn tls_handshake_timeout<T: EngineUnderTest>() {
     let server = side::<T>(scfg, Some(TlsFixture::new(PqMode::Off)));
     let listener = server.engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
-    let echo_task = spawn_echo(listener);
+    let echo_task = spawn_echo(&server.engine, listener);
 
     // Connects, never sends a ClientHello.
     let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -939,7 +945,7 @@ pub async fn metrics_smoke<T: EngineUnderTest>() {
     assert_eq!(server.engine.readiness(), ReadyState::Ready);
     let listener = server.engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
-    let echo_task = spawn_echo(listener);
+    let echo_task = spawn_echo(&server.engine, listener);
 
     // A refused dial: counted as err, not a reject.
     let closed = {
@@ -990,7 +996,7 @@ pub async fn shutdown_drains_and_aborts<T: EngineUnderTest>() {
     let client = side::<T>(base(Backend::Tcp), None);
     let listener = server.engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
-    let (mut accepted, acceptor) = spawn_acceptor(listener);
+    let (mut accepted, acceptor) = spawn_acceptor(&server.engine, listener);
 
     // A healthy connection with a little queued output, and a stuck one (peer never reads).
     let mut healthy = client.engine.dial(addr, dial_opts()).await.unwrap();

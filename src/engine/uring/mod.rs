@@ -415,7 +415,7 @@ impl Engine for UringEngine {
         &self,
         mut listener: UringListener,
         handler: H,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send
+    ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static
     where
         H: Fn(UringConn) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
