@@ -24,19 +24,63 @@
 //! itself (`Arc::ptr_eq`). Global and per-peer buckets are updated in place; per-connection
 //! buckets pick up the new rate on their next pacing call (an epoch compare).
 //!
-//! Hot-path cost with every rate at 0: `pace_ingress` / `pace_egress` are three atomic loads
-//! (config generation, applied generation, "any rate enabled") and no RMW.
+//! Each [`ConnPermit`] caches, in one word of its own, the config generation it last synced to
+//! and which buckets are enabled; a pacing call compares that generation with
+//! [`ConfigHandle::generation`] and, on a change, re-syncs under the policy's `applied` lock.
+//!
+//! # Hot-path cost (no shared write per I/O)
+//!
+//! - Every rate at 0 (the default): `pace_ingress` / `pace_egress` / `egress_available` are two
+//!   loads — the config generation (a word written only by a reload) and the permit's own sync
+//!   word — and touch no bucket, no per-peer state and no policy field that admission writes.
+//! - Global ingress/egress enabled: the global buckets are consumed through per-thread
+//!   [`Lease`]s (a thread-local table keyed by policy): tokens are taken from the global bucket in
+//!   chunks of 1 ms of traffic (`rate / 1000`, at most a quarter of the burst) and spent locally;
+//!   unspent credit is refunded [`LEASE_TTL_NS`] after the chunk became ready (or when rates
+//!   change, or when the thread exits). The global bucket sees about `1000 + threads / TTL`
+//!   read-modify-writes per second whatever the I/O rate, and pacing stays within
+//!   `rate · LEASE_TTL_NS` of the unleased bucket over any window.
+//! - Per-connection buckets live in the permit; per-peer buckets are shared by that peer's
+//!   connections only (a contended line only for one peer spread over many shards).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::{ConfigHandle, ValidConfig};
 use crate::error::TransportError;
 use crate::metrics::TransportMetrics;
-use crate::rate::{default_burst, TokenBucket};
+use crate::rate::{default_burst, Lease, TokenBucket};
+
+/// How long a global-bucket lease's unspent credit stays usable after it became ready (10 ms):
+/// bounds how late leased tokens are spent, hence the pacing error, to 10 ms of traffic.
+pub const LEASE_TTL_NS: u64 = 10_000_000;
+
+/// Bucket-enabled bits cached in [`Policy`] and [`ConnPermit`] (0 = nothing limits anything).
+const F_CONN: u8 = 1;
+const F_PEER: u8 = 2;
+const F_GLOBAL_IN: u8 = 4;
+const F_GLOBAL_OUT: u8 = 8;
+
+/// Direction index of a global bucket and of a lease.
+const IN: usize = 0;
+const OUT: usize = 1;
+
+/// Keeps a frequently written field (admission state) off the cache lines the pacing path reads.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// Monotonic nanoseconds since the first call in this process (the clock fed to buckets).
 pub fn now_ns() -> u64 {
@@ -70,8 +114,19 @@ impl Rates {
         }
     }
 
-    fn any(&self) -> bool {
-        self.per_conn | self.per_peer | self.global_in | self.global_out != 0
+    fn flags(&self) -> u8 {
+        let bit = |rate: u64, f: u8| if rate != 0 { f } else { 0 };
+        bit(self.per_conn, F_CONN)
+            | bit(self.per_peer, F_PEER)
+            | bit(self.global_in, F_GLOBAL_IN)
+            | bit(self.global_out, F_GLOBAL_OUT)
+    }
+
+    /// Lease chunk for a global bucket: 1 ms of traffic, at most a quarter of the burst.
+    fn lease_chunk(&self, rate: u64) -> u64 {
+        (rate / 1000)
+            .min(default_burst(rate, self.max_frame) / 4)
+            .max(1)
     }
 
     fn set(&self, bucket: &TokenBucket, rate: u64) {
@@ -95,15 +150,19 @@ struct PeerState {
 /// The shared policy of one transport instance.
 #[derive(Debug)]
 pub struct Policy {
+    /// Process-unique id (never reused), the key of the thread-local lease table.
+    id: u64,
     config: ConfigHandle,
     metrics: Arc<TransportMetrics>,
-    /// Live connections (all peers).
-    conns: AtomicU32,
-    peers: Mutex<HashMap<IpAddr, Arc<PeerState>>>,
+    /// Live connections (all peers). Written on every admission: padded.
+    conns: Padded<AtomicU32>,
+    peers: Padded<Mutex<HashMap<IpAddr, Arc<PeerState>>>>,
     global_ingress: TokenBucket,
     global_egress: TokenBucket,
-    /// The snapshot whose rates are applied, and those rates.
-    applied: Mutex<(Arc<ValidConfig>, Rates)>,
+    /// Lease chunk (bytes) per direction for the global buckets (read when a lease renews).
+    lease_chunk: [AtomicU64; 2],
+    /// The snapshot whose rates are applied, and those rates. Locked on every admission.
+    applied: Padded<Mutex<(Arc<ValidConfig>, Rates)>>,
     /// Per-connection rate and burst currently in force (read when `epoch` moves).
     per_conn_rate: AtomicU64,
     per_conn_burst: AtomicU64,
@@ -112,10 +171,10 @@ pub struct Policy {
     per_peer_burst: AtomicU64,
     /// Bumped every time rates are re-applied.
     epoch: AtomicU64,
-    /// Any bucket enabled at all? (hot-path short cut)
-    rates_active: AtomicBool,
-    /// The `ConfigHandle::generation` whose rates are applied.
-    applied_gen: AtomicU64,
+    /// Which buckets are enabled (`F_*` bits), copied into permits when they sync.
+    flags: AtomicU8,
+    /// The `ConfigHandle::generation` whose rates are applied. Stored on every admission.
+    applied_gen: Padded<AtomicU64>,
 }
 
 impl Policy {
@@ -124,7 +183,13 @@ impl Policy {
         let gen = config.generation();
         let cfg = config.load();
         let rates = Rates::of(&cfg);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let p = Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            lease_chunk: [
+                AtomicU64::new(rates.lease_chunk(rates.global_in)),
+                AtomicU64::new(rates.lease_chunk(rates.global_out)),
+            ],
             global_ingress: rates.bucket(rates.global_in),
             global_egress: rates.bucket(rates.global_out),
             per_conn_rate: AtomicU64::new(rates.per_conn),
@@ -132,11 +197,11 @@ impl Policy {
             per_peer_rate: AtomicU64::new(rates.per_peer),
             per_peer_burst: AtomicU64::new(default_burst(rates.per_peer, rates.max_frame)),
             epoch: AtomicU64::new(0),
-            rates_active: AtomicBool::new(rates.any()),
-            applied_gen: AtomicU64::new(gen),
-            applied: Mutex::new((cfg, rates)),
-            conns: AtomicU32::new(0),
-            peers: Mutex::new(HashMap::new()),
+            flags: AtomicU8::new(rates.flags()),
+            applied_gen: Padded(AtomicU64::new(gen)),
+            applied: Padded(Mutex::new((cfg, rates))),
+            conns: Padded(AtomicU32::new(0)),
+            peers: Padded(Mutex::new(HashMap::new())),
             config,
             metrics,
         };
@@ -213,6 +278,8 @@ impl Policy {
         }
         rates.set(&self.global_ingress, rates.global_in);
         rates.set(&self.global_egress, rates.global_out);
+        self.lease_chunk[IN].store(rates.lease_chunk(rates.global_in), Ordering::Relaxed);
+        self.lease_chunk[OUT].store(rates.lease_chunk(rates.global_out), Ordering::Relaxed);
         {
             // Under the peers lock so that a concurrently admitted new peer sees either the old
             // rate and gets updated here, or the new rate.
@@ -232,16 +299,113 @@ impl Policy {
             default_burst(rates.per_conn, rates.max_frame),
             Ordering::Relaxed,
         );
-        self.rates_active.store(rates.any(), Ordering::Relaxed);
+        self.flags.store(rates.flags(), Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::Release);
     }
 
-    /// Cheap reload check for the hot path.
-    #[inline]
-    fn maybe_refresh(&self) {
-        if self.config.generation() != self.applied_gen.load(Ordering::Acquire) {
-            self.refresh();
+    fn global(&self, dir: usize) -> &TokenBucket {
+        if dir == IN {
+            &self.global_ingress
+        } else {
+            &self.global_egress
         }
+    }
+
+    /// Runs `f` on the calling thread's lease of the global bucket `dir` (tagged with the
+    /// permit's rate epoch), with the lease chunk. `None` if the thread-local table is
+    /// unavailable (thread teardown, re-entrance): the caller then uses the bucket directly.
+    #[inline]
+    fn with_lease<R>(
+        self: &Arc<Self>,
+        dir: usize,
+        epoch: u64,
+        f: impl FnOnce(&mut Lease, u64) -> R,
+    ) -> Option<R> {
+        let mut f = Some(f);
+        LEASES
+            .try_with(|table| {
+                let mut table = table.0.try_borrow_mut().ok()?;
+                let e = match table.first_mut() {
+                    Some(e) if e.id == self.id && e.epoch == epoch => e,
+                    _ => self.lease_entry_slow(&mut table, epoch),
+                };
+                let f = f.take()?;
+                Some(f(&mut e.leases[dir], e.chunk[dir]))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Finds (and moves to the front) or creates this thread's lease entry; on a rate epoch
+    /// change, refunds its credit and takes the current chunk sizes.
+    #[cold]
+    #[inline(never)]
+    fn lease_entry_slow<'t>(
+        self: &Arc<Self>,
+        table: &'t mut Vec<LeaseEntry>,
+        epoch: u64,
+    ) -> &'t mut LeaseEntry {
+        match table.iter().position(|e| e.id == self.id) {
+            Some(i) => table.swap(0, i),
+            None => {
+                // Forget entries of dropped policies.
+                table.retain(|e| e.owner.strong_count() > 0);
+                table.push(LeaseEntry {
+                    id: self.id,
+                    epoch,
+                    chunk: [0; 2],
+                    leases: [Lease::new(); 2],
+                    owner: Arc::downgrade(self),
+                });
+                let last = table.len() - 1;
+                table.swap(0, last);
+                self.sync_lease_entry(&mut table[0], epoch, true);
+                return &mut table[0];
+            }
+        }
+        let e = &mut table[0];
+        if e.epoch != epoch {
+            self.sync_lease_entry(e, epoch, false);
+        }
+        e
+    }
+
+    fn sync_lease_entry(&self, e: &mut LeaseEntry, epoch: u64, fresh: bool) {
+        if !fresh {
+            e.leases[IN].release(&self.global_ingress);
+            e.leases[OUT].release(&self.global_egress);
+        }
+        e.epoch = epoch;
+        e.chunk = [
+            self.lease_chunk[IN].load(Ordering::Relaxed),
+            self.lease_chunk[OUT].load(Ordering::Relaxed),
+        ];
+    }
+
+    /// The global bucket `dir`, paced through this thread's lease.
+    #[inline]
+    fn pace_global(self: &Arc<Self>, dir: usize, n: u64, now_ns: u64, epoch: u64) -> Duration {
+        let bucket = self.global(dir);
+        self.with_lease(dir, epoch, |lease, chunk| {
+            lease.pace(bucket, n, now_ns, chunk, LEASE_TTL_NS)
+        })
+        .unwrap_or_else(|| bucket.consume_paced(n, now_ns))
+    }
+
+    /// Credit in this thread's lease of the global bucket `dir` (introspection for tests).
+    pub fn leased_credit(self: &Arc<Self>, ingress: bool) -> u64 {
+        let dir = if ingress { IN } else { OUT };
+        LEASES
+            .try_with(|t| {
+                t.0.try_borrow().ok().and_then(|t| {
+                    t.iter()
+                        .find(|e| e.id == self.id)
+                        .map(|e| e.leases[dir].credit())
+                })
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// Admits one connection from `peer`: global cap, per-peer cap, per-peer and global
@@ -260,7 +424,7 @@ impl Policy {
         let gen = self.config.generation();
         let cfg = self.config.load();
         self.apply(gen, &cfg);
-        match self.try_admit(&cfg, peer, now_ns) {
+        match self.try_admit(&cfg, gen, peer, now_ns) {
             Ok(p) => Ok(p),
             Err(e) => {
                 if let Some(r) = e.reject_reason() {
@@ -274,6 +438,7 @@ impl Policy {
     fn try_admit(
         self: &Arc<Self>,
         cfg: &ValidConfig,
+        gen: u64,
         peer: IpAddr,
         now_ns: u64,
     ) -> Result<ConnPermit, TransportError> {
@@ -330,6 +495,8 @@ impl Policy {
         let epoch = self.epoch.load(Ordering::Acquire);
         let rate = self.per_conn_rate.load(Ordering::Relaxed);
         let burst = self.per_conn_burst.load(Ordering::Relaxed);
+        // `admit_at` applied `gen` (or newer) under the `applied` lock before calling us.
+        let flags = self.flags.load(Ordering::Acquire);
         Ok(ConnPermit {
             policy: Arc::clone(self),
             peer,
@@ -337,6 +504,7 @@ impl Policy {
             conn_in: TokenBucket::new(rate, burst),
             conn_out: TokenBucket::new(rate, burst),
             epoch: AtomicU64::new(epoch),
+            sync: AtomicU64::new(pack_sync(gen, flags)),
         })
     }
 
@@ -365,6 +533,44 @@ pub struct ConnPermit {
     conn_out: TokenBucket,
     /// The policy epoch whose per-connection rate `conn_in`/`conn_out` carry.
     epoch: AtomicU64,
+    /// `generation << 8 | F_* flags`: the config generation this permit last synced to and
+    /// which buckets were enabled then, in one word so the two never disagree.
+    sync: AtomicU64,
+}
+
+fn pack_sync(gen: u64, flags: u8) -> u64 {
+    (gen << 8) | u64::from(flags)
+}
+
+/// One thread's leases of one policy's global buckets.
+#[derive(Debug)]
+struct LeaseEntry {
+    id: u64,
+    /// The rate epoch the leases and chunk sizes belong to.
+    epoch: u64,
+    chunk: [u64; 2],
+    leases: [Lease; 2],
+    owner: Weak<Policy>,
+}
+
+/// The calling thread's leases; unspent credit goes back to its bucket on thread exit.
+struct LeaseTable(RefCell<Vec<LeaseEntry>>);
+
+impl Drop for LeaseTable {
+    fn drop(&mut self) {
+        for mut e in self.0.get_mut().drain(..) {
+            if let Some(p) = e.owner.upgrade() {
+                if p.epoch.load(Ordering::Acquire) == e.epoch {
+                    e.leases[IN].release(&p.global_ingress);
+                    e.leases[OUT].release(&p.global_egress);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static LEASES: LeaseTable = const { LeaseTable(RefCell::new(Vec::new())) };
 }
 
 impl ConnPermit {
@@ -388,13 +594,24 @@ impl ConnPermit {
         &self.conn_out
     }
 
-    /// Reload check + "anything enabled?"; false ⇒ no bucket limits anything.
+    /// Which buckets limit anything (`F_*` bits; 0 ⇒ none). Steady state: one load of the
+    /// config generation and one of the permit's own sync word.
     #[inline]
-    fn active(&self) -> bool {
-        self.policy.maybe_refresh();
-        if !self.policy.rates_active.load(Ordering::Relaxed) {
-            return false;
+    fn flags(&self) -> u8 {
+        let gen = self.policy.config.generation();
+        let sync = self.sync.load(Ordering::Acquire);
+        if sync >> 8 == gen {
+            return sync as u8;
         }
+        self.resync(gen)
+    }
+
+    /// After a reload: apply it (under the policy's lock, so a concurrent apply has finished),
+    /// pick up the per-connection rate, and cache the enabled buckets for `gen`.
+    #[cold]
+    #[inline(never)]
+    fn resync(&self, gen: u64) -> u8 {
+        self.policy.refresh();
         let epoch = self.policy.epoch.load(Ordering::Acquire);
         if self.epoch.load(Ordering::Relaxed) != epoch {
             let rate = self.policy.per_conn_rate.load(Ordering::Relaxed);
@@ -403,67 +620,112 @@ impl ConnPermit {
             self.conn_out.set_rate(rate, burst);
             self.epoch.store(epoch, Ordering::Relaxed);
         }
-        true
+        let flags = self.policy.flags.load(Ordering::Acquire);
+        self.sync.store(pack_sync(gen, flags), Ordering::Release);
+        flags
+    }
+
+    /// The epoch global leases are tagged with.
+    #[inline]
+    fn lease_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     /// Accounts `n` received bytes against per-conn, per-peer and global ingress buckets and
-    /// returns how long the reader must pause before reading again (zero if none).
+    /// returns how long the reader must pause before reading again (zero if none). The global
+    /// bucket is paid through this thread's lease (see the module docs).
     #[inline]
     pub fn pace_ingress(&self, n: u64, now_ns: u64) -> Duration {
-        if !self.active() {
+        let f = self.flags();
+        if f == 0 {
             return Duration::ZERO;
         }
-        self.conn_in
-            .consume_paced(n, now_ns)
-            .max(self.state.ingress.consume_paced(n, now_ns))
-            .max(self.policy.global_ingress.consume_paced(n, now_ns))
+        let mut wait = Duration::ZERO;
+        if f & F_CONN != 0 {
+            wait = self.conn_in.consume_paced(n, now_ns);
+        }
+        if f & F_PEER != 0 {
+            wait = wait.max(self.state.ingress.consume_paced(n, now_ns));
+        }
+        if f & F_GLOBAL_IN != 0 {
+            let epoch = self.lease_epoch();
+            wait = wait.max(self.policy.pace_global(IN, n, now_ns, epoch));
+        }
+        wait
     }
 
     /// Accounts `n` bytes about to be written against per-conn, per-peer and global egress
-    /// buckets and returns how long the writer must wait first (zero if none).
+    /// buckets and returns how long the writer must wait first (zero if none). The global
+    /// bucket is paid through this thread's lease (see the module docs).
     #[inline]
     pub fn pace_egress(&self, n: u64, now_ns: u64) -> Duration {
-        if !self.active() {
+        let f = self.flags();
+        if f == 0 {
             return Duration::ZERO;
         }
-        self.conn_out
-            .consume_paced(n, now_ns)
-            .max(self.state.egress.consume_paced(n, now_ns))
-            .max(self.policy.global_egress.consume_paced(n, now_ns))
+        let mut wait = Duration::ZERO;
+        if f & F_CONN != 0 {
+            wait = self.conn_out.consume_paced(n, now_ns);
+        }
+        if f & F_PEER != 0 {
+            wait = wait.max(self.state.egress.consume_paced(n, now_ns));
+        }
+        if f & F_GLOBAL_OUT != 0 {
+            let epoch = self.lease_epoch();
+            wait = wait.max(self.policy.pace_global(OUT, n, now_ns, epoch));
+        }
+        wait
     }
 
     /// Non-waiting egress check for `try_send`: false ⇒ the caller returns `RateLimited`
     /// (and counts it). Does not consume tokens (neither when refusing nor when accepting):
     /// the writer accounts the bytes with [`pace_egress`](Self::pace_egress) when it writes
     /// them, so nothing is counted twice. Use [`try_egress`](Self::try_egress) to check and
-    /// consume in one step instead.
+    /// consume in one step instead. The global bucket counts as available when this thread's
+    /// lease could pay `n` right now.
     #[inline]
     pub fn egress_available(&self, n: u64, now_ns: u64) -> bool {
-        if !self.active() {
+        let f = self.flags();
+        if f == 0 {
             return true;
         }
-        self.conn_out.can_consume(n, now_ns)
-            && self.state.egress.can_consume(n, now_ns)
-            && self.policy.global_egress.can_consume(n, now_ns)
+        (f & F_CONN == 0 || self.conn_out.can_consume(n, now_ns))
+            && (f & F_PEER == 0 || self.state.egress.can_consume(n, now_ns))
+            && (f & F_GLOBAL_OUT == 0 || {
+                let epoch = self.lease_epoch();
+                self.policy
+                    .with_lease(OUT, epoch, |lease, _| lease.can_spend(n, now_ns))
+                    .unwrap_or(false)
+                    || self.policy.global_egress.can_consume(n, now_ns)
+            })
     }
 
-    /// Takes `n` egress tokens from all three egress buckets if each can give them now;
-    /// otherwise takes none and returns false.
+    /// Takes `n` egress tokens from all three egress buckets (the global one from this
+    /// thread's lease when it can pay) if each can give them now; otherwise takes none and
+    /// returns false.
     pub fn try_egress(&self, n: u64, now_ns: u64) -> bool {
-        if !self.active() {
+        let f = self.flags();
+        if f == 0 {
             return true;
         }
-        if !self.conn_out.try_consume(n, now_ns) {
+        if f & F_CONN != 0 && !self.conn_out.try_consume(n, now_ns) {
             return false;
         }
-        if !self.state.egress.try_consume(n, now_ns) {
+        if f & F_PEER != 0 && !self.state.egress.try_consume(n, now_ns) {
             self.conn_out.refund(n);
             return false;
         }
-        if !self.policy.global_egress.try_consume(n, now_ns) {
-            self.state.egress.refund(n);
-            self.conn_out.refund(n);
-            return false;
+        if f & F_GLOBAL_OUT != 0 {
+            let epoch = self.lease_epoch();
+            let from_lease = self
+                .policy
+                .with_lease(OUT, epoch, |lease, _| lease.try_spend(n, now_ns))
+                .unwrap_or(false);
+            if !from_lease && !self.policy.global_egress.try_consume(n, now_ns) {
+                self.state.egress.refund(n);
+                self.conn_out.refund(n);
+                return false;
+            }
         }
         true
     }

@@ -20,6 +20,19 @@
 //!
 //! The bucket never reads a clock: callers pass `now_ns` (see [`crate::policy::now_ns`]), which
 //! makes every behaviour testable on a simulated clock.
+//!
+//! # Leases: a shared bucket without a shared write per I/O
+//!
+//! A bucket shared by every shard (the global ingress/egress buckets) would be one contended
+//! cache line if every I/O consumed from it. A [`Lease`] is one owner's (one thread's) stash of
+//! tokens taken from a shared bucket in chunks ([`Lease::pace`]): most I/Os are paid from the
+//! stash with plain arithmetic on owner-local memory, and the bucket is touched once per chunk.
+//! The bucket's accounting stays exact — leased tokens are consumed from it when taken — and the
+//! pacing wait of a chunk is served by the I/Os that spend it (the lease is *ready* only when the
+//! bucket's debt for it is repaid). Unspent tokens are refunded when the lease expires
+//! (`ttl_ns` after it became ready), so an idle owner does not sit on the shared rate, and
+//! spending is never more than `ttl_ns` late: over any window the bytes spent exceed the plain
+//! bucket's bound by at most `rate · ttl`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -213,6 +226,87 @@ impl TokenBucket {
     }
 }
 
+/// One owner's stash of tokens taken from a shared [`TokenBucket`] in chunks (see module docs).
+/// Plain data, no atomics: keep one per thread (or shard) and bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Leased bytes not yet spent.
+    credit: u64,
+    /// When the leased bytes may go out (the bucket's debt for them repaid), ns.
+    ready_ns: u64,
+    /// After this instant unspent credit is refunded, ns.
+    expires_ns: u64,
+}
+
+impl Lease {
+    /// An empty lease.
+    pub const fn new() -> Self {
+        Self {
+            credit: 0,
+            ready_ns: 0,
+            expires_ns: 0,
+        }
+    }
+
+    /// Leased bytes not yet spent.
+    pub fn credit(&self) -> u64 {
+        self.credit
+    }
+
+    /// [`TokenBucket::consume_paced`] through the lease: spends `n` bytes from the stash when
+    /// it holds them (no access to `bucket`), otherwise takes `max(missing, chunk)` bytes from
+    /// `bucket` in one paced consume. Returns how long the caller must wait before acting: the
+    /// time until the spent bytes are ready. Refunds expired credit first.
+    #[inline]
+    pub fn pace(
+        &mut self,
+        bucket: &TokenBucket,
+        n: u64,
+        now_ns: u64,
+        chunk: u64,
+        ttl_ns: u64,
+    ) -> Duration {
+        if self.credit > 0 && now_ns > self.expires_ns {
+            self.release(bucket);
+        }
+        if self.credit < n {
+            let take = (n - self.credit).max(chunk);
+            let wait = bucket.consume_paced(take, now_ns);
+            let ready = now_ns.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+            self.credit += take;
+            self.ready_ns = self.ready_ns.max(ready);
+            self.expires_ns = self.ready_ns.saturating_add(ttl_ns);
+        }
+        self.credit -= n;
+        Duration::from_nanos(self.ready_ns.saturating_sub(now_ns))
+    }
+
+    /// True if `n` bytes can be spent from the stash right now (ready, not expired).
+    #[inline]
+    pub fn can_spend(&self, n: u64, now_ns: u64) -> bool {
+        self.credit >= n && self.ready_ns <= now_ns && now_ns <= self.expires_ns
+    }
+
+    /// Spends `n` bytes from the stash if [`can_spend`](Self::can_spend); never touches the
+    /// bucket.
+    #[inline]
+    pub fn try_spend(&mut self, n: u64, now_ns: u64) -> bool {
+        let ok = self.can_spend(n, now_ns);
+        if ok {
+            self.credit -= n;
+        }
+        ok
+    }
+
+    /// Gives unspent credit back to `bucket` and empties the lease.
+    pub fn release(&mut self, bucket: &TokenBucket) {
+        if self.credit > 0 {
+            bucket.refund(self.credit);
+        }
+        *self = Self::new();
+    }
+}
+
 /// The burst this crate uses for a rate: `max(rate / 10, max_frame_bytes)` — 100 ms worth of
 /// traffic, but never less than one maximum frame so a full frame never waits on a full bucket.
 pub fn default_burst(rate: u64, max_frame_bytes: u64) -> u64 {
@@ -305,5 +399,44 @@ mod tests {
     fn default_burst_rule() {
         assert_eq!(default_burst(8 << 20, 1 << 20), 1 << 20);
         assert_eq!(default_burst(100 << 20, 1 << 20), 10 << 20);
+    }
+
+    #[test]
+    fn lease_spends_locally_then_renews() {
+        let b = TokenBucket::new(1000, 100);
+        let mut l = Lease::new();
+        // First spend takes a 40-byte chunk; the next three are paid from the stash.
+        assert_eq!(l.pace(&b, 10, S, 40, S), Duration::ZERO);
+        assert_eq!(b.available(S), 60);
+        for _ in 0..3 {
+            assert_eq!(l.pace(&b, 10, S, 40, S), Duration::ZERO);
+        }
+        assert_eq!((l.credit(), b.available(S)), (0, 60));
+        // The next chunk fits the burst; the one after overruns it by 20 ms, a wait that
+        // every spender of that chunk observes.
+        assert_eq!(l.pace(&b, 40, S, 40, S), Duration::ZERO);
+        assert_eq!(l.pace(&b, 20, S, 40, S), Duration::from_millis(20));
+        assert_eq!(l.pace(&b, 20, S, 40, S), Duration::from_millis(20));
+        assert_eq!(l.pace(&b, 10, S, 40, S), Duration::from_millis(60));
+        assert!(!l.can_spend(10, S), "not ready yet");
+        assert!(l.can_spend(30, S + 60 * S / 1000));
+        assert!(l.try_spend(30, S + 60 * S / 1000));
+        assert!(!l.try_spend(1, S + 60 * S / 1000));
+    }
+
+    #[test]
+    fn lease_refunds_expired_credit() {
+        let b = TokenBucket::new(1000, 100);
+        let mut l = Lease::new();
+        assert_eq!(l.pace(&b, 1, S, 100, S / 100), Duration::ZERO);
+        assert_eq!(b.available(S), 0);
+        // 5 ms later the credit is still usable; 20 ms later it has expired and gone back.
+        assert!(l.can_spend(99, S + S / 200));
+        assert!(!l.can_spend(1, S + S / 50));
+        l.pace(&b, 10, S + S / 50, 10, S / 100);
+        assert_eq!(l.credit(), 0);
+        assert_eq!(b.available(S + S / 50), 90);
+        l.release(&b);
+        assert_eq!(l, Lease::new());
     }
 }
