@@ -3,20 +3,31 @@
 //! line). A working tokio fallback is a healthy engine: readiness stays `Ready`; the choice and
 //! its reason are reported separately, not as `Degraded`.
 //!
-//! [`AutoEngine`] is an enum over concrete engines so the hot path keeps static dispatch:
-//! consumers write their serving code generically over [`Engine`](crate::engine::Engine) and
-//! match once. io_uring usable (this probe, then the shard runtime's full probe: opcodes,
+//! [`AutoEngine`] is an enum over concrete engines and itself an [`Engine`]: consumers write
+//! their code once against the traits and serve through [`Engine::serve`], which reaches the
+//! picked engine's own (on uring: consumers on their connection's shard); each call costs one
+//! `match`, no boxing on the frame path. io_uring usable (this probe, then the shard runtime's full probe: opcodes,
 //! DEFER_TASKRUN, provided-buffer ring registration) ⇒ uring, for TCP and TLS alike (the shards
 //! run the TLS pump); the uring runtime failing to start (or its TLS configs failing to load)
 //! ⇒ tokio with reason `uring_start_failed`.
 
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
 
+use bytes::Bytes;
+
+use crate::config::Backend;
 use crate::engine::setup::EngineSetup;
-use crate::engine::tokio::TokioEngine;
-use crate::engine::uring::UringEngine;
-use crate::engine::EngineKind;
+use crate::engine::tokio::{TokioConn, TokioEngine, TokioListener, TokioSender};
+use crate::engine::uring::{UringConn, UringEngine, UringListener, UringSender};
+use crate::engine::{
+    Conn, ConnInfo, DialOptions, Engine, EngineKind, FrameSender, Listener, ShutdownReport,
+};
 use crate::error::TransportError;
+use crate::readiness::{ReadyState, TransportHealth};
 
 /// Reason given when io_uring works but no uring engine is compiled in yet.
 pub const REASON_URING_NOT_BUILT: &str = "uring engine not built yet";
@@ -196,6 +207,196 @@ impl AutoEngine {
         match self {
             Self::Tokio(_) => EngineKind::Tokio,
             Self::Uring(_) => EngineKind::Uring,
+        }
+    }
+}
+
+/// `AutoEngine` is itself an [`Engine`]: code written once against the traits runs on
+/// whichever engine was picked (one `match` per call, no boxing). [`Engine::serve`] reaches the
+/// picked engine's own `serve`, so on uring each connection's consumer runs on its shard.
+impl TransportHealth for AutoEngine {
+    fn readiness(&self) -> ReadyState {
+        match self {
+            Self::Tokio(e) => e.readiness(),
+            Self::Uring(e) => e.readiness(),
+        }
+    }
+}
+
+impl Engine for AutoEngine {
+    type Listener = AutoListener;
+    type Conn = AutoConn;
+
+    fn kind(&self) -> EngineKind {
+        AutoEngine::kind(self)
+    }
+
+    fn backend(&self) -> Backend {
+        match self {
+            Self::Tokio(e) => e.backend(),
+            Self::Uring(e) => e.backend(),
+        }
+    }
+
+    async fn listen(&self, addr: SocketAddr) -> Result<AutoListener, TransportError> {
+        Ok(match self {
+            Self::Tokio(e) => AutoListener::Tokio(e.listen(addr).await?),
+            Self::Uring(e) => AutoListener::Uring(e.listen(addr).await?),
+        })
+    }
+
+    async fn dial(&self, addr: SocketAddr, opts: DialOptions) -> Result<AutoConn, TransportError> {
+        Ok(match self {
+            Self::Tokio(e) => AutoConn::Tokio(e.dial(addr, opts).await?),
+            Self::Uring(e) => AutoConn::Uring(e.dial(addr, opts).await?),
+        })
+    }
+
+    async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        match self {
+            Self::Tokio(e) => e.shutdown(deadline).await,
+            Self::Uring(e) => e.shutdown(deadline).await,
+        }
+    }
+
+    fn serve<H, Fut>(
+        &self,
+        listener: AutoListener,
+        handler: H,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static
+    where
+        H: Fn(AutoConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let serving: Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send>> =
+            match (self, listener) {
+                (Self::Tokio(e), AutoListener::Tokio(l)) => {
+                    Box::pin(e.serve(l, move |c| handler(AutoConn::Tokio(c))))
+                }
+                (Self::Uring(e), AutoListener::Uring(l)) => {
+                    Box::pin(e.serve(l, move |c| handler(AutoConn::Uring(c))))
+                }
+                _ => Box::pin(std::future::ready(Err(TransportError::Unsupported {
+                    what: "a listener of another engine".into(),
+                }))),
+            };
+        serving
+    }
+}
+
+/// A listener of the engine [`AutoEngine`] picked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AutoListener {
+    /// The tokio engine's.
+    Tokio(TokioListener),
+    /// The uring engine's.
+    Uring(UringListener),
+}
+
+impl Listener for AutoListener {
+    type Conn = AutoConn;
+
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Tokio(l) => l.local_addr(),
+            Self::Uring(l) => l.local_addr(),
+        }
+    }
+
+    async fn accept(&mut self) -> Result<AutoConn, TransportError> {
+        Ok(match self {
+            Self::Tokio(l) => AutoConn::Tokio(l.accept().await?),
+            Self::Uring(l) => AutoConn::Uring(l.accept().await?),
+        })
+    }
+}
+
+/// A connection of the engine [`AutoEngine`] picked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AutoConn {
+    /// The tokio engine's.
+    Tokio(TokioConn),
+    /// The uring engine's.
+    Uring(UringConn),
+}
+
+/// A sender of an [`AutoConn`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AutoSender {
+    /// The tokio engine's.
+    Tokio(TokioSender),
+    /// The uring engine's.
+    Uring(UringSender),
+}
+
+impl FrameSender for AutoSender {
+    fn try_send(&self, frame: Bytes) -> Result<(), TransportError> {
+        match self {
+            Self::Tokio(s) => s.try_send(frame),
+            Self::Uring(s) => s.try_send(frame),
+        }
+    }
+
+    async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
+        match self {
+            Self::Tokio(s) => s.send(frame).await,
+            Self::Uring(s) => s.send(frame).await,
+        }
+    }
+}
+
+impl Conn for AutoConn {
+    type Sender = AutoSender;
+
+    fn info(&self) -> &ConnInfo {
+        match self {
+            Self::Tokio(c) => c.info(),
+            Self::Uring(c) => c.info(),
+        }
+    }
+
+    fn sender(&self) -> AutoSender {
+        match self {
+            Self::Tokio(c) => AutoSender::Tokio(c.sender()),
+            Self::Uring(c) => AutoSender::Uring(c.sender()),
+        }
+    }
+
+    fn try_send(&self, frame: Bytes) -> Result<(), TransportError> {
+        match self {
+            Self::Tokio(c) => c.try_send(frame),
+            Self::Uring(c) => c.try_send(frame),
+        }
+    }
+
+    async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
+        match self {
+            Self::Tokio(c) => c.send(frame).await,
+            Self::Uring(c) => c.send(frame).await,
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        match self {
+            Self::Tokio(c) => c.recv().await,
+            Self::Uring(c) => c.recv().await,
+        }
+    }
+
+    async fn close(self) -> Result<(), TransportError> {
+        match self {
+            Self::Tokio(c) => c.close().await,
+            Self::Uring(c) => c.close().await,
+        }
+    }
+
+    fn cancel(&self) {
+        match self {
+            Self::Tokio(c) => c.cancel(),
+            Self::Uring(c) => c.cancel(),
         }
     }
 }
