@@ -319,6 +319,7 @@ impl Policy {
         self: &Arc<Self>,
         dir: usize,
         epoch: u64,
+        now_ns: u64,
         f: impl FnOnce(&mut Lease, u64) -> R,
     ) -> Option<R> {
         let mut f = Some(f);
@@ -327,7 +328,7 @@ impl Policy {
                 let mut table = table.0.try_borrow_mut().ok()?;
                 let e = match table.first_mut() {
                     Some(e) if e.id == self.id && e.epoch == epoch => e,
-                    _ => self.lease_entry_slow(&mut table, epoch),
+                    _ => self.lease_entry_slow(&mut table, epoch, now_ns),
                 };
                 let f = f.take()?;
                 Some(f(&mut e.leases[dir], e.chunk[dir]))
@@ -344,6 +345,7 @@ impl Policy {
         self: &Arc<Self>,
         table: &'t mut Vec<LeaseEntry>,
         epoch: u64,
+        now_ns: u64,
     ) -> &'t mut LeaseEntry {
         match table.iter().position(|e| e.id == self.id) {
             Some(i) => table.swap(0, i),
@@ -359,21 +361,21 @@ impl Policy {
                 });
                 let last = table.len() - 1;
                 table.swap(0, last);
-                self.sync_lease_entry(&mut table[0], epoch, true);
+                self.sync_lease_entry(&mut table[0], epoch, true, now_ns);
                 return &mut table[0];
             }
         }
         let e = &mut table[0];
         if e.epoch != epoch {
-            self.sync_lease_entry(e, epoch, false);
+            self.sync_lease_entry(e, epoch, false, now_ns);
         }
         e
     }
 
-    fn sync_lease_entry(&self, e: &mut LeaseEntry, epoch: u64, fresh: bool) {
+    fn sync_lease_entry(&self, e: &mut LeaseEntry, epoch: u64, fresh: bool, now_ns: u64) {
         if !fresh {
-            e.leases[IN].release(&self.global_ingress);
-            e.leases[OUT].release(&self.global_egress);
+            e.leases[IN].release(&self.global_ingress, now_ns);
+            e.leases[OUT].release(&self.global_egress, now_ns);
         }
         e.epoch = epoch;
         e.chunk = [
@@ -386,7 +388,7 @@ impl Policy {
     #[inline]
     fn pace_global(self: &Arc<Self>, dir: usize, n: u64, now_ns: u64, epoch: u64) -> Duration {
         let bucket = self.global(dir);
-        self.with_lease(dir, epoch, |lease, chunk| {
+        self.with_lease(dir, epoch, now_ns, |lease, chunk| {
             lease.pace(bucket, n, now_ns, chunk, LEASE_TTL_NS)
         })
         .unwrap_or_else(|| bucket.consume_paced(n, now_ns))
@@ -561,8 +563,9 @@ impl Drop for LeaseTable {
         for mut e in self.0.get_mut().drain(..) {
             if let Some(p) = e.owner.upgrade() {
                 if p.epoch.load(Ordering::Acquire) == e.epoch {
-                    e.leases[IN].release(&p.global_ingress);
-                    e.leases[OUT].release(&p.global_egress);
+                    let now = now_ns();
+                    e.leases[IN].release(&p.global_ingress, now);
+                    e.leases[OUT].release(&p.global_egress, now);
                 }
             }
         }
@@ -694,7 +697,7 @@ impl ConnPermit {
             && (f & F_GLOBAL_OUT == 0 || {
                 let epoch = self.lease_epoch();
                 self.policy
-                    .with_lease(OUT, epoch, |lease, _| lease.can_spend(n, now_ns))
+                    .with_lease(OUT, epoch, now_ns, |lease, _| lease.can_spend(n, now_ns))
                     .unwrap_or(false)
                     || self.policy.global_egress.can_consume(n, now_ns)
             })
@@ -719,7 +722,7 @@ impl ConnPermit {
             let epoch = self.lease_epoch();
             let from_lease = self
                 .policy
-                .with_lease(OUT, epoch, |lease, _| lease.try_spend(n, now_ns))
+                .with_lease(OUT, epoch, now_ns, |lease, _| lease.try_spend(n, now_ns))
                 .unwrap_or(false);
             if !from_lease && !self.policy.global_egress.try_consume(n, now_ns) {
                 self.state.egress.refund(n);

@@ -27,12 +27,18 @@
 //! cache line if every I/O consumed from it. A [`Lease`] is one owner's (one thread's) stash of
 //! tokens taken from a shared bucket in chunks ([`Lease::pace`]): most I/Os are paid from the
 //! stash with plain arithmetic on owner-local memory, and the bucket is touched once per chunk.
+//! Chunks adapt to the owner's traffic: the first is just the request, each renewal doubles it
+//! (up to the caller's maximum), each expiry with credit left halves it — so a busy owner renews
+//! rarely and an idle one never sits on more than about what it last spent.
 //! The bucket's accounting stays exact — leased tokens are consumed from it when taken — and the
 //! pacing wait of a chunk is served by the I/Os that spend it (the lease is *ready* only when the
 //! bucket's debt for it is repaid). Unspent tokens are refunded when the lease expires
 //! (`ttl_ns` after it became ready), so an idle owner does not sit on the shared rate, and
 //! spending is never more than `ttl_ns` late: over any window the bytes spent exceed the plain
-//! bucket's bound by at most `rate · ttl`.
+//! bucket's bound by at most `rate · ttl` (plus one chunk per owner). A refund only happens while
+//! the bucket's schedule still holds the chunk (`now` before the TAT the chunk produced):
+//! afterwards the bucket may have been full in between — it has forgotten those tokens, and
+//! giving them back would credit the present with unused past capacity.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -150,9 +156,16 @@ impl TokenBucket {
     /// before acting so that the long-run rate holds (zero if none). Used for pacing.
     #[inline]
     pub fn consume_paced(&self, n: u64, now_ns: u64) -> Duration {
+        self.consume_paced_tat(n, now_ns).0
+    }
+
+    /// [`consume_paced`](Self::consume_paced), also returning the TAT right after this consume
+    /// (0 if disabled).
+    #[inline]
+    fn consume_paced_tat(&self, n: u64, now_ns: u64) -> (Duration, u64) {
         let fp = self.ns_per_byte_fp.load(Ordering::Relaxed);
         if fp == 0 {
-            return Duration::ZERO;
+            return (Duration::ZERO, 0);
         }
         let cost = cost_ns(n, fp);
         let tau = self.tau_ns.load(Ordering::Relaxed);
@@ -164,7 +177,10 @@ impl TokenBucket {
             // The closure always returns Some.
             .unwrap_or_else(|v| v);
         let new_tat = prev.max(now_ns).saturating_add(cost);
-        Duration::from_nanos((new_tat - now_ns).saturating_sub(tau))
+        (
+            Duration::from_nanos((new_tat - now_ns).saturating_sub(tau)),
+            new_tat,
+        )
     }
 
     /// True if `n` tokens could be taken now (same rule as [`try_consume`](Self::try_consume)),
@@ -236,6 +252,11 @@ pub struct Lease {
     ready_ns: u64,
     /// After this instant unspent credit is refunded, ns.
     expires_ns: u64,
+    /// Size of the next chunk before clamping to the caller's maximum (adaptive).
+    chunk: u64,
+    /// The bucket's TAT right after the last chunk was taken: until then the bucket's schedule
+    /// still holds the unspent credit, so it can be refunded.
+    tat_ns: u64,
 }
 
 impl Lease {
@@ -245,6 +266,8 @@ impl Lease {
             credit: 0,
             ready_ns: 0,
             expires_ns: 0,
+            chunk: 0,
+            tat_ns: 0,
         }
     }
 
@@ -255,7 +278,8 @@ impl Lease {
 
     /// [`TokenBucket::consume_paced`] through the lease: spends `n` bytes from the stash when
     /// it holds them (no access to `bucket`), otherwise takes `max(missing, chunk)` bytes from
-    /// `bucket` in one paced consume. Returns how long the caller must wait before acting: the
+    /// `bucket` in one paced consume, where `chunk` adapts between the request size and
+    /// `max_chunk` (see module docs). Returns how long the caller must wait before acting: the
     /// time until the spent bytes are ready. Refunds expired credit first.
     #[inline]
     pub fn pace(
@@ -263,15 +287,18 @@ impl Lease {
         bucket: &TokenBucket,
         n: u64,
         now_ns: u64,
-        chunk: u64,
+        max_chunk: u64,
         ttl_ns: u64,
     ) -> Duration {
         if self.credit > 0 && now_ns > self.expires_ns {
-            self.release(bucket);
+            self.refund(bucket, now_ns);
+            self.chunk /= 2;
         }
         if self.credit < n {
-            let take = (n - self.credit).max(chunk);
-            let wait = bucket.consume_paced(take, now_ns);
+            let take = (n - self.credit).max(self.chunk.min(max_chunk));
+            self.chunk = take.saturating_mul(2).min(max_chunk);
+            let (wait, tat) = bucket.consume_paced_tat(take, now_ns);
+            self.tat_ns = tat;
             let ready = now_ns.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
             self.credit += take;
             self.ready_ns = self.ready_ns.max(ready);
@@ -298,12 +325,18 @@ impl Lease {
         ok
     }
 
-    /// Gives unspent credit back to `bucket` and empties the lease.
-    pub fn release(&mut self, bucket: &TokenBucket) {
-        if self.credit > 0 {
+    /// Gives unspent credit back to `bucket` (if its schedule still holds it at `now_ns`, see
+    /// module docs) and empties the lease.
+    pub fn release(&mut self, bucket: &TokenBucket, now_ns: u64) {
+        self.refund(bucket, now_ns);
+        *self = Self::new();
+    }
+
+    fn refund(&mut self, bucket: &TokenBucket, now_ns: u64) {
+        if self.credit > 0 && now_ns < self.tat_ns {
             bucket.refund(self.credit);
         }
-        *self = Self::new();
+        self.credit = 0;
     }
 }
 
@@ -405,38 +438,45 @@ mod tests {
     fn lease_spends_locally_then_renews() {
         let b = TokenBucket::new(1000, 100);
         let mut l = Lease::new();
-        // First spend takes a 40-byte chunk; the next three are paid from the stash.
+        // Chunks grow 10 → 20 → 40 (the maximum): the first takes exactly the request.
         assert_eq!(l.pace(&b, 10, S, 40, S), Duration::ZERO);
-        assert_eq!(b.available(S), 60);
+        assert_eq!((l.credit(), b.available(S)), (0, 90));
+        assert_eq!(l.pace(&b, 10, S, 40, S), Duration::ZERO);
+        assert_eq!((l.credit(), b.available(S)), (10, 70));
+        assert_eq!(l.pace(&b, 10, S, 40, S), Duration::ZERO);
+        assert_eq!((l.credit(), b.available(S)), (0, 70), "paid from the stash");
+        assert_eq!(l.pace(&b, 10, S, 40, S), Duration::ZERO);
+        assert_eq!((l.credit(), b.available(S)), (30, 30));
         for _ in 0..3 {
             assert_eq!(l.pace(&b, 10, S, 40, S), Duration::ZERO);
         }
-        assert_eq!((l.credit(), b.available(S)), (0, 60));
-        // The next chunk fits the burst; the one after overruns it by 20 ms, a wait that
-        // every spender of that chunk observes.
-        assert_eq!(l.pace(&b, 40, S, 40, S), Duration::ZERO);
-        assert_eq!(l.pace(&b, 20, S, 40, S), Duration::from_millis(20));
-        assert_eq!(l.pace(&b, 20, S, 40, S), Duration::from_millis(20));
-        assert_eq!(l.pace(&b, 10, S, 40, S), Duration::from_millis(60));
+        // The next chunk (40) overruns the 30 bytes left of the burst by 10 ms, a wait every
+        // spender of that chunk observes.
+        assert_eq!(l.pace(&b, 20, S, 40, S), Duration::from_millis(10));
+        assert_eq!(l.pace(&b, 10, S, 40, S), Duration::from_millis(10));
         assert!(!l.can_spend(10, S), "not ready yet");
-        assert!(l.can_spend(30, S + 60 * S / 1000));
-        assert!(l.try_spend(30, S + 60 * S / 1000));
-        assert!(!l.try_spend(1, S + 60 * S / 1000));
+        assert!(l.can_spend(10, S + S / 100));
+        assert!(l.try_spend(10, S + S / 100));
+        assert!(!l.try_spend(1, S + S / 100));
     }
 
     #[test]
     fn lease_refunds_expired_credit() {
         let b = TokenBucket::new(1000, 100);
         let mut l = Lease::new();
-        assert_eq!(l.pace(&b, 1, S, 100, S / 100), Duration::ZERO);
-        assert_eq!(b.available(S), 0);
-        // 5 ms later the credit is still usable; 20 ms later it has expired and gone back.
-        assert!(l.can_spend(99, S + S / 200));
+        l.pace(&b, 10, S, 80, S / 100); // takes 10, next chunk 20
+        l.pace(&b, 10, S, 80, S / 100); // takes 20, next chunk 40
+        l.pace(&b, 20, S, 80, S / 100); // takes 40, next chunk 80
+        assert_eq!((l.credit(), b.available(S)), (30, 30));
+        // 5 ms later the credit is still usable; 20 ms later it has expired.
+        assert!(l.can_spend(30, S + S / 200));
         assert!(!l.can_spend(1, S + S / 50));
-        l.pace(&b, 10, S + S / 50, 10, S / 100);
-        assert_eq!(l.credit(), 0);
-        assert_eq!(b.available(S + S / 50), 90);
-        l.release(&b);
+        // The expired 30 bytes go back and the chunk halves (80 → 40).
+        let t = S + S / 50;
+        l.pace(&b, 10, t, 80, S / 100);
+        assert_eq!(l.credit(), 30);
+        l.release(&b, t);
         assert_eq!(l, Lease::new());
+        assert_eq!(b.available(t), 70, "only the 50 bytes spent stay charged");
     }
 }
