@@ -36,13 +36,16 @@
 
 pub mod balance;
 pub mod conn;
+mod ctx;
 mod doorbell;
 mod exec;
 pub mod frame;
 pub mod handle;
 pub mod handler;
+mod meta;
 pub mod port;
 pub mod probe;
+mod remote;
 pub mod runtime;
 mod shard;
 pub mod stats;
@@ -63,9 +66,9 @@ pub use handler::{
 };
 pub use port::{port, PortConn, PortTx};
 pub use probe::{probe, ProbeFailure, ProbeReport};
-pub use runtime::TlsDial;
 pub use runtime::{
     bind, DrainReport, ListenerId, Runtime, RuntimeConfig, ShardError, Shutdown, StartError,
 };
 pub use shard::{ConnOptions, ShardReport};
 pub use stats::StatsSnapshot;
+pub use tls_conn::TlsDial;

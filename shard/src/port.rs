@@ -47,7 +47,7 @@ const WAKE_DETACH: u32 = 1 << 4;
 
 thread_local! {
     /// The shard-local halves of this shard's ports.
-    static PORTS: RefCell<Slab<LocalPort>> = RefCell::new(Slab::new());
+    static PORTS: RefCell<Slab<LocalPort>> = const { RefCell::new(Slab::new()) };
     static NEXT_GEN: Cell<u32> = const { Cell::new(1) };
 }
 

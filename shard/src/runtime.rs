@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 use crate::handler::{AcceptHooks, DialHooks};
 use crate::shard::{self, Command, ConnOptions, Shard, ShardConfig, ShardReport, ShardShared};
 use crate::stats::StatsSnapshot;
+pub use crate::tls_conn::TlsDial;
 
 /// A connection's reading pauses once this many `chunk_bytes` of output are queued (and
 /// resumes below half of that).
@@ -180,16 +181,6 @@ impl ShardError {
             Self::Stopped => "stopped",
         }
     }
-}
-
-/// The client side of a TLS dial: the caller's config (policy: roots, PQ groups, ALPN,
-/// resumption store) and the server name to verify.
-#[derive(Clone, Debug)]
-pub struct TlsDial {
-    /// The rustls client config.
-    pub config: Arc<rustls::ClientConfig>,
-    /// The name the server certificate must be valid for.
-    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 /// Identifies a listener registered with [`Runtime::listen`].

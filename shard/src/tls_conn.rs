@@ -453,3 +453,13 @@ mod tests {
         assert_eq!(f.written(10), (0, 0));
     }
 }
+
+/// The client side of a TLS dial: the caller's config (policy: roots, PQ groups, ALPN,
+/// resumption store) and the server name to verify.
+#[derive(Clone, Debug)]
+pub struct TlsDial {
+    /// The rustls client config.
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// The name the server certificate must be valid for.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}

@@ -22,6 +22,7 @@
 
 pub mod auto;
 pub mod setup;
+pub mod shared;
 pub mod tokio;
 pub mod uring;
 

@@ -8,12 +8,12 @@
 //! inject in-memory TLS configs with [`EngineSetup::with_tls_server`] /
 //! [`EngineSetup::with_tls_client`] instead of files.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 
 use crate::config::{Backend, ConfigHandle, ValidConfig};
+pub use crate::engine::shared::EngineShared;
 use crate::engine::tokio::TokioEngine;
 use crate::error::TransportError;
 use crate::metrics::{PqLabel, TransportMetrics};
@@ -176,40 +176,6 @@ impl EngineSetup {
             self.readiness.clone(),
             tls,
         )
-    }
-}
-
-/// The state one engine instance shares between its listeners, dialers and connections.
-#[derive(Debug)]
-pub struct EngineShared {
-    /// Admission (caps) and pacing (token buckets); also the live config snapshot.
-    pub policy: Arc<Policy>,
-    /// The metrics instance every event is counted in.
-    pub metrics: Arc<TransportMetrics>,
-    /// The readiness publisher.
-    pub readiness: Readiness,
-    /// The backend label this engine speaks.
-    pub backend: Backend,
-    /// The configured key-exchange posture (the `mode` of a failed `pq_handshake_total`).
-    pub pq_mode: PqLabel,
-    /// TLS server config (listeners), when the backend is TLS and one is configured.
-    pub tls_server: Option<Arc<ServerConfig>>,
-    /// TLS client config (dialers), when the backend is TLS and one could be built.
-    pub tls_client: Option<Arc<ClientConfig>>,
-    /// Why `tls_client` is missing, if building it failed.
-    pub tls_client_error: Option<String>,
-}
-
-impl EngineShared {
-    /// The current config snapshot.
-    pub fn config(&self) -> Arc<ValidConfig> {
-        self.policy.config()
-    }
-
-    /// A new process-unique connection id (never 0).
-    pub fn next_conn_id(&self) -> u64 {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        NEXT.fetch_add(1, Ordering::Relaxed)
     }
 }
 

@@ -32,7 +32,7 @@ pub use conn::{TokioConn, TokioSender};
 pub use listener::TokioListener;
 
 use crate::config::Backend;
-use crate::engine::setup::EngineShared;
+use crate::engine::shared::EngineShared;
 use crate::engine::{
     ConnInfo, DialOptions, Engine, EngineKind, ShutdownReport, WRITER_INBOX_CAPACITY,
 };

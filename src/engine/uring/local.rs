@@ -45,7 +45,7 @@ pub use ron_shard::Frame;
 
 use super::{admit_counted, count_handshake_failure, map_close, timeouts_of};
 use crate::config::{Backend, ValidConfig};
-use crate::engine::setup::EngineShared;
+use crate::engine::shared::EngineShared;
 use crate::engine::{ConnInfo, EngineKind, ShutdownReport};
 use crate::error::{RejectReason, TransportError};
 use crate::metrics::{BackendMetrics, PqLabel, TaskKind};

@@ -411,6 +411,7 @@ impl Engine for UringEngine {
     /// `send` touch that shard's local state only. Connections that were already waiting for
     /// `accept` when `serve` started run on the caller's Tokio runtime (or, called on a shard,
     /// on that shard) through the port's shared path. Ends when the listener stops.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would borrow `self`: not `'static`
     fn serve<H, Fut>(
         &self,
         mut listener: UringListener,

@@ -1,0 +1,284 @@
+//! Accept and hand-off: listeners (multishot accept), admission through the caller's hook
+//! before any buffer or read, the least-loaded hand-off to a shard, and installing an admitted
+//! or dialed socket as a connection on its owning shard.
+#![forbid(unsafe_code)]
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Shard {
+    pub(super) fn listen(
+        &mut self,
+        id: u64,
+        fd: OwnedFd,
+        hooks: Arc<dyn AcceptHooks>,
+        opts: ConnOptions,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
+        if self.drain.is_some() {
+            return;
+        }
+        let gen = self.gen();
+        let idx = self.listeners.insert(ListenerSlot {
+            gen,
+            id,
+            fd: Rc::new(fd),
+            hooks,
+            opts,
+            op: None,
+            tls,
+        });
+        self.arm_accept(idx);
+    }
+
+    pub(super) fn arm_accept(&mut self, idx: usize) {
+        let Some(l) = self.listeners.get(idx) else {
+            return;
+        };
+        let fd = l.fd.clone();
+        let t = tag(Kind::Accept, idx, l.gen);
+        match self.ring.accept_multi(&fd, t) {
+            Ok(op) => self.listeners[idx].op = Some(op),
+            Err(_) => {
+                let gen = self.listeners[idx].gen;
+                self.timers.push(Reverse((
+                    self.now + Duration::from_millis(50),
+                    TimerKey::Listener(idx, gen),
+                )));
+            }
+        }
+    }
+
+    pub(super) fn stop_listen(&mut self, id: Option<u64>) {
+        let idxs: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| id.is_none_or(|id| l.id == id))
+            .map(|(i, _)| i)
+            .collect();
+        for idx in idxs {
+            let l = self.listeners.remove(idx);
+            if let Some(op) = l.op {
+                let _ = self.ring.cancel(op);
+            }
+            // The accept op holds its own Rc of the fd: it closes when the op completes.
+        }
+    }
+
+    pub(super) fn on_accept(&mut self, idx: usize, gen: u32, c: Completion) {
+        let live = self
+            .listeners
+            .get(idx)
+            .is_some_and(|l| l.gen & GEN_MASK == gen);
+        if !live {
+            // Stopped listener: an fd accepted before the cancel landed is closed here.
+            drop(sys::adopt_fd(c.result));
+            return;
+        }
+        if !c.more {
+            self.listeners[idx].op = None;
+        }
+        if c.result >= 0 {
+            if let Some(fd) = sys::adopt_fd(c.result) {
+                ShardStats::add(&self.shared.stats.accepted, 1);
+                self.admit(idx, fd);
+            }
+        }
+        if !c.more {
+            if matches!(
+                -c.result,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            ) {
+                // Out of descriptors/memory: back off instead of spinning.
+                let gen = self.listeners[idx].gen;
+                self.timers.push(Reverse((
+                    self.now + Duration::from_millis(50),
+                    TimerKey::Listener(idx, gen),
+                )));
+            } else {
+                self.arm_accept(idx);
+            }
+        }
+    }
+
+    pub(super) fn admit(&mut self, lidx: usize, fd: OwnedFd) {
+        let sock = socket2::SockRef::from(&fd);
+        let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
+            return; // already reset by the peer; fd closes here
+        };
+        let (Some(peer), Some(local)) = (peer.as_socket(), local.as_socket()) else {
+            return;
+        };
+        let l = &self.listeners[lidx];
+        let hooks = l.hooks.clone();
+        let opts = l.opts;
+        let tls = l.tls.clone();
+        let accepted_at = self.now;
+        let token = match hooks.admit(peer) {
+            Ok(t) => t,
+            Err(_) => {
+                ShardStats::add(&self.shared.stats.rejected, 1);
+                return; // fd dropped: closed before any buffer or read
+            }
+        };
+        let peers = self.peers.clone();
+        let target = self.balancer.pick(|i| {
+            let s = &peers[i].stats;
+            (
+                s.open.load(Ordering::Relaxed),
+                s.adopted.load(Ordering::Relaxed),
+            )
+        });
+        let adopt = Adopt {
+            fd,
+            peer,
+            local,
+            token,
+            hooks,
+            opts,
+            tls,
+            accepted_at,
+        };
+        if target == self.id {
+            self.adopt(adopt);
+            return;
+        }
+        if let Err(e) = peers[target].send_cmd(Command::Adopt(adopt)) {
+            if let (Command::Adopt(a), _) = *e {
+                self.balancer.undo(target);
+                self.adopt(a);
+            }
+        }
+    }
+
+    pub(super) fn adopt(&mut self, a: Adopt) {
+        ShardStats::add(&self.shared.stats.adopted, 1);
+        if self.drain.is_some() {
+            return; // shutting down: refuse (fd closes here)
+        }
+        if a.opts.nodelay {
+            let _ = socket2::SockRef::from(&a.fd).set_nodelay(true);
+        }
+        let opener = Opener::Accept {
+            hooks: a.hooks,
+            token: a.token,
+        };
+        let tls = match a.tls {
+            None => None,
+            Some(cfg) => {
+                let deadline = a.opts.timeouts.read.map(|d| a.accepted_at + d);
+                match TlsPump::server(cfg) {
+                    Ok(p) => Some(TlsConn::new(p, a.accepted_at, deadline)),
+                    Err(e) => {
+                        self.fail_before_install(a.peer, a.local, false, opener, &e);
+                        return;
+                    }
+                }
+            }
+        };
+        self.install(a.fd, a.peer, a.local, false, a.opts, tls, opener);
+    }
+
+    /// A TLS pump could not even be created (a config the pump refuses): report it as a
+    /// handshake failure without installing the connection (the socket closes here).
+    pub(super) fn fail_before_install(
+        &mut self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        outbound: bool,
+        opener: Opener,
+        e: &PumpError,
+    ) {
+        ShardStats::add(&self.shared.stats.tls_handshake_failed, 1);
+        let meta = ConnMeta {
+            id: self.conn_ids.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            shard: self.id,
+            outbound,
+            tls: None,
+        };
+        opener.failed(
+            &meta,
+            HandshakeFailure {
+                reason: CloseReason::Tls(e.kind()),
+                detail: e.to_string(),
+                elapsed: Duration::ZERO,
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn install(
+        &mut self,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        local: SocketAddr,
+        outbound: bool,
+        opts: ConnOptions,
+        tls: Option<TlsConn>,
+        opener: Opener,
+    ) {
+        let gen = self.gen();
+        let entry = self.conns.vacant_entry();
+        let idx = entry.key();
+        let meta = ConnMeta {
+            id: self.conn_ids.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            shard: self.id,
+            outbound,
+            tls: None,
+        };
+        let remote = ConnRemote(Arc::new(RemoteShared {
+            shard: self.shared.wakes.clone(),
+            key: (idx as u32, gen),
+            bits: AtomicU32::new(0),
+            queued: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+        }));
+        let (handler, opener) = match tls {
+            None => (Some(opener.open(&meta, remote.clone())), None),
+            Some(_) => (None, Some(opener)),
+        };
+        let open_now = handler.is_some();
+        entry.insert(Conn {
+            gen,
+            fd: Rc::new(fd),
+            meta,
+            state: ConnState::new(self.now, opts.max_frame, opts.timeouts),
+            handler,
+            tls: tls.map(Box::new),
+            opener,
+            io: ConnIo {
+                out: VecDeque::new(),
+                want_read: true,
+                output_pauses_reading: true,
+                read_hold: None,
+                read_hold_armed: None,
+                deferred: bytes::BytesMut::new(),
+                close: None,
+                remote,
+                recv_op: None,
+                recv_cancelled: false,
+                recv_kind: RecvKind::Ring,
+                direct: false,
+                direct_len: 0,
+                fresh_seq: 0,
+                out_paused: false,
+                starved: false,
+                send_op: None,
+                zc_sent: None,
+                eof: false,
+                timer: None,
+                wake_at: None,
+                wake_armed: None,
+            },
+        });
+        ShardStats::add(&self.shared.stats.open, 1);
+        if open_now {
+            self.call(idx, |h, ctx| h.on_open(ctx));
+        }
+        self.service(idx);
+    }
+}
