@@ -9,6 +9,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "arti")]
+pub mod arti;
 pub mod config;
 pub mod error;
 pub mod metrics;

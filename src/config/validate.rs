@@ -53,13 +53,12 @@ pub struct CompiledFeatures {
 }
 
 impl CompiledFeatures {
-    /// The features of this build. There is no Arti backend in this crate today, so `arti` is
-    /// always false (when one lands behind a feature, this becomes `cfg!(feature = "arti")`).
+    /// The features of this build.
     pub const fn current() -> Self {
         Self {
             tls: cfg!(feature = "tls"),
             pq: cfg!(feature = "pq"),
-            arti: false,
+            arti: cfg!(feature = "arti"),
         }
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod tls;
+pub mod tor;
 
 use std::future::Future;
 use std::net::SocketAddr;
