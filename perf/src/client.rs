@@ -42,6 +42,9 @@ pub struct LoadSpec {
     pub cores: Vec<usize>,
     /// Server process to sample CPU time from, if known.
     pub server_pid: Option<u32>,
+    /// The server's cores (with `cores`, the cores whose idle share is sampled; both empty =
+    /// the whole machine).
+    pub server_cores: Vec<usize>,
 }
 
 /// What one load run measured.
@@ -61,6 +64,9 @@ pub struct LoadResult {
     pub server_cpu: Option<Duration>,
     /// Client process CPU time over the window.
     pub client_cpu: Duration,
+    /// Idle share (0..=1) of the server's and client's cores over the window: with neither
+    /// process busy, high = something waited, low = other processes had the cores.
+    pub cores_idle: Option<f64>,
 }
 
 impl LoadResult {
@@ -170,12 +176,15 @@ pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
     *window.lock().expect("window lock") = Some(w);
     barrier.wait();
 
+    let watched = watched_cores(&spec.cores, &spec.server_cores);
     std::thread::sleep(w.start.saturating_duration_since(Instant::now()));
     let s0 = spec.server_pid.map(|p| sys::cpu_time(Some(p)));
     let c0 = sys::cpu_time(None)?;
+    let k0 = sys::cores_ticks(&watched).ok();
     std::thread::sleep(w.end.saturating_duration_since(Instant::now()));
     let s1 = spec.server_pid.map(|p| sys::cpu_time(Some(p)));
     let c1 = sys::cpu_time(None)?;
+    let k1 = sys::cores_ticks(&watched).ok();
 
     let mut res = LoadResult {
         frames: 0,
@@ -188,6 +197,7 @@ pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
             _ => None,
         },
         client_cpu: c1.saturating_sub(c0),
+        cores_idle: k0.zip(k1).and_then(|(a, b)| sys::idle_share(a, b)),
     };
     for h in handles {
         let outs = h.join().map_err(|_| anyhow!("client thread panicked"))??;
@@ -203,6 +213,17 @@ pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         }
     }
     Ok(res)
+}
+
+/// The union of the client's and the server's cores (empty = the whole machine).
+pub fn watched_cores(client: &[usize], server: &[usize]) -> Vec<usize> {
+    if client.is_empty() || server.is_empty() {
+        return Vec::new();
+    }
+    let mut v: Vec<usize> = client.iter().chain(server).copied().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 fn client_thread(
@@ -247,6 +268,7 @@ fn client_thread(
                 for c in conns {
                     let payload = spec.payload;
                     let depth = spec.depth.max(1);
+                    let tls = spec.tls.is_some();
                     tasks.push(tokio::task::spawn_local(async move {
                         match c {
                             Err(e) => ConnOutcome {
@@ -254,7 +276,7 @@ fn client_thread(
                                 hist: new_hist(),
                                 error: Some(format!("{e:#}")),
                             },
-                            Ok(s) => conn_loop(s, payload, depth, per_conn_rate, w).await,
+                            Ok(s) => conn_loop(s, tls, payload, depth, per_conn_rate, w).await,
                         }
                     }));
                 }
@@ -273,9 +295,13 @@ fn client_thread(
     Ok(outs)
 }
 
-/// One connection's closed-loop (or paced) echo loop.
+/// One connection's closed-loop (or paced) echo loop. Reading and writing are independent:
+/// frames owed to the server are written whenever the socket takes them, while echoes keep
+/// being read, so neither direction ever waits for the other (a write that cannot finish must
+/// not stop the reads that would let the server go on).
 async fn conn_loop(
-    mut s: Box<dyn Stream>,
+    s: Box<dyn Stream>,
+    tls: bool,
     payload: usize,
     depth: usize,
     rate: Option<f64>,
@@ -286,8 +312,14 @@ async fn conn_loop(
         hist: new_hist(),
         error: None,
     };
+    let (mut rd, mut wr) = tokio::io::split(s);
     let flen = wire::HEADER + payload;
+    // Every frame is the same, so the bytes still owed to the server are always the last
+    // `owed` bytes of `batch` (at most `depth` frames are queued or in flight).
     let batch = wire::frames(payload, depth);
+    let mut owed = 0usize;
+    // TLS: bytes rustls accepted may still wait in its buffer; flush after writing.
+    let mut need_flush = false;
     // Received bytes live in `rbuf[start..filled]`. The buffer holds many frames, and the
     // partial tail moves to the front only when less than one frame of room is left: the
     // client copies a fraction of a frame per frame, not up to a whole frame per read (which
@@ -295,6 +327,9 @@ async fn conn_loop(
     let mut rbuf = vec![0u8; (16 * flen).clamp(64 * 1024, 4 << 20)];
     let mut start = 0usize;
     let mut filled = 0usize;
+    // Send time of every frame queued or in flight, oldest first: a frame's time is taken when
+    // it is queued, and the loop writes queued frames at once, so this is the time it was
+    // handed to the socket unless the socket was full (then the wait is part of its latency).
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(depth);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
     let hard_end = w.end + Duration::from_secs(2);
@@ -306,35 +341,53 @@ async fn conn_loop(
 
     // Closed loop: fill the window at once.
     if interval.is_none() {
-        let now = Instant::now();
-        if let Err(e) = s.write_all(&batch).await {
-            out.error = Some(format!("write: {e}"));
-            return out;
-        }
-        sent_at.extend(std::iter::repeat_n(now, depth));
+        owed = depth * flen;
+        sent_at.extend(std::iter::repeat_n(Instant::now(), depth));
     }
 
     enum Ev {
         Read(std::io::Result<usize>),
+        Wrote(std::io::Result<usize>),
+        Flushed(std::io::Result<()>),
         Tick,
         End,
     }
     loop {
         let can_tick = interval.is_some() && sent_at.len() < depth;
+        let can_write = owed > 0 || need_flush;
+        // One operation per turn, each cancel-safe: a write of what is owed, else a flush.
+        let write = async {
+            if owed > 0 {
+                Ev::Wrote(wr.write(&batch[batch.len() - owed..]).await)
+            } else {
+                Ev::Flushed(wr.flush().await)
+            }
+        };
         let ev = tokio::select! {
             biased;
             _ = &mut end_sleep => Ev::End,
-            r = s.read(&mut rbuf[filled..]) => Ev::Read(r),
+            ev = write, if can_write => ev,
+            r = rd.read(&mut rbuf[filled..]) => Ev::Read(r),
             _ = &mut tick, if can_tick => Ev::Tick,
         };
         match ev {
             Ev::End => break,
+            Ev::Wrote(Ok(0)) => {
+                out.error = Some("write: zero bytes written".to_owned());
+                break;
+            }
+            Ev::Wrote(Ok(n)) => {
+                owed -= n;
+                need_flush = tls;
+            }
+            Ev::Wrote(Err(e)) | Ev::Flushed(Err(e)) => {
+                out.error = Some(format!("write: {e}"));
+                break;
+            }
+            Ev::Flushed(Ok(())) => need_flush = false,
             Ev::Tick => {
                 let now = Instant::now();
-                if let Err(e) = s.write_all(&batch[..flen]).await {
-                    out.error = Some(format!("write: {e}"));
-                    break;
-                }
+                owed += flen;
                 sent_at.push_back(now);
                 let iv = interval.expect("tick only with a rate");
                 // Keep the schedule, but never burst to catch up more than one period.
@@ -364,11 +417,13 @@ async fn conn_loop(
                     break;
                 }
                 let in_window = now >= w.start && now < w.end;
-                for _ in 0..sc.frames {
-                    let Some(t) = sent_at.pop_front() else {
-                        out.error = Some("echo: more frames than sent".to_owned());
-                        return out;
-                    };
+                // Frames still owed (not fully written) cannot have been echoed.
+                let written = sent_at.len() - owed.div_ceil(flen);
+                if sc.frames > written {
+                    out.error = Some("echo: more frames than sent".to_owned());
+                    break;
+                }
+                for t in sent_at.drain(..sc.frames) {
                     if in_window {
                         let us = now.duration_since(t).as_micros().max(1) as u64;
                         let _ = out.hist.record(us.min(60_000_000));
@@ -383,21 +438,17 @@ async fn conn_loop(
                     (start, filled) = (0, filled - start);
                 }
                 if interval.is_none() && sc.frames > 0 {
-                    let k = sc.frames;
-                    if let Err(e) = s.write_all(&batch[..k * flen]).await {
-                        out.error = Some(format!("write: {e}"));
-                        break;
-                    }
-                    let t = Instant::now();
-                    sent_at.extend(std::iter::repeat_n(t, k));
+                    // Replacements are queued now and written by the next turns.
+                    owed += sc.frames * flen;
+                    sent_at.extend(std::iter::repeat_n(now, sc.frames));
                 }
-                if Instant::now() >= hard_end {
+                if now >= hard_end {
                     break;
                 }
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_millis(200), s.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), wr.shutdown()).await;
     out
 }
 
@@ -420,6 +471,8 @@ pub struct HandshakeResult {
     pub server_cpu: Option<Duration>,
     /// Client CPU time over the window.
     pub client_cpu: Duration,
+    /// Idle share (0..=1) of the watched cores over the window (see [`LoadResult::cores_idle`]).
+    pub cores_idle: Option<f64>,
 }
 
 /// (handshakes, resumed, latency, errors, first error) of one handshake thread.
@@ -428,6 +481,7 @@ type HsTotals = (u64, u64, Histogram<u64>, u64, Option<String>);
 /// New TLS connections in a loop from `parallel` tasks spread over one thread per client core:
 /// connect,
 /// handshake (timed), one 64-byte echo (which also delivers the session tickets), close.
+#[allow(clippy::too_many_arguments)] // the load's shape, then what to sample; all plain values
 pub fn run_handshakes(
     target: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
@@ -436,6 +490,7 @@ pub fn run_handshakes(
     duration: Duration,
     cores: &[usize],
     server_pid: Option<u32>,
+    server_cores: &[usize],
 ) -> anyhow::Result<HandshakeResult> {
     let start = Instant::now() + warmup;
     let end = start + duration;
@@ -447,12 +502,15 @@ pub fn run_handshakes(
         let parallel = parallel / threads + usize::from(i < parallel % threads);
         hs.push(handshake_thread(target, cfg, parallel, start, end, core));
     }
+    let watched = watched_cores(cores, server_cores);
     std::thread::sleep(start.saturating_duration_since(Instant::now()));
     let s0 = server_pid.map(|p| sys::cpu_time(Some(p)));
     let c0 = sys::cpu_time(None)?;
+    let k0 = sys::cores_ticks(&watched).ok();
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let s1 = server_pid.map(|p| sys::cpu_time(Some(p)));
     let c1 = sys::cpu_time(None)?;
+    let k1 = sys::cores_ticks(&watched).ok();
     let mut acc: HsTotals = (0, 0, new_hist(), 0, None);
     for h in hs {
         let (n, r, hist, e, f) = h
@@ -479,6 +537,7 @@ pub fn run_handshakes(
             _ => None,
         },
         client_cpu: c1.saturating_sub(c0),
+        cores_idle: k0.zip(k1).and_then(|(a, b)| sys::idle_share(a, b)),
     })
 }
 

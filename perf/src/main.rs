@@ -319,6 +319,7 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
         duration: a.duration,
         cores: parse_cores(&a.client_cores)?,
         server_pid: a.server_pid,
+        server_cores: Vec::new(),
     };
     let r = client::run_load(&spec)?;
     let mut row = run::load_row(scenario, t, &a.engine_label, &spec, &r);

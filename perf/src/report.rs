@@ -100,9 +100,15 @@ pub struct Row {
     /// Throughput over the `tokio` row (ron-transport's tokio engine) of the same shape.
     #[serde(default)]
     pub x_tokio: Option<f64>,
+    /// Idle share of the server's and client's cores over the window, percent (100 = every
+    /// watched core idle all the time): tells a stall (high) from contention by other
+    /// processes (low) when neither side was busy.
+    #[serde(default)]
+    pub cores_idle_pct: Option<f64>,
     /// What the rig suspects about the row: `CLIENT-BOUND?` (the client's cores were saturated
-    /// before the server's) or `STALL?` (a closed-loop row on which neither side was busy);
-    /// null when nothing is suspected.
+    /// before the server's), `STALL?` (a closed-loop row on which neither side was busy while
+    /// their cores sat idle) or `CONTENDED?` (neither side busy, the cores busy with other
+    /// processes); null when nothing is suspected.
     #[serde(default)]
     pub flag: Option<String>,
 }

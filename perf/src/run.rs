@@ -209,6 +209,7 @@ pub fn load_row(scenario: Scenario, t: Transport, e: &str, spec: &LoadSpec, r: &
         offered_rate: spec.rate,
         server_cpu_pct: r.server_cpu_util().map(|u| u * 100.0),
         client_cpu_pct: Some(r.client_cpu_util() * 100.0),
+        cores_idle_pct: r.cores_idle.map(|x| x * 100.0),
         ..Row::default()
     }
 }
@@ -246,7 +247,12 @@ fn describe(row: &Row, errors: u64, first: &Option<String>) -> String {
             s.push_str("  CLIENT-BOUND? (client core saturated before the server's)")
         }
         Some(STALL) => s.push_str(&format!(
-            "  STALL? (closed loop, yet neither the server nor the client was {STALL_BUSY_PCT:.0} % busy)"
+            "  STALL? (closed loop, yet neither the server nor the client was {STALL_BUSY_PCT:.0} % busy; their cores {:.0} % idle)",
+            row.cores_idle_pct.unwrap_or(f64::NAN)
+        )),
+        Some(CONTENDED) => s.push_str(&format!(
+            "  CONTENDED? (neither side {STALL_BUSY_PCT:.0} % busy; other processes had their cores, {:.0} % idle)",
+            row.cores_idle_pct.unwrap_or(f64::NAN)
         )),
         Some(f) => s.push_str(&format!("  {f}")),
         None => {}
@@ -262,8 +268,13 @@ fn describe(row: &Row, errors: u64, first: &Option<String>) -> String {
 
 /// The flag of a row limited by the client rather than the server.
 pub const CLIENT_BOUND: &str = "CLIENT-BOUND?";
-/// The flag of a closed-loop row on which neither side was busy.
+/// The flag of a closed-loop row on which neither side was busy while their cores sat idle.
 pub const STALL: &str = "STALL?";
+/// The flag of a closed-loop row on which neither side was busy because other processes had
+/// their cores.
+pub const CONTENDED: &str = "CONTENDED?";
+/// Idle share of the watched cores (percent) below which a not-busy row is [`CONTENDED`].
+pub const CONTENDED_IDLE_PCT: f64 = 20.0;
 /// Busy threshold of [`STALL`], per core, percent.
 pub const STALL_BUSY_PCT: f64 = 80.0;
 
@@ -285,14 +296,18 @@ pub fn stalled(client_pct: f64, server_pct: f64, client_cores: usize, server_cor
         && per_core(server_pct, server_cores) < STALL_BUSY_PCT
 }
 
-/// The flag of a row: [`CLIENT_BOUND`], [`STALL`] (closed-loop rows only) or none.
+/// The flag of a row: [`CLIENT_BOUND`], [`STALL`] / [`CONTENDED`] (closed-loop rows only) or
+/// none.
 pub fn flag_of(row: &Row, client_cores: usize, server_cores: usize) -> Option<&'static str> {
     let (cli, srv) = (row.client_cpu_pct?, row.server_cpu_pct?);
     let per_core = |pct: f64, cores: usize| pct / (cores.max(1) as f64);
     if client_bound(per_core(cli, client_cores), per_core(srv, server_cores)) {
         Some(CLIENT_BOUND)
     } else if row.offered_rate.is_none() && stalled(cli, srv, client_cores, server_cores) {
-        Some(STALL)
+        match row.cores_idle_pct {
+            Some(idle) if idle < CONTENDED_IDLE_PCT => Some(CONTENDED),
+            _ => Some(STALL),
+        }
     } else {
         None
     }
@@ -440,6 +455,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                 duration: o.duration,
                 cores: o.client_cores.clone(),
                 server_pid: Some(srv.pid),
+                server_cores: o.server_cores.clone(),
             };
             let go = |sc: Scenario, spec: LoadSpec, rows: &mut Vec<Row>| -> Option<Row> {
                 match client::run_load(&spec) {
@@ -535,6 +551,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                                 o.duration,
                                 &o.client_cores,
                                 Some(srv.pid),
+                                &o.server_cores,
                             ) {
                                 Ok(h) => {
                                     let secs = h.window.as_secs_f64();
@@ -566,6 +583,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                                         client_cpu_pct: Some(
                                             h.client_cpu.as_secs_f64() / secs * 100.0,
                                         ),
+                                        cores_idle_pct: h.cores_idle.map(|x| x * 100.0),
                                         ..Row::default()
                                     };
                                     row.flag = flag_of(&row, client_n, server_n).map(str::to_owned);
@@ -657,5 +675,15 @@ mod tests {
         assert_eq!(flag_of(&row(150.0, 70.0, None), 2, 1), Some(STALL));
         assert_eq!(flag_of(&row(170.0, 70.0, None), 2, 1), None);
         assert_eq!(flag_of(&Row::default(), 1, 1), None);
+        let busy_machine = Row {
+            cores_idle_pct: Some(5.0),
+            ..row(40.0, 35.0, None)
+        };
+        assert_eq!(flag_of(&busy_machine, 1, 1), Some(CONTENDED));
+        let idle_machine = Row {
+            cores_idle_pct: Some(55.0),
+            ..row(40.0, 35.0, None)
+        };
+        assert_eq!(flag_of(&idle_machine, 1, 1), Some(STALL));
     }
 }

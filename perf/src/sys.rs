@@ -91,6 +91,50 @@ pub fn parse_stat_times(stat: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
+/// `(idle, total)` jiffies so far of `cores` from `/proc/stat` (every core's `cpuN` line;
+/// the aggregate `cpu` line when `cores` is empty). Idle counts `idle` + `iowait`; everything
+/// else, `steal` included, is time the cores were not available to an idle waiter.
+pub fn cores_ticks(cores: &[usize]) -> io::Result<(u64, u64)> {
+    parse_cores_ticks(&std::fs::read_to_string("/proc/stat")?, cores)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc/stat"))
+}
+
+/// [`cores_ticks`] over the text of `/proc/stat`.
+pub fn parse_cores_ticks(stat: &str, cores: &[usize]) -> Option<(u64, u64)> {
+    let mut acc = (0u64, 0u64);
+    let mut found = 0;
+    for line in stat.lines() {
+        let mut it = line.split_whitespace();
+        let Some(name) = it.next() else { continue };
+        let Some(id) = name.strip_prefix("cpu") else {
+            continue;
+        };
+        let wanted = if cores.is_empty() {
+            id.is_empty()
+        } else {
+            id.parse::<usize>().is_ok_and(|n| cores.contains(&n))
+        };
+        if !wanted {
+            continue;
+        }
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let v: Vec<u64> = it.take(8).filter_map(|x| x.parse().ok()).collect();
+        if v.len() < 5 {
+            return None;
+        }
+        acc.0 += v[3] + v[4];
+        acc.1 += v.iter().sum::<u64>();
+        found += 1;
+    }
+    (found > 0).then_some(acc)
+}
+
+/// Idle share (0..=1) of `cores` between two [`cores_ticks`] samples.
+pub fn idle_share(a: (u64, u64), b: (u64, u64)) -> Option<f64> {
+    let total = b.1.checked_sub(a.1)?;
+    (total > 0).then(|| b.0.saturating_sub(a.0) as f64 / total as f64)
+}
+
 /// Resident set size of process `pid` in bytes (VmRSS).
 pub fn rss_bytes(pid: u32) -> io::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -133,6 +177,18 @@ mod tests {
         let s = "Name:\tx\nVmPeak:\t 10 kB\nVmRSS:\t    2048 kB\n";
         assert_eq!(parse_vmrss(s), Some(2048 * 1024));
         assert_eq!(parse_vmrss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn proc_stat_cores() {
+        let s = "cpu  10 0 10 70 10 0 0 0 0 0\ncpu0 5 0 5 30 5 0 0 5 0 0\n\
+                 cpu1 5 0 5 40 5 0 0 0 0 0\nintr 1 2 3\n";
+        assert_eq!(parse_cores_ticks(s, &[]), Some((80, 100)));
+        assert_eq!(parse_cores_ticks(s, &[0]), Some((35, 50)));
+        assert_eq!(parse_cores_ticks(s, &[0, 1]), Some((80, 105)));
+        assert_eq!(parse_cores_ticks(s, &[7]), None);
+        assert_eq!(idle_share((35, 50), (45, 70)), Some(0.5));
+        assert!(cores_ticks(&[]).is_ok());
     }
 
     #[test]

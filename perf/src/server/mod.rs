@@ -419,6 +419,7 @@ mod tests {
             duration: std::time::Duration::from_millis(300),
             cores: vec![],
             server_pid: Some(std::process::id()),
+            server_cores: vec![],
         };
         let r = crate::client::run_load(&spec).unwrap();
         assert_eq!(r.errors, 0, "{:?}", r.first_error);
@@ -446,6 +447,7 @@ mod tests {
             std::time::Duration::from_millis(300),
             &[],
             None,
+            &[],
         )
         .unwrap();
         assert_eq!(h.errors, 0, "{:?}", h.first_error);
@@ -474,6 +476,7 @@ mod tests {
                 duration: std::time::Duration::from_millis(300),
                 cores: vec![],
                 server_pid: None,
+                server_cores: vec![],
             })
             .unwrap();
             assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
