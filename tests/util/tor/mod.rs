@@ -53,7 +53,8 @@ pub struct TorNet {
     children: Vec<(String, Child)>,
     /// When the nodes were started.
     pub started: Instant,
-    /// The exit accepts this port on any address (and all of 127.0.0.0/8).
+    /// The exit accepts this port and the nine after it on any address (and all of
+    /// 127.0.0.0/8).
     pub echo_port: u16,
 }
 
@@ -459,8 +460,9 @@ fn torrc(n: &Node, dir_authorities: &str, echo_port: u16) -> String {
         write!(
             t,
             "ExitRelay 1\nExitPolicyRejectPrivate 0\nExitPolicyRejectLocalInterfaces 0\n\
-             ExitPolicy accept 127.0.0.0/8:*\nExitPolicy accept *:{echo_port}\n\
-             ExitPolicy reject *:*\n"
+             ExitPolicy accept 127.0.0.0/8:*\nExitPolicy accept *:{echo_port}-{last}\n\
+             ExitPolicy reject *:*\n",
+            last = echo_port + 9
         )
         .expect("write");
     } else {
