@@ -16,17 +16,20 @@
 //! only that first recording counts `rejected_total{reason}`. `recv` returns it once, then
 //! `IoClosed`; senders return it from then on.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::Backend;
 use crate::engine::tokio::stream::ReadHalf;
@@ -108,7 +111,12 @@ impl ConnCore {
 
     /// Records a byte moving in either direction (idle-timeout bookkeeping).
     pub(crate) fn touch(&self) {
-        let ns = self.epoch.elapsed().as_nanos() as u64;
+        self.touch_at(Instant::now());
+    }
+
+    /// [`touch`](Self::touch) with a clock reading the caller already has.
+    pub(crate) fn touch_at(&self, now: Instant) {
+        let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         self.last_activity_ns.store(ns, Ordering::Relaxed);
     }
 
@@ -303,6 +311,9 @@ pub(crate) struct ReaderState {
     /// Ingress pacing: do not read again before this.
     pub(crate) pause_until: Option<tokio::time::Instant>,
     pub(crate) live: Arc<Live>,
+    /// Completes when the connection is cancelled. Created once per connection and kept
+    /// registered, so a read does not register (and unregister) a waiter each time.
+    pub(crate) cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// What `recv` reports after the reader is gone.
@@ -400,6 +411,20 @@ enum Step {
     Failed(TransportError),
 }
 
+/// Polls `fut` once: `Ready(output)` if it completed, `Pending` if it would wait (its waker is
+/// then registered; keep polling the same future).
+pub(crate) async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
+/// The pacing clock ([`now_ns`]) at `now`, without reading the clock again.
+fn ns_at(now: Instant) -> u64 {
+    // `now_ns` counts from a process-wide origin; derive the same scale from one reading.
+    static ORIGIN: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+    let (origin, base) = *ORIGIN.get_or_init(|| (Instant::now(), now_ns()));
+    base.saturating_add(now.saturating_duration_since(origin).as_nanos() as u64)
+}
+
 /// Decodes the next frame, reading (and pacing) as needed. Every complete frame already in the
 /// buffer is handed out before the socket is read again.
 async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
@@ -427,22 +452,32 @@ async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
         if let Some(until) = st.pause_until.take() {
             tokio::select! {
                 biased;
-                _ = core.cancel.cancelled() => continue,
+                _ = st.cancelled.as_mut() => continue,
                 _ = tokio::time::sleep_until(until) => {}
             }
         }
         reserve_for_next_read(&mut st.buf);
-        let deadline = st
-            .frame_started
-            .map(|t| tokio::time::Instant::from_std(t + read_timeout));
-        let read = tokio::select! {
-            biased;
-            _ = core.cancel.cancelled() => continue,
-            r = st.rd.read_buf(&mut st.buf) => r,
-            _ = sleep_until_opt(deadline) => {
-                let e = TransportError::timeout(TimeoutOp::Read);
-                core.fail(&e);
-                return Step::Failed(e);
+        // Data is often already there (pipelining peers, a read that split a frame): try once
+        // before arming the cancellation and deadline branches.
+        let read = {
+            let mut read = std::pin::pin!(st.rd.read_buf(&mut st.buf));
+            match poll_once(read.as_mut()).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let deadline = st
+                        .frame_started
+                        .map(|t| tokio::time::Instant::from_std(t + read_timeout));
+                    tokio::select! {
+                        biased;
+                        _ = st.cancelled.as_mut() => continue,
+                        r = read => r,
+                        _ = sleep_until_opt(deadline) => {
+                            let e = TransportError::timeout(TimeoutOp::Read);
+                            core.fail(&e);
+                            return Step::Failed(e);
+                        }
+                    }
+                }
             }
         };
         match read {
@@ -458,17 +493,19 @@ async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
                 return Step::Failed(e);
             }
             Ok(n) => {
-                core.touch();
+                // One clock reading per read serves the idle, read-timeout and pacing clocks.
+                let now = Instant::now();
+                core.touch_at(now);
                 core.bm.io_read_size.observe(n as f64);
                 core.bm.bytes_in.inc_by(n as u64);
                 st.live.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                st.last_read = Instant::now();
+                st.last_read = now;
                 if st.frame_started.is_none() {
-                    st.frame_started = Some(st.last_read);
+                    st.frame_started = Some(now);
                 }
-                let pause = st.live.permit.pace_ingress(n as u64, now_ns());
+                let pause = st.live.permit.pace_ingress(n as u64, ns_at(now));
                 if !pause.is_zero() {
-                    st.pause_until = Some(tokio::time::Instant::now() + pause);
+                    st.pause_until = Some(tokio::time::Instant::from_std(now) + pause);
                 }
             }
             Err(e) => {

@@ -120,6 +120,7 @@ impl EngineInner {
             frame_started: None,
             last_read: Instant::now(),
             pause_until: None,
+            cancelled: Box::pin(live.core.cancel.clone().cancelled_owned()),
             live,
         };
         if self.shutdown.is_cancelled() {

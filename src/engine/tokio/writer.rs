@@ -17,14 +17,17 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::WaitForCancellationFuture;
 
-use crate::engine::tokio::conn::Live;
+use crate::engine::tokio::conn::{poll_once, Live};
 use crate::engine::tokio::stream::WriteHalf;
 use crate::error::{TimeoutOp, TransportError};
 use crate::limits::FRAME_HEADER_LEN;
@@ -108,11 +111,17 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
     let mut stage = BytesMut::new();
     let idle = tokio::time::sleep(core.policy.config().idle_timeout);
     tokio::pin!(idle);
+    // Created once and kept registered: a wake-up does not register (and unregister) waiters
+    // on the connection's tokens each time.
+    let cancelled = core.cancel.cancelled();
+    tokio::pin!(cancelled);
+    let closed = core.close.cancelled();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
-            _ = core.cancel.cancelled() => return Exit::Cancelled,
-            _ = core.close.cancelled(), if !draining => {
+            _ = &mut cancelled => return Exit::Cancelled,
+            _ = &mut closed, if !draining => {
                 draining = true;
                 // No new frames; the ones already queued are still delivered.
                 rx.close();
@@ -143,20 +152,33 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
 
         // Take everything already queued, up to `chunk` bytes.
         let mut batch = stage_frame(&mut stage, &mut segs, first, chunk);
+        let mut taken = 0;
         while batch < chunk {
             match rx.try_recv() {
                 Ok(f) => {
-                    core.inbox_depth.dec();
+                    taken += 1;
                     batch += stage_frame(&mut stage, &mut segs, f, chunk);
                 }
                 Err(_) => break,
             }
         }
+        if taken > 0 {
+            core.inbox_depth.sub(taken);
+        }
         if !stage.is_empty() {
             segs.push_back(stage.split().freeze());
         }
 
-        if let Err(exit) = write_segments(live, wr, &mut segs, chunk, write_timeout).await {
+        if let Err(exit) = write_segments(
+            live,
+            wr,
+            &mut segs,
+            chunk,
+            write_timeout,
+            cancelled.as_mut(),
+        )
+        .await
+        {
             return exit;
         }
     }
@@ -192,6 +214,7 @@ async fn write_segments(
     segs: &mut VecDeque<Bytes>,
     chunk: usize,
     write_timeout: std::time::Duration,
+    mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
 ) -> Result<(), Exit> {
     let core = &live.core;
     // Bytes already accounted with the egress buckets but not yet accepted by the socket (a
@@ -226,21 +249,30 @@ async fn write_segments(
             if !pause.is_zero() {
                 tokio::select! {
                     biased;
-                    _ = core.cancel.cancelled() => return Err(Exit::Cancelled),
+                    _ = cancelled.as_mut() => return Err(Exit::Cancelled),
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
         }
         let slices = &slices[..count];
-        let n = tokio::select! {
-            biased;
-            _ = core.cancel.cancelled() => return Err(Exit::Cancelled),
-            r = tokio::time::timeout(write_timeout, wr.write_vectored(slices)) => match r {
-                Ok(Ok(0)) => return Err(Exit::Failed(TransportError::IoClosed)),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(Exit::Failed(TransportError::Io(e))),
-                Err(_) => return Err(Exit::Failed(TransportError::timeout(TimeoutOp::Write))),
-            },
+        // The socket usually takes the write at once: only a write that has to wait arms the
+        // cancellation and write-timeout branches.
+        let written = {
+            let mut write = std::pin::pin!(wr.write_vectored(slices));
+            match poll_once(write.as_mut()).await {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => tokio::select! {
+                    biased;
+                    _ = cancelled.as_mut() => return Err(Exit::Cancelled),
+                    r = tokio::time::timeout(write_timeout, write) => r,
+                },
+            }
+        };
+        let n = match written {
+            Ok(Ok(0)) => return Err(Exit::Failed(TransportError::IoClosed)),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(Exit::Failed(TransportError::Io(e))),
+            Err(_) => return Err(Exit::Failed(TransportError::timeout(TimeoutOp::Write))),
         };
         paced_ahead = paced_ahead.saturating_sub(n);
         advance(segs, n);
@@ -250,14 +282,21 @@ async fn write_segments(
         live.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     }
     // TLS: push out ciphertext rustls still buffers (a no-op for TCP).
-    tokio::select! {
-        biased;
-        _ = core.cancel.cancelled() => Err(Exit::Cancelled),
-        r = tokio::time::timeout(write_timeout, wr.flush()) => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Exit::Failed(TransportError::Io(e))),
-            Err(_) => Err(Exit::Failed(TransportError::timeout(TimeoutOp::Write))),
-        },
+    let flushed = {
+        let mut flush = std::pin::pin!(wr.flush());
+        match poll_once(flush.as_mut()).await {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::select! {
+                biased;
+                _ = cancelled.as_mut() => return Err(Exit::Cancelled),
+                r = tokio::time::timeout(write_timeout, flush) => r,
+            },
+        }
+    };
+    match flushed {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Exit::Failed(TransportError::Io(e))),
+        Err(_) => Err(Exit::Failed(TransportError::timeout(TimeoutOp::Write))),
     }
 }
 
