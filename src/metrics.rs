@@ -273,12 +273,14 @@ impl TransportMetrics {
         let counters = |slot: usize| LocalCounterVec {
             handles: std::array::from_fn(|b| LocalCounter {
                 shared: Arc::clone(&io),
+                id: io.id,
                 slot: b * BACKEND_SLOTS + slot,
             }),
         };
         let histograms = |slot: usize| LocalHistogramVec {
             handles: std::array::from_fn(|b| LocalHistogram {
                 shared: Arc::clone(&io),
+                id: io.id,
                 base: b * BACKEND_SLOTS + slot,
             }),
         };
@@ -574,38 +576,33 @@ impl IoShared {
         })
     }
 
-    /// Runs `f` on the calling thread's cell, creating and registering it on first use. When
-    /// the thread-local is unavailable (thread teardown), falls back to the retired totals
-    /// under the registry lock.
+    /// Runs `f` on the calling thread's cell for the instance `id` (= `self.id`, passed by
+    /// the handle so the fast path never reads `self`), creating and registering the cell on
+    /// first use. When the thread-local is unavailable (thread teardown), falls back to the
+    /// retired totals under the registry lock.
     #[inline]
-    fn with_cell(self: &Arc<Self>, f: impl FnOnce(&IoCell)) {
-        let mut f = Some(f);
-        let _ = IO_CELLS.try_with(|cells| {
-            let Ok(mut cells) = cells.0.try_borrow_mut() else {
-                return;
-            };
-            // Fast path: the most recently used cell sits first.
-            if let Some(e) = cells.first() {
-                if e.id == self.id {
-                    if let Some(f) = f.take() {
-                        f(&e.cell);
-                    }
-                    return;
+    fn with_cell(self: &Arc<Self>, id: u64, f: impl Fn(&IoCell)) {
+        let done = IO_CELLS
+            .try_with(|cells| {
+                let Ok(mut cells) = cells.0.try_borrow_mut() else {
+                    return false;
+                };
+                // Fast path: the most recently used cell sits first.
+                match cells.first() {
+                    Some(e) if e.id == id => f(&e.cell),
+                    _ => f(&self.local_cell_slow(&mut cells)),
                 }
-            }
-            let cell = self.local_cell_slow(&mut cells);
-            if let Some(f) = f.take() {
-                f(&cell);
-            }
-        });
-        if let Some(f) = f {
-            let reg = lock(&self.registry);
-            f(&reg.retired);
+                true
+            })
+            .unwrap_or(false);
+        if !done {
+            f(&lock(&self.registry).retired);
         }
     }
 
     /// Finds (and moves to the front) or creates this thread's cell.
     #[cold]
+    #[inline(never)]
     fn local_cell_slow(self: &Arc<Self>, cells: &mut Vec<LocalEntry>) -> Arc<IoCell> {
         if let Some(i) = cells.iter().position(|e| e.id == self.id) {
             cells.swap(0, i);
@@ -662,6 +659,8 @@ impl IoShared {
 #[derive(Clone, Debug)]
 pub struct LocalCounter {
     shared: Arc<IoShared>,
+    /// `shared.id`, kept here so the hot path reads nothing shared.
+    id: u64,
     slot: usize,
 }
 
@@ -670,7 +669,7 @@ impl LocalCounter {
     #[inline]
     pub fn inc_by(&self, n: u64) {
         let slot = self.slot;
-        self.shared.with_cell(|c| c.add(slot, n));
+        self.shared.with_cell(self.id, |c| c.add(slot, n));
     }
 
     /// Adds one.
@@ -692,6 +691,8 @@ impl LocalCounter {
 #[derive(Clone, Debug)]
 pub struct LocalHistogram {
     shared: Arc<IoShared>,
+    /// `shared.id`, kept here so the hot path reads nothing shared.
+    id: u64,
     base: usize,
 }
 
@@ -700,7 +701,7 @@ impl LocalHistogram {
     #[inline]
     pub fn observe(&self, v: f64) {
         let (bucket, sum) = (self.base + io_bucket(v), self.base + HIST_SUM);
-        self.shared.with_cell(|c| {
+        self.shared.with_cell(self.id, |c| {
             c.add(bucket, 1);
             c.add_f64(sum, v);
         });

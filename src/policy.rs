@@ -157,8 +157,9 @@ pub struct Policy {
     /// Live connections (all peers). Written on every admission: padded.
     conns: Padded<AtomicU32>,
     peers: Padded<Mutex<HashMap<IpAddr, Arc<PeerState>>>>,
-    global_ingress: TokenBucket,
-    global_egress: TokenBucket,
+    /// Written once per lease renewal: padded off the lines pacing reads.
+    global_ingress: Padded<TokenBucket>,
+    global_egress: Padded<TokenBucket>,
     /// Lease chunk (bytes) per direction for the global buckets (read when a lease renews).
     lease_chunk: [AtomicU64; 2],
     /// The snapshot whose rates are applied, and those rates. Locked on every admission.
@@ -190,8 +191,8 @@ impl Policy {
                 AtomicU64::new(rates.lease_chunk(rates.global_in)),
                 AtomicU64::new(rates.lease_chunk(rates.global_out)),
             ],
-            global_ingress: rates.bucket(rates.global_in),
-            global_egress: rates.bucket(rates.global_out),
+            global_ingress: Padded(rates.bucket(rates.global_in)),
+            global_egress: Padded(rates.bucket(rates.global_out)),
             per_conn_rate: AtomicU64::new(rates.per_conn),
             per_conn_burst: AtomicU64::new(default_burst(rates.per_conn, rates.max_frame)),
             per_peer_rate: AtomicU64::new(rates.per_peer),
