@@ -436,6 +436,19 @@ fn cmd_check(baseline: &PathBuf, reports: &[PathBuf], widen_pct: f64) -> anyhow:
             reps.len()
         );
     }
+    let flagged: Vec<String> = reps
+        .iter()
+        .flat_map(|r| &r.results)
+        .filter_map(|r| r.flag.as_ref().map(|f| format!("{} {f}", r.key())))
+        .collect();
+    if !flagged.is_empty() {
+        eprintln!(
+            "note: {} report row(s) are flagged (their absolute figures measure the machine or \
+             the client, not the engine; x_tokio_framed is the figure to trust there):\n  {}",
+            flagged.len(),
+            flagged.join("\n  ")
+        );
+    }
     let o = check::check(
         &base,
         &reps,
