@@ -55,7 +55,8 @@ pub struct Row {
     pub scenario: String,
     /// `tcp` or `tls`.
     pub transport: String,
-    /// `tokio`, `uring`, `uring-raw`, `monoio`, `tokio-uring` or `bare-uring`.
+    /// `tokio-framed`, `tokio`, `uring`, `uring-local`, `uring-raw`, `monoio`, `tokio-uring` or
+    /// `bare-uring` (reports before 2026-12-03: `uring` = today's `uring-local`).
     pub engine: String,
     /// Connections driving the load (idle: connections held).
     pub conns: u64,
