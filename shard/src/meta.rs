@@ -86,8 +86,9 @@ pub struct ConnMeta {
     pub shard: usize,
     /// True if we dialed it, false if accepted.
     pub outbound: bool,
-    /// Handshake facts of a TLS connection (`None` for plain TCP).
-    pub tls: Option<TlsFacts>,
+    /// Handshake facts of a TLS connection (`None` for plain TCP; boxed: every connection's
+    /// slot carries this field, few need its contents).
+    pub tls: Option<Box<TlsFacts>>,
 }
 
 /// What a finished TLS handshake negotiated (facts only; labels and metrics are the caller's).

@@ -32,7 +32,7 @@ use slab::Slab;
 
 use crate::exec::{self, ConnKey, TaskKey};
 use crate::handle::{HandleOptions, OutboundHooks, SendError};
-use crate::handler::{CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, Frame};
+use crate::handler::{CloseReason, ConnCtx, ConnHandler, ConnRemote, Frame};
 
 /// Wake bit: the writer inbox has frames.
 const WAKE_OUTPUT: u32 = 1;
@@ -77,13 +77,51 @@ impl Waiter {
     }
 }
 
+/// A FIFO of frames whose first element is stored inline: a connection that has at most one
+/// frame waiting each way (a request/response peer) never allocates a queue buffer.
+#[derive(Default)]
+struct FrameQueue {
+    /// The oldest frame, when the queue holds any and it is not in `rest`.
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+}
+
+impl FrameQueue {
+    fn push_back(&mut self, b: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(b);
+        } else {
+            self.rest.push_back(b);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+
+    /// Moves everything out, oldest first.
+    fn drain_into(&mut self, out: &mut VecDeque<Bytes>) {
+        while let Some(b) = self.pop_front() {
+            out.push_back(b);
+        }
+    }
+}
+
 /// The shard-local half of a port (lives exactly as long as the connection's handler).
 struct LocalPort {
     gen: u32,
     conn: ConnKey,
-    inbound: VecDeque<Bytes>,
+    inbound: FrameQueue,
     recv_waiter: Option<Waiter>,
-    out: VecDeque<Bytes>,
+    out: FrameQueue,
     space_waiters: Vec<Waiter>,
     /// Frames pushed into `out` since the port last reported them to the hooks.
     pushed: usize,
@@ -105,6 +143,13 @@ struct OffIn {
     paused: bool,
 }
 
+/// The queues of the shared half.
+#[derive(Default)]
+struct OffHalf {
+    inbound: Mutex<OffIn>,
+    out: Mutex<OffOut>,
+}
+
 /// The shared half's writer inbox (off-shard senders).
 #[derive(Default)]
 struct OffOut {
@@ -120,8 +165,9 @@ struct PortShared {
     remote: ConnRemote,
     opts: HandleOptions,
     hooks: Option<Arc<dyn OutboundHooks>>,
-    off_in: Mutex<OffIn>,
-    off_out: Mutex<OffOut>,
+    /// The shared half's queues, allocated the first time the connection is used off its
+    /// shard (most connections never are).
+    off: OnceLock<Box<OffHalf>>,
     /// Frames in `off_out` (read on the shard without taking the lock when zero).
     off_out_len: AtomicUsize,
     closed: OnceLock<CloseReason>,
@@ -141,6 +187,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PortShared {
+    /// The shared half's queues (allocated on first use).
+    fn off(&self) -> &OffHalf {
+        self.off.get_or_init(Box::default)
+    }
+
     /// Runs `f` on the local half if this thread owns it (and it still exists).
     fn with_local<T>(&self, f: impl FnOnce(&mut LocalPort) -> T) -> Option<T> {
         if self.uid == 0 || exec::shard_uid() != self.uid {
@@ -204,7 +255,7 @@ impl PortShared {
             return p;
         }
         // Off the shard (or detached, or closed): the shared half.
-        let mut off = lock(&self.off_in);
+        let mut off = lock(&self.off().inbound);
         if let Some(b) = off.frames.pop_front() {
             let resume = off.paused && off.frames.len() <= cap / 2;
             if resume {
@@ -233,7 +284,7 @@ impl PortShared {
     }
 
     fn poll_closed_tail(&self) -> Result<Option<Bytes>, CloseReason> {
-        match lock(&self.off_in).frames.pop_front() {
+        match lock(&self.off().inbound).frames.pop_front() {
             Some(b) => Ok(Some(b)),
             None => self.terminal(),
         }
@@ -265,7 +316,7 @@ impl PortShared {
             (Some(false), Some(p)) => return Err((SendError::Busy, p)),
             (None, Some(p)) => p,
         };
-        let mut out = lock(&self.off_out);
+        let mut out = lock(&self.off().out);
         if out.frames.len() >= cap {
             return Err((SendError::Busy, payload));
         }
@@ -295,7 +346,7 @@ impl PortShared {
             }
         });
         if registered.is_none() {
-            let mut out = lock(&self.off_out);
+            let mut out = lock(&self.off().out);
             if out.frames.len() >= cap && self.closed.get().is_none() {
                 out.waiters.push(cx.waker().clone());
             } else {
@@ -308,7 +359,6 @@ impl PortShared {
 /// The consumer end of a port: receive, close, cancel. `Send`; fastest on its owning shard.
 #[derive(Debug)]
 pub struct PortConn {
-    meta: ConnMeta,
     tx: PortTx,
 }
 
@@ -327,11 +377,10 @@ pub struct PortTx {
 /// Never; off a shard thread the port simply starts detached (every call takes the shared
 /// path).
 pub fn port(
-    meta: &ConnMeta,
     remote: ConnRemote,
     opts: HandleOptions,
     hooks: Option<Arc<dyn OutboundHooks>>,
-) -> (Box<dyn ConnHandler>, PortConn) {
+) -> (PortHandler, PortConn) {
     let gen = NEXT_GEN.get();
     NEXT_GEN.set(gen.wrapping_add(1).max(1));
     let conn = remote.0.key;
@@ -339,9 +388,9 @@ pub fn port(
         p.borrow_mut().insert(LocalPort {
             gen,
             conn,
-            inbound: VecDeque::new(),
+            inbound: FrameQueue::default(),
             recv_waiter: None,
-            out: VecDeque::new(),
+            out: FrameQueue::default(),
             space_waiters: Vec::new(),
             pushed: 0,
             bits: 0,
@@ -361,8 +410,7 @@ pub fn port(
         remote,
         opts,
         hooks,
-        off_in: Mutex::new(OffIn::default()),
-        off_out: Mutex::new(OffOut::default()),
+        off: OnceLock::new(),
         off_out_len: AtomicUsize::new(0),
         closed: OnceLock::new(),
     });
@@ -371,27 +419,21 @@ pub fn port(
             p.borrow_mut().remove(idx);
         });
     }
-    let handler = Port {
+    let handler = PortHandler {
         shared: shared.clone(),
         closing: false,
         high_water: opts.high_water_bytes.max(1),
         held: None,
     };
     (
-        Box::new(handler),
+        handler,
         PortConn {
-            meta: meta.clone(),
             tx: PortTx { shared },
         },
     )
 }
 
 impl PortConn {
-    /// Connection facts.
-    pub fn meta(&self) -> &ConnMeta {
-        &self.meta
-    }
-
     /// A new sender into the writer inbox.
     pub fn sender(&self) -> PortTx {
         self.tx.clone()
@@ -484,8 +526,9 @@ impl PortTx {
     }
 }
 
-/// The shard-side handler of a port.
-struct Port {
+/// The shard-side handler of a port: install it as the connection's [`ConnHandler`] (directly
+/// or inside a wrapper of the caller's, so the pair costs one allocation).
+pub struct PortHandler {
     shared: Arc<PortShared>,
     closing: bool,
     high_water: usize,
@@ -493,7 +536,15 @@ struct Port {
     held: Option<(Bytes, Instant)>,
 }
 
-impl Port {
+impl std::fmt::Debug for PortHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortHandler")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl PortHandler {
     fn local<T>(&self, f: impl FnOnce(&mut LocalPort) -> T) -> Option<T> {
         PORTS.with(|p| {
             let mut p = p.try_borrow_mut().ok()?;
@@ -534,12 +585,12 @@ impl Port {
                 }
                 Some((b, _)) => b,
                 None => {
-                    let next = match lp_cell.as_mut().and_then(VecDeque::pop_front) {
+                    let next = match lp_cell.as_mut().and_then(FrameQueue::pop_front) {
                         Some(b) => Some(b),
                         None if self.shared.off_out_len.load(Ordering::Acquire) > 0
                             || off.is_some() =>
                         {
-                            let g = off.get_or_insert_with(|| lock(&self.shared.off_out));
+                            let g = off.get_or_insert_with(|| lock(&self.shared.off().out));
                             let b = g.frames.pop_front();
                             self.shared
                                 .off_out_len
@@ -579,7 +630,9 @@ impl Port {
                 // `out` was taken whole: whatever is left goes back in front of frames a
                 // waiter pushed meanwhile (none can: this runs on the shard, not in a task).
                 let mut rest = rest;
-                rest.append(&mut lp.out);
+                while let Some(b) = lp.out.pop_front() {
+                    rest.push_back(b);
+                }
                 lp.out = rest;
                 if lp.out.len() < cap {
                     for w in lp.space_waiters.drain(..) {
@@ -614,7 +667,7 @@ impl Port {
         let resume = match local.flatten() {
             Some(r) => r,
             None => {
-                let off = lock(&self.shared.off_in);
+                let off = lock(&self.shared.off().inbound);
                 !off.paused && off.frames.len() < cap
             }
         };
@@ -636,11 +689,12 @@ impl Port {
                 lp.recv_waiter.take(),
             ))
         });
-        if let Some(Some((frames, paused, waiter))) = moved {
-            let mut off = lock(&self.shared.off_in);
-            let mut frames = frames;
-            frames.append(&mut off.frames);
-            off.frames = frames;
+        if let Some(Some((mut frames, paused, waiter))) = moved {
+            let mut off = lock(&self.shared.off().inbound);
+            let mut all = VecDeque::with_capacity(frames.len() + off.frames.len());
+            frames.drain_into(&mut all);
+            all.append(&mut off.frames);
+            off.frames = all;
             off.paused = paused;
             let w = off.waker.take();
             drop(off);
@@ -654,7 +708,7 @@ impl Port {
     }
 }
 
-impl ConnHandler for Port {
+impl ConnHandler for PortHandler {
     fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
         // The consumer reads and writes independently: inbound is bounded by the inbound
         // queue (reads pause when it is full), outbound by the inbox and the high-water mark
@@ -685,7 +739,7 @@ impl ConnHandler for Port {
             return;
         }
         let Some(b) = b else { return };
-        let mut off = lock(&self.shared.off_in);
+        let mut off = lock(&self.shared.off().inbound);
         off.frames.push_back(b);
         if off.frames.len() >= cap && !off.paused {
             off.paused = true;
@@ -754,13 +808,24 @@ impl ConnHandler for Port {
         });
         let mut undelivered = usize::from(self.held.take().is_some());
         let mut pushed = 0;
-        let mut off = lock(&self.shared.off_in);
         let mut waiters = Vec::new();
+        let mut off_wakers = Vec::new();
+        // What the consumer has not received yet stays receivable, before the end (in the
+        // shared half, which is allocated here only if there is such a tail).
+        let tail = local.as_ref().is_some_and(|lp| !lp.inbound.is_empty());
+        let off_half = if tail {
+            Some(self.shared.off())
+        } else {
+            self.shared.off.get().map(|b| &**b)
+        };
         if let Some(mut lp) = local {
-            // What the consumer has not received yet stays receivable, before the end.
-            let mut tail = std::mem::take(&mut lp.inbound);
-            tail.append(&mut off.frames);
-            off.frames = tail;
+            if let Some(h) = off_half.filter(|_| tail) {
+                let mut off = lock(&h.inbound);
+                let mut all = VecDeque::with_capacity(lp.inbound.len() + off.frames.len());
+                lp.inbound.drain_into(&mut all);
+                all.append(&mut off.frames);
+                off.frames = all;
+            }
             undelivered += lp.out.len();
             pushed = lp.pushed;
             if let Some(w) = lp.recv_waiter.take() {
@@ -768,14 +833,14 @@ impl ConnHandler for Port {
             }
             waiters.append(&mut lp.space_waiters);
         }
-        let off_waker = off.waker.take();
-        drop(off);
-        let mut out = lock(&self.shared.off_out);
-        undelivered += out.frames.len();
-        out.frames.clear();
-        self.shared.off_out_len.store(0, Ordering::Release);
-        let out_waiters = std::mem::take(&mut out.waiters);
-        drop(out);
+        if let Some(h) = off_half {
+            off_wakers.extend(lock(&h.inbound).waker.take());
+            let mut out = lock(&h.out);
+            undelivered += out.frames.len();
+            out.frames.clear();
+            self.shared.off_out_len.store(0, Ordering::Release);
+            off_wakers.append(&mut out.waiters);
+        }
         if let Some(h) = &self.shared.hooks {
             if pushed > 0 {
                 h.queued(pushed);
@@ -787,13 +852,13 @@ impl ConnHandler for Port {
         for w in waiters {
             w.wake();
         }
-        for w in off_waker.into_iter().chain(out_waiters) {
+        for w in off_wakers {
             exec::defer_wake(w);
         }
     }
 }
 
-impl Drop for Port {
+impl Drop for PortHandler {
     fn drop(&mut self) {
         // A handler dropped without `on_close` (never expected) must not leak its slot.
         let idx = self.shared.local.0 as usize;
@@ -806,5 +871,30 @@ impl Drop for Port {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_queue_keeps_fifo_order_across_the_inline_slot() {
+        let mut q = FrameQueue::default();
+        let b = |i: u8| Bytes::from(vec![i]);
+        q.push_back(b(1));
+        assert!(q.rest.is_empty(), "the first frame is inline: no buffer");
+        q.push_back(b(2));
+        assert_eq!(q.pop_front(), Some(b(1)));
+        q.push_back(b(3));
+        q.push_back(b(4));
+        assert_eq!(q.len(), 3);
+        let mut out = VecDeque::new();
+        q.drain_into(&mut out);
+        assert_eq!(out, [b(2), b(3), b(4)]);
+        assert!(q.is_empty());
+        q.push_back(b(5));
+        assert_eq!(q.pop_front(), Some(b(5)));
+        assert_eq!(q.pop_front(), None);
     }
 }

@@ -54,7 +54,11 @@ impl AcceptHooks for Hooks {
     }
 
     fn open(&self, _t: AdmitToken, meta: &ConnMeta, _r: ConnRemote) -> Box<dyn ConnHandler> {
-        self.0.facts.lock().unwrap().push(meta.tls.clone());
+        self.0
+            .facts
+            .lock()
+            .unwrap()
+            .push(meta.tls.as_deref().cloned());
         Box::new(Echo(self.0.clone()))
     }
 

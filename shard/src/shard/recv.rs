@@ -41,13 +41,13 @@ impl Shard {
         };
         tls.hs_deadline = None;
         let p = &tls.pump;
-        conn.meta.tls = Some(TlsFacts {
+        conn.meta.tls = Some(Box::new(TlsFacts {
             handshake: now.saturating_duration_since(tls.started),
             hybrid_pq: p.is_hybrid_pq(),
             group: p.negotiated_group(),
             alpn: p.alpn_protocol().map(<[u8]>::to_vec),
             resumed: p.is_resumed(),
-        });
+        }));
         // The handshake counts as activity: the idle clock starts now.
         conn.state.set_paused(now, true);
         conn.state.set_paused(now, false);

@@ -450,7 +450,7 @@ where
 }
 
 /// True if any byte-rate limit is configured (the policy's buckets are then consulted).
-fn rates_on(cfg: &ValidConfig) -> bool {
+pub(crate) fn rates_on(cfg: &ValidConfig) -> bool {
     cfg.per_conn_bytes_per_sec
         | cfg.per_peer_bytes_per_sec
         | cfg.global_ingress_bytes_per_sec

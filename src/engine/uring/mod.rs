@@ -33,6 +33,7 @@ pub use local::{serve_local, LocalCtx, LocalHandler, LocalServer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -59,8 +60,71 @@ const INBOUND_CAPACITY: usize = 64;
 /// Admitted connections waiting in a listener's accept queue.
 const ACCEPT_BACKLOG: usize = 1024;
 
+/// The config values the per-frame paths need, cached from the live config and refreshed when
+/// its generation moves. A frame costs one atomic load of the generation (a read-shared cache
+/// line nobody writes on the hot path) instead of cloning the config snapshot's `Arc` (a
+/// read-modify-write on a line every shard would share).
+struct LiveLimits {
+    policy: Arc<Policy>,
+    generation: AtomicU64,
+    max_frame: AtomicU64,
+    write_timeout_ns: AtomicU64,
+    rates_on: AtomicBool,
+}
+
+impl LiveLimits {
+    fn new(policy: Arc<Policy>) -> Arc<Self> {
+        let l = Arc::new(Self {
+            policy,
+            generation: AtomicU64::new(u64::MAX),
+            max_frame: AtomicU64::new(0),
+            write_timeout_ns: AtomicU64::new(0),
+            rates_on: AtomicBool::new(false),
+        });
+        l.refresh();
+        l
+    }
+
+    #[inline]
+    fn refresh(&self) {
+        let g = self.policy.config_handle().generation();
+        if g != self.generation.load(Ordering::Acquire) {
+            let cfg = self.policy.config();
+            self.max_frame.store(cfg.max_frame_bytes, Ordering::Relaxed);
+            let wt = u64::try_from(cfg.write_timeout.as_nanos()).unwrap_or(u64::MAX);
+            self.write_timeout_ns.store(wt, Ordering::Relaxed);
+            self.rates_on
+                .store(local::rates_on(&cfg), Ordering::Relaxed);
+            self.generation.store(g, Ordering::Release);
+        }
+    }
+
+    /// The live frame ceiling.
+    #[inline]
+    fn max_frame(&self) -> u64 {
+        self.refresh();
+        self.max_frame.load(Ordering::Relaxed)
+    }
+
+    /// The live write timeout (`None` if disabled).
+    #[inline]
+    fn write_timeout(&self) -> Option<Duration> {
+        self.refresh();
+        let ns = self.write_timeout_ns.load(Ordering::Relaxed);
+        (ns != 0).then(|| Duration::from_nanos(ns))
+    }
+
+    /// True if any byte-rate limit is configured (else no bucket is consulted, no clock read).
+    #[inline]
+    fn rates_on(&self) -> bool {
+        self.refresh();
+        self.rates_on.load(Ordering::Relaxed)
+    }
+}
+
 struct Inner {
     rt: Runtime,
+    limits: Arc<LiveLimits>,
     policy: Arc<Policy>,
     metrics: Arc<TransportMetrics>,
     readiness: Readiness,
@@ -248,11 +312,13 @@ impl UringEngine {
             what: format!("uring engine: {e}"),
         })?;
         let policy = Policy::new(config, metrics.clone());
+        let limits = LiveLimits::new(policy.clone());
         let readiness = readiness.unwrap_or_else(|| Readiness::new("uring", ReadyState::Ready));
         readiness.set(ReadyState::Ready);
         Ok(Self {
             inner: Arc::new(Inner {
                 rt,
+                limits,
                 policy,
                 metrics,
                 readiness,
@@ -394,9 +460,9 @@ impl Engine for UringEngine {
                 },
             };
             match res {
-                Ok((handle, metered)) => {
+                Ok((handle, metered, meta)) => {
                     bm.dials_ok.inc();
-                    Ok(UringConn::new(&inner, handle, metered, opts.corr_id))
+                    Ok(UringConn::new(&inner, &meta, handle, metered, opts.corr_id))
                 }
                 Err(e) => {
                     bm.dials_err.inc();
@@ -432,8 +498,8 @@ impl Engine for UringEngine {
             }
             // The accept queue only holds connections admitted before `serve` took over; it
             // ends when the listener stops (engine shutdown drops the shard's accept hooks).
-            while let Some((handle, admitted)) = listener.rx.recv().await {
-                let conn = UringConn::new(&listener.inner, handle, admitted, None);
+            while let Some((handle, admitted, meta)) = listener.rx.recv().await {
+                let conn = UringConn::new(&listener.inner, &meta, handle, admitted, None);
                 let fut = handler(conn);
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(fut);
@@ -529,34 +595,31 @@ impl Drop for Admitted {
     }
 }
 
-/// The shard-side wrapper around a handle bridge: live limits, metrics, close accounting.
-struct Metered {
-    inner: Box<dyn ConnHandler>,
-    engine: Weak<Inner>,
+/// The shard-side wrapper around a connection's port: live limits, metrics, close accounting.
+/// (Per-connection memory matters here: the backend's metric handles are looked up through
+/// `metrics`, not cloned into every connection.)
+struct Metered<H> {
+    inner: H,
+    limits: Arc<LiveLimits>,
     admitted: Arc<Admitted>,
-    bm: BackendMetrics,
+    backend: Backend,
     metrics: Arc<TransportMetrics>,
 }
 
-impl ConnHandler for Metered {
+impl<H: ConnHandler> ConnHandler for Metered<H> {
     fn on_open(&mut self, ctx: &mut ConnCtx<'_>) {
-        if let Some(e) = self.engine.upgrade() {
-            ctx.set_timeouts(timeouts_of(&e.cfg()));
-        }
+        ctx.set_timeouts(timeouts_of(&self.limits.policy.config()));
         self.inner.on_open(ctx);
     }
 
     fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, frame: Frame<'_>) {
         let n = frame.len() as u64 + 4;
-        if let Some(e) = self.engine.upgrade() {
-            let max = e.cfg().max_frame_bytes;
-            if frame.len() as u64 > max {
-                self.metrics.reject(RejectReason::TooLarge);
-                ctx.abort();
-                return;
-            }
+        if frame.len() as u64 > self.limits.max_frame() {
+            self.metrics.reject(RejectReason::TooLarge);
+            ctx.abort();
+            return;
         }
-        if let Some(p) = &self.admitted.permit {
+        if let (Some(p), true) = (&self.admitted.permit, self.limits.rates_on()) {
             // Ingress pacing: the shard stops reading this socket for as long as the buckets
             // ask (per-conn, per-peer, global); TCP backpressure then slows the peer.
             let wait = p.pace_ingress(n, now_ns());
@@ -571,14 +634,16 @@ impl ConnHandler for Metered {
 
     fn on_received(&mut self, bytes: usize) {
         // Per receive completion: frame bytes (prefix included; TLS: plaintext).
-        self.bm.bytes_in.inc_by(bytes as u64);
-        self.bm.io_read_size.observe(bytes as f64);
+        let bm = self.metrics.backend(self.backend);
+        bm.bytes_in.inc_by(bytes as u64);
+        bm.io_read_size.observe(bytes as f64);
     }
 
     fn on_sent(&mut self, bytes: usize) {
         // Per send completion: frame bytes actually written (TLS: plaintext carried).
-        self.bm.bytes_out.inc_by(bytes as u64);
-        self.bm.io_write_size.observe(bytes as f64);
+        let bm = self.metrics.backend(self.backend);
+        bm.bytes_out.inc_by(bytes as u64);
+        bm.io_write_size.observe(bytes as f64);
     }
 
     fn on_wake(&mut self, ctx: &mut ConnCtx<'_>, bits: u32) {
@@ -610,7 +675,7 @@ fn metered(
     remote: ConnRemote,
     admitted: Arc<Admitted>,
 ) -> (Box<dyn ConnHandler>, PortConn) {
-    let bm = engine.bm().clone();
+    let bm = engine.bm();
     // TLS: accept/connect to handshake completion (the shard built the handler only then).
     // Plain TCP: establishment (accept → open, or connect) is the "handshake".
     let pq = pq_of(meta);
@@ -632,13 +697,14 @@ fn metered(
             .queue_depth
             .with_label_values(&[QueueName::WriterInbox.as_str()]),
         admitted: Arc::downgrade(&admitted),
+        limits: engine.limits.clone(),
     });
-    let (bridge, handle) = ron_shard::port(meta, remote, engine.handle_options(), Some(hooks));
+    let (bridge, handle) = ron_shard::port(remote, engine.handle_options(), Some(hooks));
     let h = Metered {
         inner: bridge,
-        engine: Arc::downgrade(engine),
+        limits: engine.limits.clone(),
         admitted,
-        bm,
+        backend: engine.backend(),
         metrics: engine.metrics.clone(),
     };
     (Box::new(h), handle)
@@ -649,6 +715,7 @@ fn metered(
 struct Outbound {
     depth: prometheus::IntGauge,
     admitted: Weak<Admitted>,
+    limits: Arc<LiveLimits>,
 }
 
 impl OutboundHooks for Outbound {
@@ -661,6 +728,9 @@ impl OutboundHooks for Outbound {
     }
 
     fn pace(&self, bytes: usize) -> Duration {
+        if !self.limits.rates_on() {
+            return Duration::ZERO;
+        }
         match self.admitted.upgrade() {
             Some(a) => match &a.permit {
                 Some(p) => p.pace_egress(bytes as u64, now_ns()),
@@ -671,7 +741,7 @@ impl OutboundHooks for Outbound {
     }
 }
 
-type Accepted = (PortConn, Weak<Admitted>);
+type Accepted = (PortConn, Weak<Admitted>, ConnMeta);
 
 /// A consumer's per-connection future, boxed once per connection.
 type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -736,14 +806,14 @@ impl AcceptHooks for AcceptSide {
         let (h, handle) = metered(&inner, meta, remote, admitted);
         if let Some(serve) = self.serve.get() {
             // `open` runs on the owning shard: the consumer's future runs right here.
-            let conn = UringConn::new(&inner, handle, weak, None);
+            let conn = UringConn::new(&inner, meta, handle, weak, None);
             if ron_shard::spawn_local(serve(conn)).is_err() {
                 inner.metrics.reject(RejectReason::Busy);
                 return Box::new(ron_shard::Refuse);
             }
             return h;
         }
-        match self.tx.try_send((handle, weak)) {
+        match self.tx.try_send((handle, weak, meta.clone())) {
             Ok(()) => h,
             Err(_) => {
                 inner.metrics.reject(RejectReason::Busy);
@@ -773,7 +843,7 @@ impl DialHooks for DialSide {
         });
         let weak = Arc::downgrade(&admitted);
         let (h, handle) = metered(&inner, meta, remote, admitted);
-        match self.tx.send(Ok((handle, weak))) {
+        match self.tx.send(Ok((handle, weak, meta.clone()))) {
             Ok(()) => h,
             Err(_) => Box::new(ron_shard::Refuse),
         }
@@ -810,7 +880,9 @@ impl Listener for UringListener {
 
     async fn accept(&mut self) -> Result<Self::Conn, TransportError> {
         match self.rx.recv().await {
-            Some((handle, admitted)) => Ok(UringConn::new(&self.inner, handle, admitted, None)),
+            Some((handle, admitted, meta)) => {
+                Ok(UringConn::new(&self.inner, &meta, handle, admitted, None))
+            }
             None => Err(TransportError::IoClosed),
         }
     }
@@ -838,7 +910,7 @@ impl std::fmt::Debug for UringSender {
 
 impl UringSender {
     fn check_size(&self, len: usize) -> Result<(), TransportError> {
-        let max = self.inner.cfg().max_frame_bytes;
+        let max = self.inner.limits.max_frame();
         if len as u64 > max {
             self.inner.metrics.reject(RejectReason::TooLarge);
             return Err(TransportError::TooLarge {
@@ -860,7 +932,7 @@ impl UringSender {
 impl FrameSender for UringSender {
     fn try_send(&self, frame: Bytes) -> Result<(), TransportError> {
         self.check_size(frame.len())?;
-        if let Some(a) = self.admitted.upgrade() {
+        if let (true, Some(a)) = (self.inner.limits.rates_on(), self.admitted.upgrade()) {
             if let Some(p) = &a.permit {
                 if !p.egress_available(frame.len() as u64 + 4, now_ns()) {
                     self.inner.metrics.reject(RejectReason::RateLimited);
@@ -886,33 +958,32 @@ impl FrameSender for UringSender {
         }
     }
 
-    fn send(&self, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
-        let this = self.clone();
-        async move {
-            this.check_size(frame.len())?;
-            // Egress rate limits pace the writer on the shard (see `Outbound::pace`). The wait
-            // for inbox space is bounded by `write_timeout`: by the shard's own timer when the
-            // caller runs on a shard, by Tokio's elsewhere.
-            let write_timeout = this.inner.cfg().write_timeout;
-            let limit = (!write_timeout.is_zero()).then_some(write_timeout);
-            let res = match limit {
-                Some(t) if !ron_shard::is_shard_thread() => {
-                    match tokio::time::timeout(t, this.tx.send(frame, None)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(SendError::Timeout),
-                    }
+    async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
+        // No clone of the sender (its `Arc`s) per frame: the future borrows it.
+        self.check_size(frame.len())?;
+        // Egress rate limits pace the writer on the shard (see `Outbound::pace`). The wait for
+        // inbox space is bounded by `write_timeout`: by the shard's own timer when the caller
+        // runs on a shard, by Tokio's elsewhere.
+        let limit = self.inner.limits.write_timeout();
+        let res = match limit {
+            // Off the shards: Tokio's timer, boxed so the on-shard future (which every
+            // connection's consumer task holds) does not carry a `Sleep` inline.
+            Some(t) if !ron_shard::is_shard_thread() => {
+                match Box::pin(tokio::time::timeout(t, self.tx.send(frame, None))).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SendError::Timeout),
                 }
-                _ => this.tx.send(frame, limit).await,
-            };
-            match res {
-                Ok(()) => Ok(()),
-                Err(SendError::Timeout) => {
-                    this.inner.metrics.reject(RejectReason::Timeout);
-                    Err(TransportError::timeout(TimeoutOp::Write))
-                }
-                Err(SendError::Closed(r)) => Err(this.closed(r)),
-                Err(_) => Err(TransportError::IoClosed),
             }
+            _ => self.tx.send(frame, limit).await,
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(SendError::Timeout) => {
+                self.inner.metrics.reject(RejectReason::Timeout);
+                Err(TransportError::timeout(TimeoutOp::Write))
+            }
+            Err(SendError::Closed(r)) => Err(self.closed(r)),
+            Err(_) => Err(TransportError::IoClosed),
         }
     }
 }
@@ -965,11 +1036,11 @@ impl std::fmt::Debug for UringConn {
 impl UringConn {
     fn new(
         inner: &Arc<Inner>,
+        meta: &ConnMeta,
         handle: PortConn,
         admitted: Weak<Admitted>,
         corr_id: Option<String>,
     ) -> Self {
-        let meta = handle.meta().clone();
         let info = ConnInfo {
             conn_id: meta.id,
             peer_addr: meta.peer,
@@ -977,7 +1048,7 @@ impl UringConn {
             backend: inner.backend(),
             engine: EngineKind::Uring,
             alpn: meta.tls.as_ref().and_then(|t| t.alpn.clone()),
-            pq: pq_of(&meta),
+            pq: pq_of(meta),
             resumed: meta.tls.as_ref().is_some_and(|t| t.resumed),
         };
         tracing::debug!(
