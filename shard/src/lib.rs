@@ -64,7 +64,7 @@ pub use handler::{
     AcceptHooks, AdmitToken, CloseReason, ConnCtx, ConnHandler, ConnMeta, ConnRemote, CtxSendError,
     DialError, DialHooks, Frame, HandshakeFailure, Refuse, Reject, TlsFacts,
 };
-pub use port::{port, PortConn, PortHandler, PortTx};
+pub use port::{port, PortConn, PortHandler, PortSend, PortTx};
 pub use probe::{probe, ProbeFailure, ProbeReport};
 pub use runtime::{
     bind, DrainReport, ListenerId, Runtime, RuntimeConfig, ShardError, Shutdown, StartError,

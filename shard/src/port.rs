@@ -488,41 +488,59 @@ impl PortTx {
     /// Queues `payload`, waiting for inbox space. `limit` bounds the wait when the caller runs
     /// on a shard thread ([`SendError::Timeout`]); elsewhere the caller bounds it with its own
     /// timer.
-    pub async fn send(&self, payload: Bytes, limit: Option<Duration>) -> Result<(), SendError> {
-        let mut payload = Some(payload);
-        let mut deadline: Option<Instant> = None;
-        poll_fn(|cx| {
-            let Some(p) = payload.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            match self.shared.try_push(p) {
-                Ok(()) => Poll::Ready(Ok(())),
-                Err((SendError::Busy, p)) => {
-                    if exec::is_shard_thread() {
-                        if let Some(limit) = limit {
-                            let now = exec::now();
-                            let d = *deadline.get_or_insert(now + limit);
-                            if now >= d {
-                                return Poll::Ready(Err(SendError::Timeout));
-                            }
-                            if let Some(k) = exec::current_task() {
-                                exec::wake_at(d, k);
-                            }
-                        }
-                    }
-                    payload = Some(p);
-                    self.shared.wait_for_space(cx);
-                    Poll::Pending
-                }
-                Err((e, _)) => Poll::Ready(Err(e)),
-            }
-        })
-        .await
+    pub fn send(&self, payload: Bytes, limit: Option<Duration>) -> PortSend<'_> {
+        PortSend {
+            tx: self,
+            payload: Some(payload),
+            limit,
+            deadline: None,
+        }
     }
 
     /// True once the connection has closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.get().is_some() || self.shared.remote.is_gone()
+    }
+}
+
+/// The future of [`PortTx::send`]: a plain struct (a few words), since every consumer task
+/// that sends holds one inside its own state.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct PortSend<'a> {
+    tx: &'a PortTx,
+    payload: Option<Bytes>,
+    limit: Option<Duration>,
+    deadline: Option<Instant>,
+}
+
+impl std::future::Future for PortSend<'_> {
+    type Output = Result<(), SendError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(p) = this.payload.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        match this.tx.shared.try_push(p) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err((SendError::Busy, p)) => {
+                if let (Some(limit), true) = (this.limit, exec::is_shard_thread()) {
+                    let now = exec::now();
+                    let d = *this.deadline.get_or_insert(now + limit);
+                    if now >= d {
+                        return Poll::Ready(Err(SendError::Timeout));
+                    }
+                    if let Some(k) = exec::current_task() {
+                        exec::wake_at(d, k);
+                    }
+                }
+                this.payload = Some(p);
+                this.tx.shared.wait_for_space(cx);
+                Poll::Pending
+            }
+            Err((e, _)) => Poll::Ready(Err(e)),
+        }
     }
 }
 

@@ -474,9 +474,10 @@ impl Engine for UringEngine {
 
     /// Runs each admitted connection's `handler` future on the shard that owns the connection
     /// (spawned there by the accept path, polled between completion batches): its `recv` /
-    /// `send` touch that shard's local state only. Connections that were already waiting for
-    /// `accept` when `serve` started run on the caller's Tokio runtime (or, called on a shard,
-    /// on that shard) through the port's shared path. Ends when the listener stops.
+    /// `send` touch that shard's local state only. The handler is installed when `serve` is
+    /// called (before the returned future is first polled). Connections that were already
+    /// waiting for `accept` then run on the caller's Tokio runtime (or, called on a shard, on
+    /// that shard) through the port's shared path. The future ends when the listener stops.
     #[allow(clippy::manual_async_fn)] // an `async fn` would borrow `self`: not `'static`
     fn serve<H, Fut>(
         &self,
@@ -487,11 +488,14 @@ impl Engine for UringEngine {
         H: Fn(UringConn) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        // Installed now, not at the future's first poll: a connection admitted right after
+        // this call already runs on its shard.
+        let handler = Arc::new(handler);
+        let on_shard = handler.clone();
+        let run: ServeFn = Arc::new(move |conn| Box::pin(on_shard(conn)) as ServeFuture);
+        let installed = listener.serve.set(run).is_ok();
         async move {
-            let handler = Arc::new(handler);
-            let on_shard = handler.clone();
-            let run: ServeFn = Arc::new(move |conn| Box::pin(on_shard(conn)) as ServeFuture);
-            if listener.serve.set(run).is_err() {
+            if !installed {
                 return Err(TransportError::Unsupported {
                     what: "this listener is already being served".into(),
                 });
@@ -958,33 +962,82 @@ impl FrameSender for UringSender {
         }
     }
 
-    async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
-        // No clone of the sender (its `Arc`s) per frame: the future borrows it.
-        self.check_size(frame.len())?;
-        // Egress rate limits pace the writer on the shard (see `Outbound::pace`). The wait for
-        // inbox space is bounded by `write_timeout`: by the shard's own timer when the caller
-        // runs on a shard, by Tokio's elsewhere.
-        let limit = self.inner.limits.write_timeout();
-        let res = match limit {
-            // Off the shards: Tokio's timer, boxed so the on-shard future (which every
-            // connection's consumer task holds) does not carry a `Sleep` inline.
-            Some(t) if !ron_shard::is_shard_thread() => {
-                match Box::pin(tokio::time::timeout(t, self.tx.send(frame, None))).await {
-                    Ok(r) => r,
-                    Err(_) => Err(SendError::Timeout),
-                }
+    fn send(&self, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
+        UringSend {
+            sender: self,
+            state: SendState::Start(Some(frame)),
+        }
+    }
+}
+
+/// The future of [`UringSender::send`], written out by hand because every consumer task that
+/// sends carries one in its state: it borrows the sender (no `Arc` clone per frame) and holds
+/// the port's send future inline, or a boxed Tokio timeout off the shards.
+struct UringSend<'a> {
+    sender: &'a UringSender,
+    state: SendState<'a>,
+}
+
+enum SendState<'a> {
+    Start(Option<Bytes>),
+    /// On a shard thread (or without a write timeout): the port's own wait.
+    Port(ron_shard::PortSend<'a>),
+    /// Elsewhere: bounded by Tokio's timer.
+    Timed(Pin<Box<tokio::time::Timeout<ron_shard::PortSend<'a>>>>),
+    Done,
+}
+
+impl Future for UringSend<'_> {
+    type Output = Result<(), TransportError>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let sender = this.sender;
+        if let SendState::Start(frame) = &mut this.state {
+            let Some(frame) = frame.take() else {
+                return Poll::Ready(Err(TransportError::IoClosed));
+            };
+            if let Err(e) = sender.check_size(frame.len()) {
+                this.state = SendState::Done;
+                return Poll::Ready(Err(e));
             }
-            _ => self.tx.send(frame, limit).await,
+            // Egress rate limits pace the writer on the shard (see `Outbound::pace`). The wait
+            // for inbox space is bounded by `write_timeout`: by the shard's own timer when the
+            // caller runs on a shard, by Tokio's elsewhere.
+            let limit = sender.inner.limits.write_timeout();
+            this.state = match limit {
+                Some(t) if !ron_shard::is_shard_thread() => SendState::Timed(Box::pin(
+                    tokio::time::timeout(t, sender.tx.send(frame, None)),
+                )),
+                _ => SendState::Port(sender.tx.send(frame, limit)),
+            };
+        }
+        let res = match &mut this.state {
+            SendState::Port(f) => match Pin::new(f).poll(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => return Poll::Pending,
+            },
+            SendState::Timed(f) => match f.as_mut().poll(cx) {
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(_)) => Err(SendError::Timeout),
+                Poll::Pending => return Poll::Pending,
+            },
+            _ => return Poll::Ready(Err(TransportError::IoClosed)),
         };
-        match res {
+        this.state = SendState::Done;
+        Poll::Ready(match res {
             Ok(()) => Ok(()),
             Err(SendError::Timeout) => {
-                self.inner.metrics.reject(RejectReason::Timeout);
+                sender.inner.metrics.reject(RejectReason::Timeout);
                 Err(TransportError::timeout(TimeoutOp::Write))
             }
-            Err(SendError::Closed(r)) => Err(self.closed(r)),
+            Err(SendError::Closed(r)) => Err(sender.closed(r)),
             Err(_) => Err(TransportError::IoClosed),
-        }
+        })
     }
 }
 
