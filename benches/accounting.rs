@@ -40,8 +40,34 @@ const RATE_ON: u64 = 64 << 30;
 /// Ops per timed round.
 const ROUND: u64 = 4096;
 
-/// A spinning barrier (yields while waiting long), so threads start a round within ~100 ns of
-/// each other instead of a futex wake-up apart.
+/// Rounds timed and rounds in which all threads ran together, for the current benchmark.
+static ROUNDS: AtomicU64 = AtomicU64::new(0);
+static ROUNDS_TOGETHER: AtomicU64 = AtomicU64::new(0);
+
+/// Benchmarks `threads`-thread `f` as `{threads}t` and prints how many rounds really ran
+/// together (for 2 threads, only those measure cross-core interference).
+fn bench_threads(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    threads: usize,
+    f: impl Fn(u64) -> Duration,
+) {
+    ROUNDS.store(0, Ordering::Relaxed);
+    ROUNDS_TOGETHER.store(0, Ordering::Relaxed);
+    g.bench_function(format!("{threads}t"), |b| b.iter_custom(&f));
+    let (all, together) = (
+        ROUNDS.load(Ordering::Relaxed),
+        ROUNDS_TOGETHER.load(Ordering::Relaxed),
+    );
+    if threads > 1 {
+        eprintln!(
+            "  rounds with all {threads} threads running together: {together} of {all} ({:.0} %)",
+            100.0 * together as f64 / all.max(1) as f64
+        );
+    }
+}
+
+/// A spinning barrier, so threads start a round within ~100 ns of each other instead of a
+/// futex wake-up apart.
 struct SpinBarrier {
     n: usize,
     count: AtomicUsize,
@@ -64,14 +90,10 @@ impl SpinBarrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0u32;
+        // Pure spinning (no yield): a waiter that yielded would often be off-CPU at the
+        // release and start its round late.
         while self.generation.load(Ordering::Acquire) == gen {
-            spins += 1;
-            if spins % 1024 == 0 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            std::hint::spin_loop();
         }
     }
 }
@@ -79,7 +101,8 @@ impl SpinBarrier {
 /// Runs `op` about `iters` times on each of `threads` threads, in rounds of [`ROUND`] ops that
 /// all threads start together (spin barrier). A round's time is its slowest thread's; the
 /// result is the *median* over the rounds in which the threads really ran together (spans
-/// overlapping ≥ 90 %; all rounds if fewer than a quarter did), scaled to `iters` ops. So a
+/// overlapping for ≥ 90 % of the shortest; all rounds if fewer than a quarter did), scaled to
+/// `iters` ops. So a
 /// round in which the shared machine preempted a thread does not count, while contention
 /// (present whenever both threads run) does. `mk` builds a thread's state on that thread (its own cells and
 /// leases); one warm-up op runs before the first round.
@@ -119,20 +142,24 @@ fn hammer<T>(
             .collect()
     });
     // Per round: the slowest thread's time, and whether all threads really ran together
-    // (their spans overlap for ≥ 90 % of the longest one).
+    // (their spans overlap for ≥ 90 % of the shortest one: under contention one thread may
+    // finish well before the other, but it ran entirely alongside it).
     let mut all = Vec::with_capacity(rounds);
     let mut together = Vec::with_capacity(rounds);
     for r in 0..rounds {
         let spans: Vec<(Instant, Instant)> = per_thread.iter().map(|t| t[r]).collect();
         let longest = spans.iter().map(|(a, b)| *b - *a).max().unwrap_or_default();
+        let shortest = spans.iter().map(|(a, b)| *b - *a).min().unwrap_or_default();
         let start = spans.iter().map(|s| s.0).max().expect("a thread");
         let end = spans.iter().map(|s| s.1).min().expect("a thread");
         let overlap = end.saturating_duration_since(start);
         all.push(longest);
-        if overlap.as_nanos() * 10 >= longest.as_nanos() * 9 {
+        if overlap.as_nanos() * 10 >= shortest.as_nanos() * 9 {
             together.push(longest);
         }
     }
+    ROUNDS.fetch_add(rounds as u64, Ordering::Relaxed);
+    ROUNDS_TOGETHER.fetch_add(together.len() as u64, Ordering::Relaxed);
     let pick = if together.len() * 4 >= rounds {
         &mut together
     } else {
@@ -181,30 +208,28 @@ fn cells(c: &mut Criterion, rates_on: bool) {
     let policy = policy(rates_on, Arc::clone(&metrics));
     let mut g = c.benchmark_group(format!("accounting/{name}"));
     for threads in [1usize, 2] {
-        g.bench_function(format!("{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                let start = start_ns();
-                hammer(
-                    threads,
-                    iters,
-                    &|i| {
-                        let permit = policy.admit_at(peer(i), start).expect("admit");
-                        (permit, metrics.backend(Backend::Tcp).clone(), start)
-                    },
-                    &|(permit, bm, now), k| {
-                        *now += STEP_NS;
-                        if k & 1 == 0 {
-                            bm.bytes_in.inc_by(IO);
-                            bm.io_read_size.observe(IO as f64);
-                            black_box(permit.pace_ingress(IO, *now));
-                        } else {
-                            bm.bytes_out.inc_by(IO);
-                            bm.io_write_size.observe(IO as f64);
-                            black_box(permit.pace_egress(IO, *now));
-                        }
-                    },
-                )
-            })
+        bench_threads(&mut g, threads, |iters| {
+            let start = start_ns();
+            hammer(
+                threads,
+                iters,
+                &|i| {
+                    let permit = policy.admit_at(peer(i), start).expect("admit");
+                    (permit, metrics.backend(Backend::Tcp).clone(), start)
+                },
+                &|(permit, bm, now), k| {
+                    *now += STEP_NS;
+                    if k & 1 == 0 {
+                        bm.bytes_in.inc_by(IO);
+                        bm.io_read_size.observe(IO as f64);
+                        black_box(permit.pace_ingress(IO, *now));
+                    } else {
+                        bm.bytes_out.inc_by(IO);
+                        bm.io_write_size.observe(IO as f64);
+                        black_box(permit.pace_egress(IO, *now));
+                    }
+                },
+            )
         });
     }
     g.finish();
@@ -237,21 +262,19 @@ fn shared(c: &mut Criterion, rates_on: bool) {
     );
     let mut g = c.benchmark_group(format!("accounting/{name}"));
     for threads in [1usize, 2] {
-        g.bench_function(format!("{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                let start = start_ns();
-                hammer(threads, iters, &|_| start, &|now, k| {
-                    *now += STEP_NS;
-                    if k & 1 == 0 {
-                        bytes_in.inc_by(IO);
-                        read_size.observe(IO as f64);
-                        black_box(ingress.consume_paced(IO, *now));
-                    } else {
-                        bytes_out.inc_by(IO);
-                        write_size.observe(IO as f64);
-                        black_box(egress.consume_paced(IO, *now));
-                    }
-                })
+        bench_threads(&mut g, threads, |iters| {
+            let start = start_ns();
+            hammer(threads, iters, &|_| start, &|now, k| {
+                *now += STEP_NS;
+                if k & 1 == 0 {
+                    bytes_in.inc_by(IO);
+                    read_size.observe(IO as f64);
+                    black_box(ingress.consume_paced(IO, *now));
+                } else {
+                    bytes_out.inc_by(IO);
+                    write_size.observe(IO as f64);
+                    black_box(egress.consume_paced(IO, *now));
+                }
             })
         });
     }
@@ -271,18 +294,16 @@ fn baseline(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("accounting/baseline_plain_local");
     for threads in [1usize, 2] {
-        g.bench_function(format!("{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                hammer(threads, iters, &|_| Local::default(), &|st, k| {
-                    st.now += STEP_NS;
-                    let d = (k & 1) as usize;
-                    let v = black_box(IO);
-                    st.bytes[d] += v;
-                    let i = IO_SIZE_BUCKETS.partition_point(|&b| b < v as f64);
-                    st.buckets[d][i] += 1;
-                    st.sums[d] += v as f64;
-                    black_box(&st);
-                })
+        bench_threads(&mut g, threads, |iters| {
+            hammer(threads, iters, &|_| Local::default(), &|st, k| {
+                st.now += STEP_NS;
+                let d = (k & 1) as usize;
+                let v = black_box(IO);
+                st.bytes[d] += v;
+                let i = IO_SIZE_BUCKETS.partition_point(|&b| b < v as f64);
+                st.buckets[d][i] += 1;
+                st.sums[d] += v as f64;
+                black_box(&st);
             })
         });
     }
