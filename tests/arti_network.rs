@@ -56,6 +56,20 @@ fn private_dir(p: &Path) {
         .expect("mkdir");
 }
 
+/// A private scratch directory; kept (and printed) with `RON_ARTI_KEEP=1` for post-mortems.
+fn scratch() -> tempfile::TempDir {
+    let keep = std::env::var_os("RON_ARTI_KEEP").is_some();
+    let tmp = tempfile::Builder::new()
+        .prefix("ron-arti-net")
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    if keep {
+        println!("scratch directory kept: {}", tmp.path().display());
+    }
+    tmp
+}
+
 fn base_config() -> Config {
     let mut c = Config::default();
     c.backend = Backend::Arti;
@@ -175,6 +189,34 @@ async fn wait_ready(
     }
 }
 
+/// The first dial through the exit. Right after bootstrap the exit may still refuse streams
+/// for a few seconds (until the authorities' first full-interval consensus lists it with its
+/// final flags); retry for up to 60 s. Returns the connection and the number of attempts.
+async fn first_exit_dial(
+    engine: &ArtiEngine,
+    net: &TorNet,
+) -> (ron_transport::arti::ArtiConn, u32) {
+    let t = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match engine.dial(addr(ECHO), opts(Duration::from_secs(60))).await {
+            Ok(c) => return (c, attempt),
+            Err(e) if t.elapsed() < Duration::from_secs(60) => {
+                if attempt == 3 {
+                    println!("{}", net.log_tails(6));
+                }
+                println!(
+                    "first exit dial attempt {attempt} failed after {:?}: {e}",
+                    t.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("dial through the exit: {e:?}\n{}", net.log_tails(15)),
+        }
+    }
+}
+
 async fn echo_roundtrip<C: Conn>(conn: &mut C, payload: Bytes) -> Duration {
     let t = Instant::now();
     conn.send(payload.clone()).await.expect("send");
@@ -196,12 +238,16 @@ fn arti_private_network_exit() {
 }
 
 async fn exit_case() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     private_dir(tmp.path());
     let t_net = Instant::now();
     let mut net = TorNet::start(&tmp.path().join("net"), ECHO).expect("tor network");
     println!("tor network: 6 nodes started in {:?}", t_net.elapsed());
     start_servers().await;
+    let with_exit = net
+        .wait_for_exit(Duration::from_secs(90))
+        .expect("consensus");
+    println!("FIGURE private network: first consensus listing the exit {with_exit:?} after the nodes started");
 
     let cfg = ConfigHandle::new(base_config().validate().unwrap());
     let metrics = TransportMetrics::new();
@@ -240,7 +286,7 @@ async fn exit_case() {
     }
     let boot = t_boot.elapsed();
     println!(
-        "FIGURE bootstrap (engine built -> Ready, network started {:?} earlier): {boot:?}",
+        "FIGURE bootstrap (engine built -> Ready, on a network up {:?}): {boot:?}",
         t_boot - t_net
     );
     let mut seen = Vec::new();
@@ -250,24 +296,8 @@ async fn exit_case() {
     assert_eq!(seen.last(), Some(&ReadyState::Ready), "{seen:?}");
 
     // --- echo through the exit (conformance: echo, metrics_smoke) ---
-    // Right after bootstrap the exit may still refuse streams for a moment (its descriptor
-    // and flags settle over the first voting rounds); retry for up to 30 s.
     let t = Instant::now();
-    let mut attempt = 0;
-    let mut conn = loop {
-        attempt += 1;
-        match engine.dial(addr(ECHO), opts(Duration::from_secs(60))).await {
-            Ok(c) => break c,
-            Err(e) if t.elapsed() < Duration::from_secs(30) => {
-                println!(
-                    "first dial attempt {attempt} failed after {:?}: {e}",
-                    t.elapsed()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("dial through the exit: {e:?}\n{}", net.log_tails(15)),
-        }
-    };
+    let (mut conn, attempt) = first_exit_dial(&engine, &net).await;
     println!(
         "FIGURE first dial through the exit: {:?} ({attempt} attempts)",
         t.elapsed()
@@ -657,7 +687,7 @@ fn arti_private_network_onion_amnesia() {
 }
 
 async fn onion_case() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     private_dir(tmp.path());
     // Arti must not write under HOME (or anywhere but its tmpfs directory): point HOME at an
     // empty directory for the whole run. This process runs this one test only.
@@ -751,10 +781,7 @@ async fn onion_case() {
     );
 
     // Through the exit as well, under amnesia.
-    let mut exit_conn = client
-        .dial(addr(ECHO), opts(Duration::from_secs(60)))
-        .await
-        .expect("exit dial");
+    let (mut exit_conn, _) = first_exit_dial(&client, &net).await;
     echo_roundtrip(&mut exit_conn, Bytes::from_static(b"via exit")).await;
 
     // The onion service: its descriptor must be published before the first dial succeeds.

@@ -287,8 +287,29 @@ impl TorNet {
             )
             .expect("write");
         }
+        // The exit is the only Exit and never a Guard: with one primary guard (small network),
+        // a client whose guard were the exit could not build an exit circuit at all.
+        let fp = |n: &Node| format!("${}", n.rsa_fp);
+        let votes = format!(
+            "TestingDirAuthVoteExit {}\nTestingDirAuthVoteGuard {}\n",
+            nodes
+                .iter()
+                .filter(|n| n.exit)
+                .map(fp)
+                .collect::<Vec<_>>()
+                .join(","),
+            nodes
+                .iter()
+                .filter(|n| !n.exit)
+                .map(fp)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         for n in &nodes {
-            std::fs::write(n.dir.join("torrc"), torrc(n, &dir_authorities, echo_port))?;
+            std::fs::write(
+                n.dir.join("torrc"),
+                torrc(n, &dir_authorities, &votes, echo_port),
+            )?;
         }
         let mut net = Self {
             root: root.to_path_buf(),
@@ -350,9 +371,9 @@ impl TorNet {
         t
     }
 
-    /// Onion-service settings that fit a six-relay network.
+    /// Onion-service settings for a six-relay network (three introduction points: Arti's minimum).
     pub fn onion_service_toml(&self) -> String {
-        "num_intro_points = 1\n".to_owned()
+        "num_intro_points = 3\n".to_owned()
     }
 
     /// Stops the authorities only (the relays stay up): the network cannot bootstrap anyone.
@@ -384,6 +405,50 @@ impl TorNet {
             }
         }
         out
+    }
+
+    /// Whether an authority's current microdesc consensus lists the exit with its Exit flag.
+    pub fn consensus_has_exit(&self) -> bool {
+        self.nodes.iter().filter(|n| n.authority).any(|n| {
+            let text = std::fs::read_to_string(n.dir.join("cached-microdesc-consensus"))
+                .unwrap_or_default();
+            let mut lines = text.lines();
+            while let Some(l) = lines.next() {
+                if l.starts_with("r exit0 ") {
+                    // `r`, then `m` (microdesc digest), then `s` (flags).
+                    return lines
+                        .find(|s| s.starts_with("s ") || s.starts_with("r "))
+                        .is_some_and(|s| s.starts_with("s ") && s.contains(" Exit "));
+                }
+            }
+            false
+        })
+    }
+
+    /// Whether the exit itself has a consensus and has bootstrapped (before that it refuses
+    /// streams).
+    pub fn exit_bootstrapped(&self) -> bool {
+        self.nodes.iter().filter(|n| n.exit).all(|n| {
+            std::fs::read_to_string(n.dir.join("notice.log"))
+                .map(|t| t.contains("Bootstrapped 100%"))
+                .unwrap_or(false)
+        })
+    }
+
+    /// Waits until a published consensus lists the exit and the exit has bootstrapped (relays publish their descriptors a
+    /// few seconds after start; a client that bootstraps on an earlier consensus is "ready"
+    /// but has no exit until its next consensus fetch). Returns the time since start.
+    pub fn wait_for_exit(&self, limit: Duration) -> io::Result<Duration> {
+        while !(self.consensus_has_exit() && self.exit_bootstrapped()) {
+            if self.started.elapsed() > limit {
+                return Err(io::Error::other(format!(
+                    "no consensus with the exit after {limit:?}\n{}",
+                    self.log_tails(8)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(self.started.elapsed())
     }
 
     /// Whether the authorities have published a consensus (from their logs).
@@ -418,7 +483,7 @@ impl Drop for TorNet {
     }
 }
 
-fn torrc(n: &Node, dir_authorities: &str, echo_port: u16) -> String {
+fn torrc(n: &Node, dir_authorities: &str, votes: &str, echo_port: u16) -> String {
     let mut t = format!(
         "TestingTorNetwork 1\n\
          DataDirectory {dir}\n\
@@ -434,8 +499,7 @@ fn torrc(n: &Node, dir_authorities: &str, echo_port: u16) -> String {
          ShutdownWaitLength 0\n\
          AssumeReachable 1\n\
          PathsNeededToBuildCircuits 0.25\n\
-         TestingDirAuthVoteExit *\n\
-         TestingDirAuthVoteGuard *\n\
+         {votes}\
          TestingDirAuthVoteHSDir *\n\
          TestingMinExitFlagThreshold 0\n\
          V3AuthVotingInterval {vi}\n\
