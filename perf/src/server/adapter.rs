@@ -120,16 +120,25 @@ fn announce(opts: &ServeOpts, cfg: &ValidConfig) {
     );
 }
 
-/// `tokio`: the tokio engine (a multi-thread runtime, one worker per shard, all pinned to the
-/// server cores by `serve`) through [`serve_generic`]; its `Engine::serve` spawns a task per
-/// connection.
+/// `tokio`: the tokio engine through [`serve_generic`]; its `Engine::serve` spawns a task per
+/// connection. The runtime flavour is the one `tokio-framed` runs on (`--flavour`), so the two
+/// tokio rows differ only in the code on top: a current-thread runtime for one shard, else a
+/// multi-thread runtime with one worker per shard (all pinned to the server cores by `serve`).
 pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
     let cfg = serve_config(opts)?;
     announce(opts, &cfg);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.shards.max(1))
-        .enable_all()
-        .build()?;
+    let current = opts.shards.max(1) == 1
+        && matches!(opts.flavour, crate::server::framed::Flavour::CurrentThread);
+    let rt = if current {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.shards.max(1))
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
         let engine = EngineSetup::new(cfg, TransportMetrics::new())
             .and_then(|s| s.build_tokio())

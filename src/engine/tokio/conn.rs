@@ -67,6 +67,17 @@ pub(crate) struct ConnCore {
     /// released when the connection is gone even if sender clones linger.
     pub(crate) permit: Weak<ConnPermit>,
     terminal: OnceLock<TransportError>,
+    /// Plain TCP: the write half when the writer task is not using it, for the senders'
+    /// direct writes (see [`TokioSender::try_direct`]). `None` for TLS.
+    pub(crate) tcp: Option<Mutex<TcpSlot>>,
+    /// Bytes written by direct writes (the close log adds them to the writer's).
+    pub(crate) direct_bytes_out: AtomicU64,
+    /// Live limits cached from the config (refreshed when its generation moves): the frame
+    /// ceiling and whether any byte rate is set. One atomic load per frame instead of cloning
+    /// the config snapshot's `Arc`.
+    limits_gen: AtomicU64,
+    max_frame: AtomicU64,
+    rates_on: std::sync::atomic::AtomicBool,
     /// Origin of `last_activity_ns`.
     epoch: Instant,
     last_activity_ns: AtomicU64,
@@ -83,6 +94,7 @@ impl ConnCore {
         policy: Arc<Policy>,
         metrics: Arc<TransportMetrics>,
         permit: &Arc<ConnPermit>,
+        plain_tcp: bool,
     ) -> Self {
         let bm = metrics.backend(backend).clone();
         let inbox_depth = metrics
@@ -103,10 +115,45 @@ impl ConnCore {
             writer_done: CancellationToken::new(),
             permit: Arc::downgrade(permit),
             terminal: OnceLock::new(),
+            tcp: plain_tcp.then(|| Mutex::new(TcpSlot::default())),
+            direct_bytes_out: AtomicU64::new(0),
+            limits_gen: AtomicU64::new(u64::MAX),
+            max_frame: AtomicU64::new(0),
+            rates_on: std::sync::atomic::AtomicBool::new(false),
             epoch: now,
             last_activity_ns: AtomicU64::new(0),
             opened: now,
         }
+    }
+
+    #[inline]
+    fn refresh_limits(&self) {
+        let g = self.policy.config_handle().generation();
+        if g != self.limits_gen.load(Ordering::Acquire) {
+            let cfg = self.policy.config();
+            self.max_frame.store(cfg.max_frame_bytes, Ordering::Relaxed);
+            let rates = cfg.per_conn_bytes_per_sec
+                | cfg.per_peer_bytes_per_sec
+                | cfg.global_ingress_bytes_per_sec
+                | cfg.global_egress_bytes_per_sec
+                != 0;
+            self.rates_on.store(rates, Ordering::Relaxed);
+            self.limits_gen.store(g, Ordering::Release);
+        }
+    }
+
+    /// The live frame ceiling.
+    #[inline]
+    pub(crate) fn max_frame(&self) -> u64 {
+        self.refresh_limits();
+        self.max_frame.load(Ordering::Relaxed)
+    }
+
+    /// True if any byte rate is configured (egress is then paced by the writer task).
+    #[inline]
+    pub(crate) fn rates_on(&self) -> bool {
+        self.refresh_limits();
+        self.rates_on.load(Ordering::Relaxed)
     }
 
     /// Records a byte moving in either direction (idle-timeout bookkeeping).
@@ -200,7 +247,8 @@ impl Drop for Live {
             reason,
             duration_ms = core.opened.elapsed().as_millis() as u64,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out.load(Ordering::Relaxed)
+                + core.direct_bytes_out.load(Ordering::Relaxed),
             "connection closed"
         );
     }
@@ -210,7 +258,27 @@ impl Drop for Live {
 #[derive(Clone, Debug)]
 pub struct TokioSender {
     pub(crate) core: Arc<ConnCore>,
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) tx: mpsc::Sender<Out>,
+}
+
+/// What the writer inbox carries.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// A frame payload (the writer adds the length prefix).
+    Frame(Bytes),
+    /// A direct write left bytes behind (see [`TcpSlot::pending`]): write them.
+    Kick,
+}
+
+/// The plain-TCP write half while the writer task is not using it, and the bytes a direct
+/// write could not finish.
+#[derive(Debug, Default)]
+pub(crate) struct TcpSlot {
+    /// The write half, lent back by the writer task between batches.
+    pub(crate) half: Option<tokio::net::tcp::OwnedWriteHalf>,
+    /// Wire bytes (prefix included) a direct write left unwritten; the writer writes them
+    /// before anything from the inbox.
+    pub(crate) pending: std::collections::VecDeque<Bytes>,
 }
 
 impl TokioSender {
@@ -219,7 +287,7 @@ impl TokioSender {
         if let Some(e) = self.core.terminal() {
             return Err(e);
         }
-        let max = self.core.policy.config().max_frame_bytes;
+        let max = self.core.max_frame();
         if frame.len() as u64 > max {
             self.core
                 .metrics
@@ -233,9 +301,67 @@ impl TokioSender {
     }
 }
 
+impl TokioSender {
+    /// The direct write: on plain TCP, with no byte rate set, when nothing is queued and the
+    /// writer task is idle (its write half is lent back in the core's slot), the caller writes
+    /// the frame itself with one non-blocking `writev` — no hop to the writer task, no wake.
+    /// Bytes the socket did not take stay in the slot and the writer is kicked to finish them
+    /// (it writes them before anything queued later, so frames never interleave). `false`: not
+    /// taken (the caller queues the frame).
+    fn try_direct(&self, frame: &Bytes) -> bool {
+        let Some(slot) = self.core.tcp.as_ref() else {
+            return false;
+        };
+        if self.tx.capacity() != self.tx.max_capacity() || self.core.rates_on() {
+            return false;
+        }
+        let Ok(mut slot) = slot.try_lock() else {
+            return false;
+        };
+        if !slot.pending.is_empty() {
+            return false;
+        }
+        let Some(half) = slot.half.as_ref() else {
+            return false;
+        };
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let hdr = len.to_be_bytes();
+        let total = FRAME_HEADER_LEN + frame.len();
+        // Would block, or an error the writer will meet and report: it writes it all (0).
+        let written = half
+            .try_write_vectored(&[std::io::IoSlice::new(&hdr), std::io::IoSlice::new(frame)])
+            .unwrap_or_default();
+        if written > 0 {
+            let core = &self.core;
+            core.touch();
+            core.bm.io_write_size.observe(written as f64);
+            core.bm.bytes_out.inc_by(written as u64);
+            core.direct_bytes_out
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
+        if written < total {
+            if written < FRAME_HEADER_LEN {
+                slot.pending
+                    .push_back(Bytes::copy_from_slice(&hdr[written..]));
+                slot.pending.push_back(frame.clone());
+            } else {
+                slot.pending
+                    .push_back(frame.slice(written - FRAME_HEADER_LEN..));
+            }
+            drop(slot);
+            // Full inbox: the writer is awake already and looks at the slot first.
+            let _ = self.tx.try_send(Out::Kick);
+        }
+        true
+    }
+}
+
 impl FrameSender for TokioSender {
     fn try_send(&self, frame: Bytes) -> Result<(), TransportError> {
         self.precheck(&frame)?;
+        if self.try_direct(&frame) {
+            return Ok(());
+        }
         let Some(permit) = self.core.permit.upgrade() else {
             return Err(self.core.closed_error());
         };
@@ -248,7 +374,7 @@ impl FrameSender for TokioSender {
         }
         drop(permit);
         self.core.inbox_depth.inc();
-        match self.tx.try_send(frame) {
+        match self.tx.try_send(Out::Frame(frame)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.core.inbox_depth.dec();
@@ -269,10 +395,13 @@ impl FrameSender for TokioSender {
 
     async fn send(&self, frame: Bytes) -> Result<(), TransportError> {
         self.precheck(&frame)?;
+        if self.try_direct(&frame) {
+            return Ok(());
+        }
         match self.tx.try_reserve() {
             Ok(slot) => {
                 self.core.inbox_depth.inc();
-                slot.send(frame);
+                slot.send(Out::Frame(frame));
                 return Ok(());
             }
             Err(mpsc::error::TrySendError::Closed(())) => return Err(self.core.closed_error()),
@@ -285,7 +414,7 @@ impl FrameSender for TokioSender {
             r = tokio::time::timeout(wait, self.tx.reserve()) => match r {
                 Ok(Ok(slot)) => {
                     self.core.inbox_depth.inc();
-                    slot.send(frame);
+                    slot.send(Out::Frame(frame));
                     Ok(())
                 }
                 Ok(Err(_)) => Err(self.core.closed_error()),

@@ -90,6 +90,7 @@ impl EngineInner {
             shared.policy.clone(),
             shared.metrics.clone(),
             &permit,
+            matches!(stream, Stream::Tcp(_)),
         ));
         info.engine = EngineKind::Tokio;
         let live = Arc::new(Live {
@@ -105,7 +106,7 @@ impl EngineInner {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(core.id, core.clone());
         let (rd, wr) = stream.split();
-        let (tx, rx) = mpsc::channel(WRITER_INBOX_CAPACITY);
+        let (tx, rx) = mpsc::channel::<conn::Out>(WRITER_INBOX_CAPACITY);
         shared
             .metrics
             .tasks_spawned

@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFuture;
 
-use crate::engine::tokio::conn::{poll_once, Live};
+use crate::engine::tokio::conn::{poll_once, ConnCore, Live, Out};
 use crate::engine::tokio::stream::WriteHalf;
 use crate::error::{TimeoutOp, TransportError};
 use crate::limits::FRAME_HEADER_LEN;
@@ -50,9 +50,23 @@ enum Exit {
 }
 
 /// Runs the writer until the connection ends; then releases its share of the connection.
-pub(crate) async fn run(live: Arc<Live>, mut wr: WriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+pub(crate) async fn run(live: Arc<Live>, wr: WriteHalf, mut rx: mpsc::Receiver<Out>) {
     let core = live.core.clone();
+    let mut wr = Some(wr);
     let exit = write_loop(&live, &mut wr, &mut rx).await;
+    // Plain TCP: take the write half back from the senders' slot (it was lent there between
+    // batches); whatever a direct write left behind is dropped with the connection, or was
+    // written by the loop.
+    let mut wr = match wr {
+        Some(w) => w,
+        None => match reclaim(&core) {
+            Some(h) => WriteHalf::Tcp(h),
+            None => {
+                finish_exit(&core, exit);
+                return release(live, rx).await;
+            }
+        },
+    };
     match exit {
         Exit::Drained => {
             let bound = core.policy.config().write_timeout;
@@ -92,11 +106,33 @@ pub(crate) async fn run(live: Arc<Live>, mut wr: WriteHalf, mut rx: mpsc::Receiv
         .await;
     }
     drop(wr);
-    // Frames still queued are dropped with the connection.
+    release(live, rx).await;
+}
+
+/// How a writer that no longer has its half (never expected) still records the outcome.
+fn finish_exit(core: &ConnCore, exit: Exit) {
+    if let Exit::Failed(e) = exit {
+        core.fail(&e);
+    }
+}
+
+/// The end of a writer: the socket's write side is gone, queued frames are dropped.
+async fn release(live: Arc<Live>, mut rx: mpsc::Receiver<Out>) {
+    let core = live.core.clone();
+    if let Some(slot) = core.tcp.as_ref() {
+        // The socket must close now even if sender clones outlive the connection.
+        let mut slot = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.half = None;
+        slot.pending.clear();
+    }
     rx.close();
     let mut left = 0;
-    while rx.try_recv().is_ok() {
-        left += 1;
+    while let Ok(m) = rx.try_recv() {
+        if matches!(m, Out::Frame(_)) {
+            left += 1;
+        }
     }
     core.inbox_depth.sub(left);
     core.finish();
@@ -104,7 +140,16 @@ pub(crate) async fn run(live: Arc<Live>, mut wr: WriteHalf, mut rx: mpsc::Receiv
     drop(live);
 }
 
-async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Bytes>) -> Exit {
+/// Takes the plain-TCP write half back from the senders' slot.
+fn reclaim(core: &ConnCore) -> Option<tokio::net::tcp::OwnedWriteHalf> {
+    let slot = core.tcp.as_ref()?;
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .half
+        .take()
+}
+
+async fn write_loop(live: &Live, wr: &mut Option<WriteHalf>, rx: &mut mpsc::Receiver<Out>) -> Exit {
     let core = &live.core;
     let mut draining = false;
     let mut segs: VecDeque<Bytes> = VecDeque::with_capacity(MAX_IOVECS);
@@ -128,11 +173,32 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
                 continue;
             }
             m = rx.recv() => match m {
-                Some(f) => {
+                Some(Out::Frame(f)) => {
                     core.inbox_depth.dec();
-                    f
+                    Some(f)
                 }
-                None => return Exit::Drained,
+                Some(Out::Kick) => None,
+                None => {
+                    // Drained: bytes a direct write left behind still go out first.
+                    if let Err(exit) = take_back(live, wr, &mut segs) {
+                        return exit;
+                    }
+                    if !segs.is_empty() {
+                        let cfg = core.policy.config();
+                        let chunk = (cfg.chunk_bytes as usize).max(FRAME_HEADER_LEN + 1);
+                        let write_timeout = cfg.write_timeout;
+                        drop(cfg);
+                        let Some(w) = wr.as_mut() else { return Exit::Cancelled };
+                        if let Err(exit) = write_segments(
+                            live, w, &mut segs, chunk, write_timeout, cancelled.as_mut(),
+                        )
+                        .await
+                        {
+                            return exit;
+                        }
+                    }
+                    return Exit::Drained;
+                }
             },
             _ = &mut idle, if !draining => {
                 let idle_timeout = core.policy.config().idle_timeout;
@@ -150,15 +216,24 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
         let write_timeout = cfg.write_timeout;
         drop(cfg);
 
+        // The half back from the senders' slot (plain TCP), and any bytes a direct write left
+        // behind: they go first.
+        if let Err(exit) = take_back(live, wr, &mut segs) {
+            return exit;
+        }
         // Take everything already queued, up to `chunk` bytes.
-        let mut batch = stage_frame(&mut stage, &mut segs, first, chunk);
+        let mut batch = match first {
+            Some(f) => stage_frame(&mut stage, &mut segs, f, chunk),
+            None => 0,
+        };
         let mut taken = 0;
         while batch < chunk {
             match rx.try_recv() {
-                Ok(f) => {
+                Ok(Out::Frame(f)) => {
                     taken += 1;
                     batch += stage_frame(&mut stage, &mut segs, f, chunk);
                 }
+                Ok(Out::Kick) => {}
                 Err(_) => break,
             }
         }
@@ -169,18 +244,57 @@ async fn write_loop(live: &Live, wr: &mut WriteHalf, rx: &mut mpsc::Receiver<Byt
             segs.push_back(stage.split().freeze());
         }
 
-        if let Err(exit) = write_segments(
-            live,
-            wr,
-            &mut segs,
-            chunk,
-            write_timeout,
-            cancelled.as_mut(),
-        )
-        .await
+        let Some(w) = wr.as_mut() else {
+            return Exit::Cancelled;
+        };
+        if let Err(exit) =
+            write_segments(live, w, &mut segs, chunk, write_timeout, cancelled.as_mut()).await
         {
             return exit;
         }
+        // Idle again: lend the plain-TCP half to the senders for direct writes.
+        lend(core, wr);
+    }
+}
+
+/// Takes the write half back from the senders' slot (plain TCP) with the bytes a direct write
+/// left behind, which go in front of everything else.
+fn take_back(
+    live: &Live,
+    wr: &mut Option<WriteHalf>,
+    segs: &mut VecDeque<Bytes>,
+) -> Result<(), Exit> {
+    let core = &live.core;
+    let Some(slot) = core.tcp.as_ref() else {
+        return Ok(());
+    };
+    let mut slot = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if wr.is_none() {
+        match slot.half.take() {
+            Some(h) => *wr = Some(WriteHalf::Tcp(h)),
+            None => return Err(Exit::Cancelled),
+        }
+    }
+    for b in slot.pending.drain(..).rev() {
+        segs.push_front(b);
+    }
+    Ok(())
+}
+
+/// Lends the plain-TCP write half to the senders (the writer has nothing to write).
+fn lend(core: &ConnCore, wr: &mut Option<WriteHalf>) {
+    let Some(slot) = core.tcp.as_ref() else {
+        return;
+    };
+    match wr.take() {
+        Some(WriteHalf::Tcp(h)) => {
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .half = Some(h);
+        }
+        other => *wr = other,
     }
 }
 
