@@ -15,7 +15,13 @@
 //! slowest thread's and a sample reports the median round (robust to preemption on a shared
 //! machine), per op. `…/2t` ≈ `…/1t` means no cross-core interference. Target: 2t ≤ 1.1 × 1t.
 //!
-//! Run: `cargo bench -p ron-transport --bench accounting` (or `-- --quick`).
+//! After each variant's criterion pair, 25 back-to-back 1t/2t runs print a `paired …` line with
+//! the median 2t/1t ratio (pairing cancels the drift of a shared machine between the separate
+//! criterion runs).
+//!
+//! Run: `cargo bench -p ron-transport --bench accounting` (or `-- --quick`). On a loaded machine
+//! run it at normal priority: a niced spinning thread rarely runs alongside its partner, and
+//! the `rounds … together` lines say how many rounds measured both threads at once.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -109,9 +115,10 @@ impl SpinBarrier {
 fn hammer<T>(
     threads: usize,
     iters: u64,
-    mk: &(impl Fn(usize) -> T + Sync),
+    mk: &(impl Fn(usize, u64) -> T + Sync),
     op: &(impl Fn(&mut T, u64) + Sync),
 ) -> Duration {
+    let start = start_ns();
     let rounds = iters.div_ceil(ROUND).max(1) as usize;
     let barrier = SpinBarrier::new(threads);
     let per_thread: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|s| {
@@ -119,7 +126,7 @@ fn hammer<T>(
             .map(|i| {
                 let barrier = &barrier;
                 s.spawn(move || {
-                    let mut st = mk(i);
+                    let mut st = mk(i, start);
                     op(&mut st, 0);
                     let mut spans = Vec::with_capacity(rounds);
                     let mut k = 1;
@@ -197,6 +204,50 @@ fn policy(rates_on: bool, metrics: Arc<TransportMetrics>) -> Arc<Policy> {
     )
 }
 
+/// Pairs of (1-thread, 2-thread) runs back to back, for the ratio.
+const PAIRS: usize = 25;
+/// Ops per thread in one paired run.
+const PAIRED_OPS: u64 = 64 * ROUND;
+
+/// One variant: criterion's `1t` / `2t` benchmarks, then [`PAIRS`] back-to-back 1t/2t runs
+/// whose median ratio is printed (pairing cancels the slow drift of a shared machine:
+/// frequency, neighbours, which the separate criterion runs see at different times).
+fn variant<T>(
+    c: &mut Criterion,
+    name: &str,
+    mk: &(impl Fn(usize, u64) -> T + Sync),
+    op: &(impl Fn(&mut T, u64) + Sync),
+) {
+    let mut g = c.benchmark_group(format!("accounting/{name}"));
+    for threads in [1usize, 2] {
+        bench_threads(&mut g, threads, |iters| hammer(threads, iters, mk, op));
+    }
+    g.finish();
+    let ns = |d: Duration| d.as_nanos() as f64 / PAIRED_OPS as f64;
+    let mut one = Vec::with_capacity(PAIRS);
+    let mut two = Vec::with_capacity(PAIRS);
+    let mut ratio = Vec::with_capacity(PAIRS);
+    for _ in 0..PAIRS {
+        let (a, b) = (
+            ns(hammer(1, PAIRED_OPS, mk, op)),
+            ns(hammer(2, PAIRED_OPS, mk, op)),
+        );
+        one.push(a);
+        two.push(b);
+        ratio.push(b / a);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_unstable_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "paired {name}: 1t {:.2} ns/op, 2t {:.2} ns/op, median 2t/1t ratio {:.2} ({PAIRS} pairs)",
+        median(&mut one),
+        median(&mut two),
+        median(&mut ratio)
+    );
+}
+
 /// The current path: per-thread cells + permit pacing (global buckets through leases).
 fn cells(c: &mut Criterion, rates_on: bool) {
     let name = if rates_on {
@@ -206,33 +257,26 @@ fn cells(c: &mut Criterion, rates_on: bool) {
     };
     let metrics = TransportMetrics::new();
     let policy = policy(rates_on, Arc::clone(&metrics));
-    let mut g = c.benchmark_group(format!("accounting/{name}"));
-    for threads in [1usize, 2] {
-        bench_threads(&mut g, threads, |iters| {
-            let start = start_ns();
-            hammer(
-                threads,
-                iters,
-                &|i| {
-                    let permit = policy.admit_at(peer(i), start).expect("admit");
-                    (permit, metrics.backend(Backend::Tcp).clone(), start)
-                },
-                &|(permit, bm, now), k| {
-                    *now += STEP_NS;
-                    if k & 1 == 0 {
-                        bm.bytes_in.inc_by(IO);
-                        bm.io_read_size.observe(IO as f64);
-                        black_box(permit.pace_ingress(IO, *now));
-                    } else {
-                        bm.bytes_out.inc_by(IO);
-                        bm.io_write_size.observe(IO as f64);
-                        black_box(permit.pace_egress(IO, *now));
-                    }
-                },
-            )
-        });
-    }
-    g.finish();
+    variant(
+        c,
+        name,
+        &|i, start| {
+            let permit = policy.admit_at(peer(i), start).expect("admit");
+            (permit, metrics.backend(Backend::Tcp).clone(), start)
+        },
+        &|(permit, bm, now), k| {
+            *now += STEP_NS;
+            if k & 1 == 0 {
+                bm.bytes_in.inc_by(IO);
+                bm.io_read_size.observe(IO as f64);
+                black_box(permit.pace_ingress(IO, *now));
+            } else {
+                bm.bytes_out.inc_by(IO);
+                bm.io_write_size.observe(IO as f64);
+                black_box(permit.pace_egress(IO, *now));
+            }
+        },
+    );
     // The folded totals saw every op (sanity: the bench measured real accounting).
     let bm = metrics.backend(Backend::Tcp);
     assert_eq!(
@@ -260,25 +304,18 @@ fn shared(c: &mut Criterion, rates_on: bool) {
         TokenBucket::new(rate, rate / 10),
         TokenBucket::new(rate, rate / 10),
     );
-    let mut g = c.benchmark_group(format!("accounting/{name}"));
-    for threads in [1usize, 2] {
-        bench_threads(&mut g, threads, |iters| {
-            let start = start_ns();
-            hammer(threads, iters, &|_| start, &|now, k| {
-                *now += STEP_NS;
-                if k & 1 == 0 {
-                    bytes_in.inc_by(IO);
-                    read_size.observe(IO as f64);
-                    black_box(ingress.consume_paced(IO, *now));
-                } else {
-                    bytes_out.inc_by(IO);
-                    write_size.observe(IO as f64);
-                    black_box(egress.consume_paced(IO, *now));
-                }
-            })
-        });
-    }
-    g.finish();
+    variant(c, name, &|_, start| start, &|now, k| {
+        *now += STEP_NS;
+        if k & 1 == 0 {
+            bytes_in.inc_by(IO);
+            read_size.observe(IO as f64);
+            black_box(ingress.consume_paced(IO, *now));
+        } else {
+            bytes_out.inc_by(IO);
+            write_size.observe(IO as f64);
+            black_box(egress.consume_paced(IO, *now));
+        }
+    });
 }
 
 /// The floor: the same bookkeeping (two counters, two 12-bucket histograms with sums) in plain
@@ -292,22 +329,21 @@ fn baseline(c: &mut Criterion) {
         buckets: [[u64; IO_SIZE_BUCKETS.len() + 1]; 2],
         sums: [f64; 2],
     }
-    let mut g = c.benchmark_group("accounting/baseline_plain_local");
-    for threads in [1usize, 2] {
-        bench_threads(&mut g, threads, |iters| {
-            hammer(threads, iters, &|_| Local::default(), &|st, k| {
-                st.now += STEP_NS;
-                let d = (k & 1) as usize;
-                let v = black_box(IO);
-                st.bytes[d] += v;
-                let i = IO_SIZE_BUCKETS.partition_point(|&b| b < v as f64);
-                st.buckets[d][i] += 1;
-                st.sums[d] += v as f64;
-                black_box(&st);
-            })
-        });
-    }
-    g.finish();
+    variant(
+        c,
+        "baseline_plain_local",
+        &|_, _| Local::default(),
+        &|st, k| {
+            st.now += STEP_NS;
+            let d = (k & 1) as usize;
+            let v = black_box(IO);
+            st.bytes[d] += v;
+            let i = IO_SIZE_BUCKETS.partition_point(|&b| b < v as f64);
+            st.buckets[d][i] += 1;
+            st.sums[d] += v as f64;
+            black_box(&st);
+        },
+    );
 }
 
 fn accounting(c: &mut Criterion) {
