@@ -72,6 +72,9 @@ pub(crate) struct ConnCore {
     pub(crate) tcp: Option<Mutex<TcpSlot>>,
     /// Bytes written by direct writes (the close log adds them to the writer's).
     pub(crate) direct_bytes_out: AtomicU64,
+    /// The reader already holds another complete frame: a reply to this one is queued for the
+    /// writer (which coalesces the batch into one write) instead of written directly.
+    pub(crate) reader_more: std::sync::atomic::AtomicBool,
     /// Live limits cached from the config (refreshed when its generation moves): the frame
     /// ceiling and whether any byte rate is set. One atomic load per frame instead of cloning
     /// the config snapshot's `Arc`.
@@ -117,6 +120,7 @@ impl ConnCore {
             terminal: OnceLock::new(),
             tcp: plain_tcp.then(|| Mutex::new(TcpSlot::default())),
             direct_bytes_out: AtomicU64::new(0),
+            reader_more: std::sync::atomic::AtomicBool::new(false),
             limits_gen: AtomicU64::new(u64::MAX),
             max_frame: AtomicU64::new(0),
             rates_on: std::sync::atomic::AtomicBool::new(false),
@@ -312,7 +316,10 @@ impl TokioSender {
         let Some(slot) = self.core.tcp.as_ref() else {
             return false;
         };
-        if self.tx.capacity() != self.tx.max_capacity() || self.core.rates_on() {
+        if self.tx.capacity() != self.tx.max_capacity()
+            || self.core.reader_more.load(Ordering::Relaxed)
+            || self.core.rates_on()
+        {
             return false;
         }
         let Ok(mut slot) = slot.try_lock() else {
@@ -546,6 +553,17 @@ pub(crate) async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> Poll<
     std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
+/// True if `buf` starts with a whole frame (header and body).
+fn holds_complete_frame(buf: &[u8]) -> bool {
+    match buf.get(..FRAME_HEADER_LEN) {
+        Some(h) => {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            buf.len() - FRAME_HEADER_LEN >= len
+        }
+        None => false,
+    }
+}
+
 /// The pacing clock ([`now_ns`]) at `now`, without reading the clock again.
 fn ns_at(now: Instant) -> u64 {
     // `now_ns` counts from a process-wide origin; derive the same scale from one reading.
@@ -569,6 +587,8 @@ async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
             Ok(Some(frame)) => {
                 // The leftover (a started next frame) arrived with the last read.
                 st.frame_started = (!st.buf.is_empty()).then_some(st.last_read);
+                core.reader_more
+                    .store(holds_complete_frame(&st.buf), Ordering::Relaxed);
                 return Step::Frame(frame);
             }
             Ok(None) => {}
