@@ -18,15 +18,14 @@
 //! # Live reload
 //!
 //! Caps (`max_conns`, `per_peer.max_conns`) are read from the live config snapshot on every
-//! [`Policy::admit`]. Rates are re-applied whenever the snapshot changes: every pacing call
-//! compares [`ConfigHandle::generation`] with the generation last applied (two loads of
-//! rarely-written cache lines), and admission/[`Policy::refresh`] also compare the snapshot
-//! itself (`Arc::ptr_eq`). Global and per-peer buckets are updated in place; per-connection
-//! buckets pick up the new rate on their next pacing call (an epoch compare).
-//!
-//! Each [`ConnPermit`] caches, in one word of its own, the config generation it last synced to
-//! and which buckets are enabled; a pacing call compares that generation with
-//! [`ConfigHandle::generation`] and, on a change, re-syncs under the policy's `applied` lock.
+//! [`Policy::admit`]. Rates are re-applied whenever the snapshot changes: each [`ConnPermit`]
+//! caches, in one word of its own, the config generation it last synced to and which buckets are
+//! enabled; every pacing call compares that generation with [`ConfigHandle::generation`] and, on
+//! a change, re-syncs (applies the snapshot under the policy's `applied` lock, then picks up the
+//! per-connection rate). Admission and [`Policy::refresh`] also compare the snapshot itself
+//! (`Arc::ptr_eq`). Global and per-peer buckets are updated in place; per-connection buckets and
+//! per-thread leases of the global buckets pick up the new rate on their next pacing call (an
+//! epoch compare; a lease of the old epoch is refunded first).
 //!
 //! # Hot-path cost (no shared write per I/O)
 //!
@@ -37,9 +36,11 @@
 //!   [`Lease`]s (a thread-local table keyed by policy): tokens are taken from the global bucket in
 //!   chunks of 1 ms of traffic (`rate / 1000`, at most a quarter of the burst) and spent locally;
 //!   unspent credit is refunded [`LEASE_TTL_NS`] after the chunk became ready (or when rates
-//!   change, or when the thread exits). The global bucket sees about `1000 + threads / TTL`
-//!   read-modify-writes per second whatever the I/O rate, and pacing stays within
-//!   `rate · LEASE_TTL_NS` of the unleased bucket over any window.
+//!   change, or when the thread exits). Chunks adapt per thread (start at the request size,
+//!   double on renewal, halve on expiry). The global bucket sees at most about
+//!   `1000 + 2 · threads / TTL` read-modify-writes per second whatever the I/O rate, and over any
+//!   window the bytes let through exceed the unleased bucket's bound by at most
+//!   `rate · LEASE_TTL_NS` plus one chunk per thread.
 //! - Per-connection buckets live in the permit; per-peer buckets are shared by that peer's
 //!   connections only (a contended line only for one peer spread over many shards).
 
