@@ -424,52 +424,36 @@ fn throughput_report() {
     });
 }
 
-struct LocalEcho;
-
-impl ron_transport::engine::uring::LocalHandler for LocalEcho {
-    fn on_frame(
-        &mut self,
-        ctx: &mut ron_transport::engine::uring::LocalCtx<'_, '_>,
-        frame: ron_transport::engine::uring::local::Frame<'_>,
-    ) {
-        let _ = ctx.send_frame(&frame);
-    }
-
-    fn on_close(&mut self, _outcome: Result<(), ron_transport::TransportError>) {}
-}
-
-/// The shard-local serving path (`serve_local`) over TLS: handshake and records on the
-/// owning shard, echo straight from the decrypted receive buffer; tokio-rustls and uring
-/// clients, hybrid negotiated, facts in the factory's `ConnInfo`.
+/// The drop-in path over TLS on uring: `Engine::serve` runs each connection's consumer on its
+/// owning shard after the shard's handshake; tokio-rustls and uring clients, hybrid negotiated,
+/// facts in the consumer's `ConnInfo`; a non-TLS peer is one counted TLS failure.
 #[test]
-fn serve_local_over_tls_with_tokio_and_uring_clients() {
+fn uring_serve_over_tls_with_tokio_and_uring_clients() {
     util::run_multi_thread(async {
         let p = pki();
         let h = PqMode::Hybrid;
-        let metrics = TransportMetrics::new();
-        let shared = EngineSetup::new(config(h), metrics.clone())
-            .expect("setup")
-            .with_tls_server(server_cfg(&p, h))
-            .build_shared()
-            .expect("shared");
+        let server = uring(h, server_cfg(&p, h), client_cfg(&p, h));
+        let metrics = server.metrics.clone();
+        let listener = server
+            .engine
+            .listen(util::loopback())
+            .await
+            .expect("listen");
+        let addr = listener.local_addr();
         let infos = Arc::new(std::sync::Mutex::new(Vec::new()));
         let i2 = infos.clone();
-        let server = ron_transport::engine::uring::serve_local(
-            shared,
-            RuntimeConfig {
-                shards: 2,
-                pin: false,
-                buf_entries: 64,
-                ..RuntimeConfig::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-            move |info: &ron_transport::engine::ConnInfo| {
-                i2.lock().unwrap().push(info.clone());
-                LocalEcho
-            },
-        )
-        .expect("serve_local over TLS");
-        let addr = server.local_addr();
+        let serving = tokio::spawn(server.engine.serve(listener, move |mut conn| {
+            i2.lock()
+                .unwrap()
+                .push((conn.info().clone(), ron_shard::is_shard_thread()));
+            async move {
+                while let Ok(Some(f)) = conn.recv().await {
+                    if conn.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }));
         let tokio_client = tokio_side(h, server_cfg(&p, h), client_cfg(&p, h));
         let uring_client = uring(h, server_cfg(&p, h), client_cfg(&p, h));
         let mut a = tokio_client
@@ -492,7 +476,8 @@ fn serve_local_over_tls_with_tokio_and_uring_clients() {
         within("close b", SLACK, b.close()).await.expect("close b");
         let infos = infos.lock().unwrap().clone();
         assert_eq!(infos.len(), 2);
-        for i in &infos {
+        for (i, on_shard) in &infos {
+            assert!(on_shard, "the consumer was built on its shard");
             assert_eq!(i.backend, Backend::Tls);
             assert_eq!(i.pq, PqLabel::Hybrid);
             assert_eq!(i.alpn.as_deref(), Some(ALPN.as_bytes()));
@@ -516,6 +501,7 @@ fn serve_local_over_tls_with_tokio_and_uring_clients() {
             1
         );
         assert_eq!(pq_handshakes(&metrics, Backend::Tls, "hybrid", "fail"), 1);
-        let _ = server.shutdown(Duration::from_secs(1));
+        server.engine.shutdown(Duration::from_secs(1)).await;
+        let _ = within("serve ends", SLACK, serving).await;
     });
 }

@@ -238,3 +238,69 @@ fn a_send_that_cannot_progress_times_out_on_the_shard() {
         assert!(rejected(&metrics, RejectReason::Timeout) >= 1);
     });
 }
+
+#[test]
+fn a_lowered_live_ceiling_is_enforced_per_frame_on_the_shard() {
+    run_multi_thread(async {
+        let metrics = TransportMetrics::new();
+        let mut cfg = Config::default();
+        cfg.max_frame_bytes = 128 * 1024;
+        let handle = ron_transport::ConfigHandle::new(cfg.clone().validate().unwrap());
+        let e = EngineSetup::from_handle(handle.clone(), metrics.clone())
+            .unwrap()
+            .build_uring_with(RuntimeConfig {
+                shards: 2,
+                pin: false,
+                buf_entries: 64,
+                ..RuntimeConfig::default()
+            })
+            .expect("uring engine (io_uring usable here)");
+        let l = e.listen(loopback()).await.unwrap();
+        let addr = l.local_addr();
+        let (end_tx, mut end_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(e.serve(l, move |mut conn: UringConn| {
+            let end_tx = end_tx.clone();
+            async move {
+                let end = loop {
+                    match conn.recv().await {
+                        Ok(Some(f)) => {
+                            if conn.send(f).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Ok(None) => break None,
+                        Err(e) => break Some(e.kind()),
+                    }
+                };
+                let _ = end_tx.send(end);
+            }
+        }));
+        // Under the ceiling the listener started with: echoed.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let f = wire_frame(&payload(100_000, 1));
+        s.write_all(&f).await.unwrap();
+        let mut back = vec![0u8; f.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, f);
+        // A reload lowers the ceiling: the next frame above it closes the connection with
+        // `too_large`, counted once.
+        let mut lower = cfg;
+        lower.max_frame_bytes = 64 * 1024;
+        handle.reload(lower).expect("reload");
+        let _ = s.write_all(&f).await;
+        let (_, _) = read_to_end_or_reset(&mut s, Duration::from_secs(5)).await;
+        let end = within(
+            "consumer sees the end",
+            Duration::from_secs(5),
+            end_rx.recv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(end, Some("too_large"));
+        assert_eq!(rejected(&metrics, RejectReason::TooLarge), 1);
+        wait_until("released", Duration::from_secs(5), || {
+            snap(&metrics, Backend::Tcp).inflight == 0
+        })
+        .await;
+    });
+}

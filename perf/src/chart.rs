@@ -14,11 +14,10 @@ use crate::report::{Report, Row};
 /// Per engine: (throughput, p99 µs) of one shape.
 type ByEngine = BTreeMap<&'static str, (Option<f64>, Option<f64>)>;
 
-const ENGINES: [&str; 8] = [
+const ENGINES: [&str; 7] = [
     "tokio-framed",
     "tokio",
     "uring",
-    "uring-local",
     "uring-raw",
     "monoio",
     "tokio-uring",

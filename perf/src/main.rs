@@ -93,8 +93,7 @@ enum Cmd {
 
 /// The default engine list of the suite (tokio-framed first: the baseline of the ratios and of
 /// the fixed-rate variant).
-const DEFAULT_ENGINES: &str =
-    "tokio-framed,tokio,uring,uring-local,uring-raw,monoio,tokio-uring,bare-uring";
+const DEFAULT_ENGINES: &str = "tokio-framed,tokio,uring,uring-raw,monoio,tokio-uring,bare-uring";
 
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {

@@ -55,8 +55,9 @@ pub struct Row {
     pub scenario: String,
     /// `tcp` or `tls`.
     pub transport: String,
-    /// `tokio-framed`, `tokio`, `uring`, `uring-local`, `uring-raw`, `monoio`, `tokio-uring` or
-    /// `bare-uring` (reports before 2026-12-03: `uring` = today's `uring-local`).
+    /// `tokio-framed`, `tokio`, `uring`, `uring-raw`, `monoio`, `tokio-uring` or `bare-uring`
+    /// (reports before 2026-12-03: `uring` was the engine's shard-local callback API, since
+    /// removed; `uring` is now the drop-in path through `Engine::serve`).
     pub engine: String,
     /// Connections driving the load (idle: connections held).
     pub conns: u64,

@@ -182,9 +182,15 @@ impl ConnCtx<'_> {
     /// Hard close: queued output is dropped, in-flight ops are cancelled. `on_close(Aborted)`
     /// follows.
     pub fn abort(&mut self) {
+        self.abort_with(CloseReason::Aborted);
+    }
+
+    /// Hard close for `reason` (e.g. a frame above a ceiling the caller enforces itself):
+    /// like [`abort`](Self::abort), and `on_close(reason)` follows.
+    pub fn abort_with(&mut self, reason: CloseReason) {
         match &self.io.close {
             Some((_, false)) => {}
-            _ => self.io.close = Some((CloseReason::Aborted, false)),
+            _ => self.io.close = Some((reason, false)),
         }
     }
 

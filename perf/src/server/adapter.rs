@@ -2,18 +2,17 @@
 //! generic consumer code ([`serve_generic`]), written once against the drop-in adapter traits
 //! (`Engine::listen`, then `Engine::serve(listener, handler)`, each connection's future echoing
 //! `Conn::recv` → `Conn::send`), so the rig measures exactly what a consumer of the library
-//! gets, limits and metrics included. `uring-local` is the uring engine's shard-local serving
-//! API, `uring-raw` the bare shard runtime under it.
+//! gets, limits and metrics included. `uring-raw` is the bare shard runtime under the uring
+//! engine (ron-shard's handler API, no policy or metrics): the floor the `uring` row is held
+//! against.
 
 use std::net::SocketAddr;
 
 use anyhow::anyhow;
 use ron_transport::config::{Backend, ConfigLoader, ValidConfig};
 use ron_transport::engine::setup::EngineSetup;
-use ron_transport::engine::uring::local::Frame;
-use ron_transport::engine::uring::{serve_local, LocalCtx, LocalHandler};
 use ron_transport::metrics::TransportMetrics;
-use ron_transport::{Conn, ConnInfo, Engine, Listener, TransportError};
+use ron_transport::{Conn, Engine, Listener};
 
 use super::{ServeOpts, Transport};
 
@@ -175,44 +174,6 @@ fn shard_runtime(opts: &ServeOpts) -> ron_shard::RuntimeConfig {
         pin: false,
         ring_entries: 4096,
         ..ron_shard::RuntimeConfig::default()
-    }
-}
-
-/// ron-transport's shard-local echo: runs on the owning shard, echoes each frame in place
-/// (no copy) through the library's `LocalCtx`, which applies the frame ceiling and counts.
-struct LocalEcho;
-
-impl LocalHandler for LocalEcho {
-    fn on_frame(&mut self, ctx: &mut LocalCtx<'_, '_>, frame: Frame<'_>) {
-        if ctx.send_frame(&frame).is_err() {
-            // Closing (or refused and counted); the outcome arrives in `on_close`.
-        }
-    }
-
-    fn on_close(&mut self, _outcome: Result<(), TransportError>) {}
-}
-
-/// `uring-local`: ron-transport's io_uring engine through its shard-local API
-/// (`engine::uring::serve_local`): admission (`Policy::admit`, caps), the frame ceiling from
-/// the live config, timeouts, rate accounting and every metric on, exactly what a consumer of
-/// the library gets. Runs until the process is killed.
-pub fn serve_uring_local(
-    opts: &ServeOpts,
-    ready: &dyn Fn(SocketAddr, &ServeOpts),
-) -> anyhow::Result<()> {
-    uring_available(opts.transport).map_err(|e| anyhow!(e))?;
-    let cfg = serve_config(opts)?;
-    announce(opts, &cfg);
-    let shared = EngineSetup::new(cfg, TransportMetrics::new())
-        .and_then(|s| s.build_shared())
-        .map_err(|e| anyhow!("uring engine: {e}"))?;
-    let server = serve_local(shared, shard_runtime(opts), opts.listen, |_: &ConnInfo| {
-        LocalEcho
-    })
-    .map_err(|e| anyhow!("uring engine: {e}"))?;
-    ready(server.local_addr(), opts);
-    loop {
-        std::thread::park();
     }
 }
 

@@ -10,8 +10,6 @@
 //!   the SAME generic consumer code (`adapter::serve_generic`: `Engine::listen` then
 //!   `Engine::serve(listener, handler)`, each connection's future echoing `recv` → `send`),
 //!   TCP and TLS.
-//! - `uring-local`: ron-transport's io_uring engine through its shard-local serving API
-//!   (`engine::uring::serve_local`: handler on the owning shard, policy and metrics on).
 //! - `uring-raw`: the bare `ron-shard` runtime with an admit-all hook and no metrics (TCP); not
 //!   ron-transport's engine, only the reference that shows what the engine's policy costs.
 //! - `monoio`, `tokio-uring`: plain TCP echo servers on those runtimes (feature `peers`).
@@ -37,8 +35,6 @@ pub enum EngineId {
     Tokio,
     /// ron-transport's io_uring engine through the adapter traits and `Engine::serve`.
     Uring,
-    /// ron-transport's io_uring engine through its shard-local serving API.
-    UringLocal,
     /// The bare ron-shard runtime, no policy or metrics (reference).
     UringRaw,
     /// monoio echo (peer).
@@ -90,11 +86,10 @@ pub enum Role {
 
 impl EngineId {
     /// Every engine, in table order.
-    pub const ALL: [EngineId; 8] = [
+    pub const ALL: [EngineId; 7] = [
         EngineId::TokioFramed,
         EngineId::Tokio,
         EngineId::Uring,
-        EngineId::UringLocal,
         EngineId::UringRaw,
         EngineId::Monoio,
         EngineId::TokioUring,
@@ -107,7 +102,6 @@ impl EngineId {
             Self::TokioFramed => "tokio-framed",
             Self::Tokio => "tokio",
             Self::Uring => "uring",
-            Self::UringLocal => "uring-local",
             Self::UringRaw => "uring-raw",
             Self::Monoio => "monoio",
             Self::TokioUring => "tokio-uring",
@@ -123,7 +117,7 @@ impl EngineId {
             .ok_or_else(|| {
                 anyhow!(
                     "unknown engine {s:?} \
-                     (tokio-framed|tokio|uring|uring-local|uring-raw|monoio|tokio-uring|bare-uring)"
+                     (tokio-framed|tokio|uring|uring-raw|monoio|tokio-uring|bare-uring)"
                 )
             })
     }
@@ -131,7 +125,7 @@ impl EngineId {
     /// Its role in the comparison.
     pub fn role(self) -> Role {
         match self {
-            Self::Tokio | Self::Uring | Self::UringLocal => Role::Engine,
+            Self::Tokio | Self::Uring => Role::Engine,
             Self::TokioFramed | Self::Monoio | Self::TokioUring => Role::Peer,
             Self::BareUring | Self::UringRaw => Role::Floor,
         }
@@ -140,7 +134,7 @@ impl EngineId {
     /// Whether it speaks `t`.
     pub fn supports(self, t: Transport) -> bool {
         match self {
-            Self::TokioFramed | Self::Tokio | Self::Uring | Self::UringLocal => true,
+            Self::TokioFramed | Self::Tokio | Self::Uring => true,
             Self::UringRaw | Self::Monoio | Self::TokioUring | Self::BareUring => {
                 t == Transport::Tcp
             }
@@ -159,7 +153,7 @@ impl EngineId {
         }
         match self {
             Self::TokioFramed | Self::Tokio => Ok(()),
-            Self::Uring | Self::UringLocal => adapter::uring_available(t),
+            Self::Uring => adapter::uring_available(t),
             Self::Monoio | Self::TokioUring => {
                 if cfg!(feature = "peers") {
                     Ok(())
@@ -303,7 +297,6 @@ fn dispatch(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow:
         EngineId::TokioFramed => framed::serve(opts, ready),
         EngineId::Tokio => adapter::serve_tokio(opts, ready),
         EngineId::Uring => adapter::serve_uring(opts, ready),
-        EngineId::UringLocal => adapter::serve_uring_local(opts, ready),
         EngineId::UringRaw => adapter::serve_uring_raw(opts, ready),
         #[cfg(feature = "peers")]
         EngineId::Monoio => peers::serve_monoio(opts, ready),
@@ -399,7 +392,7 @@ mod tests {
             exact_echo(addr);
             ran += 1;
         }
-        // tokio-framed and tokio always; with io_uring also uring, uring-local, uring-raw,
+        // tokio-framed and tokio always; with io_uring also uring, uring-raw,
         // bare-uring and the two peers of the default features.
         let want = if io_uring_available().is_ok() { 6 } else { 2 };
         assert!(ran >= want, "only {ran} engines ran");
@@ -550,7 +543,7 @@ mod tests {
         assert!(EngineId::Tokio.supports(Transport::Tls));
         assert!(EngineId::TokioFramed.supports(Transport::Tls));
         assert_eq!(EngineId::TokioFramed.role(), Role::Peer);
-        assert_eq!(EngineId::UringLocal.role(), Role::Engine);
+        assert_eq!(EngineId::Uring.role(), Role::Engine);
         assert!(EngineId::ALL
             .iter()
             .filter(|e| e.needs_io_uring())

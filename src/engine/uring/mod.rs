@@ -1,5 +1,12 @@
 //! The `uring` engine: [`Engine`] / [`Listener`] / [`Conn`] / [`FrameSender`] on top of the
-//! `ron-shard` thread-per-core io_uring runtime, reached through its `Send` handles.
+//! `ron-shard` thread-per-core io_uring runtime, through connection ports
+//! ([`ron_shard::port`]).
+//!
+//! One way in: [`Engine::serve`] spawns each admitted connection's consumer future on the
+//! shard that owns the connection (its executor polls it between completion batches), where
+//! `recv` / `send` touch shard-local state only; a connection or sender used elsewhere (e.g.
+//! from [`Listener::accept`] on a Tokio runtime) works through the port's shared half.
+//! Per-frame paths read live limits from a generation-checked cache, not the config snapshot.
 //!
 //! Policy wiring (the shard runtime itself is mechanism only):
 //! - admission: [`Policy::admit`] runs in the runtime's admit hook on the accepting shard, right
@@ -26,9 +33,6 @@
 //! a TLS failure counts `tls_handshake_failures_total`, `rejected_total{reason="tls"}` and
 //! `pq_handshake_total{result="fail"}`. `ConnInfo` carries `pq`, `alpn` and `resumed`.
 #![forbid(unsafe_code)]
-
-pub mod local;
-pub use local::{serve_local, LocalCtx, LocalHandler, LocalServer};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,8 +97,7 @@ impl LiveLimits {
             self.max_frame.store(cfg.max_frame_bytes, Ordering::Relaxed);
             let wt = u64::try_from(cfg.write_timeout.as_nanos()).unwrap_or(u64::MAX);
             self.write_timeout_ns.store(wt, Ordering::Relaxed);
-            self.rates_on
-                .store(local::rates_on(&cfg), Ordering::Relaxed);
+            self.rates_on.store(rates_on(&cfg), Ordering::Relaxed);
             self.generation.store(g, Ordering::Release);
         }
     }
@@ -222,6 +225,15 @@ fn pq_of(meta: &ConnMeta) -> PqLabel {
         Some(t) if t.hybrid_pq => PqLabel::Hybrid,
         _ => PqLabel::Off,
     }
+}
+
+/// True if any byte-rate limit is configured (the policy's buckets are then consulted).
+fn rates_on(cfg: &ValidConfig) -> bool {
+    cfg.per_conn_bytes_per_sec
+        | cfg.per_peer_bytes_per_sec
+        | cfg.global_ingress_bytes_per_sec
+        | cfg.global_egress_bytes_per_sec
+        != 0
 }
 
 pub(crate) fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
@@ -540,7 +552,7 @@ impl Engine for UringEngine {
 /// Admits `peer` through the policy, counted: on success `transport_accepts_total` and
 /// `conn_inflight` move (the caller's admission token decrements the gauge when dropped); on
 /// refusal `Policy::admit` has already counted `rejected_total{reason}`. Shared by the handle
-/// path and `serve_local`.
+/// path and the serve path.
 pub(crate) fn admit_counted(
     policy: &Arc<Policy>,
     bm: &BackendMetrics,
@@ -618,9 +630,13 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
 
     fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, frame: Frame<'_>) {
         let n = frame.len() as u64 + 4;
-        if frame.len() as u64 > self.limits.max_frame() {
-            self.metrics.reject(RejectReason::TooLarge);
-            ctx.abort();
+        let max = self.limits.max_frame();
+        if frame.len() as u64 > max {
+            // A lowered live ceiling: the close reason says so (counted once, in `on_close`).
+            ctx.abort_with(CloseReason::Frame(ron_shard::FrameError::TooLarge {
+                len: u32::try_from(frame.len()).unwrap_or(u32::MAX),
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+            }));
             return;
         }
         if let (Some(p), true) = (&self.admitted.permit, self.limits.rates_on()) {
