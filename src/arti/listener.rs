@@ -269,7 +269,7 @@ async fn accept_one(
         peer_addr: SocketAddr::new(anonymous, 0),
         local_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
         backend: Backend::Arti,
-        engine: EngineKind::Tokio,
+        engine: EngineKind::Arti,
         alpn: None,
         pq: PqLabel::Off,
         resumed: false,

@@ -865,7 +865,7 @@ impl ArtiEngine {
             peer_addr: peer,
             local_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             backend: Backend::Arti,
-            engine: EngineKind::Tokio,
+            engine: EngineKind::Arti,
             alpn: None,
             pq: PqLabel::Off,
             resumed: false,
@@ -926,9 +926,9 @@ impl Engine for ArtiEngine {
     type Listener = ArtiListener;
     type Conn = ArtiConn;
 
-    /// Arti runs on Tokio (its own side runtime).
+    /// Arti, on its own Tokio side runtime.
     fn kind(&self) -> EngineKind {
-        EngineKind::Tokio
+        EngineKind::Arti
     }
 
     fn backend(&self) -> Backend {

@@ -48,14 +48,17 @@ pub enum EngineKind {
     Tokio,
     /// The `ron-shard` io_uring thread-per-core runtime.
     Uring,
+    /// Arti (Tor) on its own Tokio side runtime (feature `arti`).
+    Arti,
 }
 
 impl EngineKind {
-    /// `"tokio"` or `"uring"`.
+    /// `"tokio"`, `"uring"` or `"arti"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Tokio => "tokio",
             Self::Uring => "uring",
+            Self::Arti => "arti",
         }
     }
 }
