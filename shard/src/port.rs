@@ -574,23 +574,24 @@ impl PortHandler {
     /// Moves inbox frames (local first, then off-shard) into the socket queue up to the
     /// high-water mark, pacing each one. True if both inboxes are empty afterwards.
     fn drain_out(&mut self, ctx: &mut ConnCtx<'_>) -> bool {
-        let cap = self.shared.opts.inbox_capacity.max(1);
-        let hooks = self.shared.hooks.clone();
-        let mut taken = 0usize;
+        let shared: &PortShared = &self.shared;
+        let cap = shared.opts.inbox_capacity.max(1);
+        let hooks = shared.hooks.as_deref();
+        // Inbox-depth accounting is netted per batch: frames pushed on the shard and taken in
+        // the same batch cost the (shared) gauge nothing.
+        let mut pushed = 0usize;
+        let mut taken_local = 0usize;
+        let mut taken_off = 0usize;
         let mut empty = false;
         let mut off_waiters = Vec::new();
         let mut off: Option<MutexGuard<'_, OffOut>> = None;
         let mut lp_cell = PORTS.with(|p| {
             let mut p = p.borrow_mut();
-            let lp = p.get_mut(self.shared.local.0 as usize)?;
-            if lp.gen != self.shared.local.1 || self.shared.uid == 0 {
+            let lp = p.get_mut(shared.local.0 as usize)?;
+            if lp.gen != shared.local.1 || shared.uid == 0 {
                 return None;
             }
-            if let (Some(h), n) = (&hooks, std::mem::take(&mut lp.pushed)) {
-                if n > 0 {
-                    h.queued(n);
-                }
-            }
+            pushed = std::mem::take(&mut lp.pushed);
             Some(std::mem::take(&mut lp.out))
         });
         while ctx.queued_bytes() < self.high_water {
@@ -604,15 +605,15 @@ impl PortHandler {
                 Some((b, _)) => b,
                 None => {
                     let next = match lp_cell.as_mut().and_then(FrameQueue::pop_front) {
-                        Some(b) => Some(b),
-                        None if self.shared.off_out_len.load(Ordering::Acquire) > 0
-                            || off.is_some() =>
-                        {
-                            let g = off.get_or_insert_with(|| lock(&self.shared.off().out));
+                        Some(b) => {
+                            taken_local += 1;
+                            Some(b)
+                        }
+                        None if shared.off_out_len.load(Ordering::Acquire) > 0 || off.is_some() => {
+                            let g = off.get_or_insert_with(|| lock(&shared.off().out));
                             let b = g.frames.pop_front();
-                            self.shared
-                                .off_out_len
-                                .store(g.frames.len(), Ordering::Release);
+                            shared.off_out_len.store(g.frames.len(), Ordering::Release);
+                            taken_off += usize::from(b.is_some());
                             b
                         }
                         None => None,
@@ -621,8 +622,7 @@ impl PortHandler {
                         empty = true;
                         break;
                     };
-                    taken += 1;
-                    if let Some(h) = &hooks {
+                    if let Some(h) = hooks {
                         let wait = h.pace(b.len() + 4);
                         if !wait.is_zero() {
                             self.held = Some((b, ctx.now() + wait));
@@ -662,9 +662,14 @@ impl PortHandler {
         for w in off_waiters {
             exec::defer_wake(w);
         }
-        if taken > 0 {
-            if let Some(h) = &hooks {
-                h.taken(taken);
+        if let Some(h) = hooks {
+            if pushed > taken_local {
+                h.queued(pushed - taken_local);
+            } else if taken_local > pushed {
+                h.taken(taken_local - pushed);
+            }
+            if taken_off > 0 {
+                h.taken(taken_off);
             }
         }
         empty && self.held.is_none()
@@ -824,7 +829,9 @@ impl ConnHandler for PortHandler {
                 _ => None,
             }
         });
-        let mut undelivered = usize::from(self.held.take().is_some());
+        // A frame held back by pacing already left the inbox (counted when taken).
+        drop(self.held.take());
+        let mut undelivered = 0;
         let mut pushed = 0;
         let mut waiters = Vec::new();
         let mut off_wakers = Vec::new();
