@@ -376,6 +376,16 @@ impl ValidConfig {
         &self.0
     }
 
+    /// True if any byte-rate limit is set (per connection, per peer, global ingress or
+    /// egress); with none, engines skip every bucket and the clock reads pacing needs.
+    pub fn has_byte_rates(&self) -> bool {
+        self.per_conn_bytes_per_sec
+            | self.per_peer_bytes_per_sec
+            | self.global_ingress_bytes_per_sec
+            | self.global_egress_bytes_per_sec
+            != 0
+    }
+
     /// Back to a raw [`Config`] (e.g. to modify it and [`ConfigHandle::reload`]).
     pub fn into_inner(self) -> Config {
         self.0

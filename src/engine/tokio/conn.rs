@@ -136,12 +136,7 @@ impl ConnCore {
         if g != self.limits_gen.load(Ordering::Acquire) {
             let cfg = self.policy.config();
             self.max_frame.store(cfg.max_frame_bytes, Ordering::Relaxed);
-            let rates = cfg.per_conn_bytes_per_sec
-                | cfg.per_peer_bytes_per_sec
-                | cfg.global_ingress_bytes_per_sec
-                | cfg.global_egress_bytes_per_sec
-                != 0;
-            self.rates_on.store(rates, Ordering::Relaxed);
+            self.rates_on.store(cfg.has_byte_rates(), Ordering::Relaxed);
             self.limits_gen.store(g, Ordering::Release);
         }
     }

@@ -97,7 +97,7 @@ impl LiveLimits {
             self.max_frame.store(cfg.max_frame_bytes, Ordering::Relaxed);
             let wt = u64::try_from(cfg.write_timeout.as_nanos()).unwrap_or(u64::MAX);
             self.write_timeout_ns.store(wt, Ordering::Relaxed);
-            self.rates_on.store(rates_on(&cfg), Ordering::Relaxed);
+            self.rates_on.store(cfg.has_byte_rates(), Ordering::Relaxed);
             self.generation.store(g, Ordering::Release);
         }
     }
@@ -225,15 +225,6 @@ fn pq_of(meta: &ConnMeta) -> PqLabel {
         Some(t) if t.hybrid_pq => PqLabel::Hybrid,
         _ => PqLabel::Off,
     }
-}
-
-/// True if any byte-rate limit is configured (the policy's buckets are then consulted).
-fn rates_on(cfg: &ValidConfig) -> bool {
-    cfg.per_conn_bytes_per_sec
-        | cfg.per_peer_bytes_per_sec
-        | cfg.global_ingress_bytes_per_sec
-        | cfg.global_egress_bytes_per_sec
-        != 0
 }
 
 pub(crate) fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
