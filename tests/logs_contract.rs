@@ -73,6 +73,15 @@ async fn scenario() {
     loris.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
     assert!(slow.recv().await.is_err());
     drop(slow);
+    // The cap (2) must count only the two held connections below: wait until the closed and
+    // the timed-out connection released theirs (their writer tasks end asynchronously; this
+    // race hung the test about once in 40 runs).
+    util::wait_until(
+        "earlier connections released",
+        Duration::from_secs(5),
+        || server.live_tasks() == 0,
+    )
+    .await;
     let _held1 = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _held1_srv = listener.accept().await.unwrap();
     let _held2 = tokio::net::TcpStream::connect(addr).await.unwrap();
