@@ -190,14 +190,7 @@ impl Shard {
         e: &PumpError,
     ) {
         ShardStats::add(&self.shared.stats.tls_handshake_failed, 1);
-        let meta = ConnMeta {
-            id: self.conn_ids.fetch_add(1, Ordering::Relaxed),
-            peer,
-            local,
-            shard: self.id,
-            outbound,
-            tls: None,
-        };
+        let meta = self.new_meta(peer, local, outbound);
         opener.failed(
             &meta,
             HandshakeFailure {
@@ -206,6 +199,18 @@ impl Shard {
                 elapsed: Duration::ZERO,
             },
         );
+    }
+
+    /// Facts of a new connection of this shard (a fresh id; TLS facts come at handshake end).
+    fn new_meta(&self, peer: SocketAddr, local: SocketAddr, outbound: bool) -> ConnMeta {
+        ConnMeta {
+            id: self.conn_ids.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            shard: self.id,
+            outbound,
+            tls: None,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -220,16 +225,9 @@ impl Shard {
         opener: Opener,
     ) {
         let gen = self.gen();
+        let meta = self.new_meta(peer, local, outbound);
         let entry = self.conns.vacant_entry();
         let idx = entry.key();
-        let meta = ConnMeta {
-            id: self.conn_ids.fetch_add(1, Ordering::Relaxed),
-            peer,
-            local,
-            shard: self.id,
-            outbound,
-            tls: None,
-        };
         let remote = ConnRemote(Arc::new(RemoteShared {
             shard: self.shared.wakes.clone(),
             key: (idx as u32, gen),

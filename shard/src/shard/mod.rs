@@ -479,8 +479,9 @@ impl Shard {
             // Wakes of consumers on other threads: once per waiter per batch.
             exec::flush_deferred(&mut wakes);
             let mut wait = self.next_wait();
-            let parked = wait != Some(Duration::ZERO) && !exec::has_ready();
-            if exec::has_ready() {
+            let ready = exec::has_ready();
+            let parked = wait != Some(Duration::ZERO) && !ready;
+            if ready {
                 wait = Some(Duration::ZERO);
             }
             if parked {
