@@ -236,7 +236,7 @@ mod bench {
         // Onion service.
         let service = engine(&net, &tmp.path().join("service"), "bench");
         let mut listener = service
-            .listen("0.0.0.0:80".parse().expect("addr"))
+            .listen("0.0.0.0:80".parse::<std::net::SocketAddr>().expect("addr"))
             .await
             .expect("onion service");
         let target = listener.onion_target();

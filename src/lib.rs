@@ -32,7 +32,10 @@ pub mod rate;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-pub use engine::{Conn, ConnInfo, DialOptions, Engine, EngineKind, FrameSender, Listener};
+pub use engine::{
+    Conn, ConnInfo, DialOptions, DialTarget, Engine, EngineKind, FrameSender, ListenTarget,
+    Listener,
+};
 
 /// Compiles the README's example as a doctest.
 #[cfg(doctest)]

@@ -750,7 +750,7 @@ async fn onion_case() {
     // Serve from the start: the service publishes once its client has bootstrapped.
     let t_listen = Instant::now();
     let mut listener = service
-        .listen("0.0.0.0:80".parse().unwrap())
+        .listen("0.0.0.0:80".parse::<std::net::SocketAddr>().unwrap())
         .await
         .expect("onion service");
     let target = listener.onion_target();

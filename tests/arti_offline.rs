@@ -163,7 +163,7 @@ fn manual_client_is_not_ready_and_times_out() {
         );
         // Listening needs a client that was told to bootstrap.
         let err = engine
-            .listen("0.0.0.0:80".parse().unwrap())
+            .listen("0.0.0.0:80".parse::<std::net::SocketAddr>().unwrap())
             .await
             .unwrap_err();
         assert!(matches!(err, TransportError::ArtiBootstrap), "{err:?}");
@@ -196,7 +196,7 @@ fn dial_before_bootstrap_fails_fast() {
         };
         for target in ["127.0.0.1:9", "example.com:443"] {
             let t0 = Instant::now();
-            let err = match target.parse() {
+            let err = match target.parse::<std::net::SocketAddr>() {
                 Ok(addr) => engine.dial(addr, opts.clone()).await.map(drop),
                 Err(_) => engine.dial_host(target, opts.clone()).await.map(drop),
             }

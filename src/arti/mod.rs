@@ -53,7 +53,10 @@ pub use listener::ArtiListener;
 
 use crate::config::{Backend, ConfigError, ConfigHandle, ValidConfig};
 use crate::engine::setup::EngineShared;
-use crate::engine::{ConnInfo, DialOptions, Engine, EngineKind, ShutdownReport};
+use crate::engine::target::unsupported_target;
+use crate::engine::{
+    ConnInfo, DialOptions, DialTarget, Engine, EngineKind, ListenTarget, ShutdownReport,
+};
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::metrics::{PqLabel, TaskKind, TransportMetrics};
 use crate::policy::Policy;
@@ -937,21 +940,34 @@ impl Engine for ArtiEngine {
 
     /// Launches the onion service [`ArtiOptions::nickname`]; `addr.port()` is its virtual port
     /// (the IP is ignored: an onion service binds no socket).
-    async fn listen(&self, addr: SocketAddr) -> Result<ArtiListener, TransportError> {
+    async fn listen(
+        &self,
+        target: impl Into<ListenTarget> + Send,
+    ) -> Result<ArtiListener, TransportError> {
+        let port = match target.into() {
+            ListenTarget::Addr(addr) => addr.port(),
+            other => return Err(unsupported_target("arti", &other)),
+        };
         let nickname = self.inner.options.nickname.clone();
-        listener::launch(&self.inner, &nickname, addr.port()).await
+        listener::launch(&self.inner, &nickname, port).await
     }
 
     /// Dials `addr` through a Tor exit.
-    async fn dial(&self, addr: SocketAddr, opts: DialOptions) -> Result<ArtiConn, TransportError> {
-        self.dial_target(
-            ArtiTarget {
+    /// Host names are resolved by the exit (never locally), as Tor requires.
+    async fn dial(
+        &self,
+        target: impl Into<DialTarget> + Send,
+        opts: DialOptions,
+    ) -> Result<ArtiConn, TransportError> {
+        let target = match target.into() {
+            DialTarget::Addr(addr) => ArtiTarget {
                 host: addr.ip().to_string(),
                 port: addr.port(),
             },
-            opts,
-        )
-        .await
+            DialTarget::Host { host, port } => ArtiTarget { host, port },
+            other => return Err(unsupported_target("arti", &other)),
+        };
+        self.dial_target(target, opts).await
     }
 
     async fn shutdown(&self, deadline: Duration) -> ShutdownReport {

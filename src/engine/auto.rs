@@ -24,7 +24,8 @@ use crate::engine::setup::EngineSetup;
 use crate::engine::tokio::{TokioConn, TokioEngine, TokioListener, TokioSender};
 use crate::engine::uring::{UringConn, UringEngine, UringListener, UringSender};
 use crate::engine::{
-    Conn, ConnInfo, DialOptions, Engine, EngineKind, FrameSender, Listener, ShutdownReport,
+    Conn, ConnInfo, DialOptions, DialTarget, Engine, EngineKind, FrameSender, ListenTarget,
+    Listener, ShutdownReport,
 };
 use crate::error::TransportError;
 use crate::readiness::{ReadyState, TransportHealth};
@@ -238,14 +239,23 @@ impl Engine for AutoEngine {
         }
     }
 
-    async fn listen(&self, addr: SocketAddr) -> Result<AutoListener, TransportError> {
+    async fn listen(
+        &self,
+        target: impl Into<ListenTarget> + Send,
+    ) -> Result<AutoListener, TransportError> {
+        let addr = target.into();
         Ok(match self {
             Self::Tokio(e) => AutoListener::Tokio(e.listen(addr).await?),
             Self::Uring(e) => AutoListener::Uring(e.listen(addr).await?),
         })
     }
 
-    async fn dial(&self, addr: SocketAddr, opts: DialOptions) -> Result<AutoConn, TransportError> {
+    async fn dial(
+        &self,
+        target: impl Into<DialTarget> + Send,
+        opts: DialOptions,
+    ) -> Result<AutoConn, TransportError> {
+        let addr = target.into();
         Ok(match self {
             Self::Tokio(e) => AutoConn::Tokio(e.dial(addr, opts).await?),
             Self::Uring(e) => AutoConn::Uring(e.dial(addr, opts).await?),

@@ -23,6 +23,7 @@
 pub mod auto;
 pub mod setup;
 pub mod shared;
+pub mod target;
 pub mod tokio;
 pub mod uring;
 
@@ -36,6 +37,7 @@ use crate::config::Backend;
 use crate::error::TransportError;
 use crate::metrics::PqLabel;
 use crate::readiness::TransportHealth;
+pub use target::{DialTarget, ListenTarget};
 
 /// Capacity of every connection's writer inbox (frames). Full ⇒ [`TransportError::Busy`].
 pub const WRITER_INBOX_CAPACITY: usize = 256;
@@ -127,16 +129,19 @@ pub trait Engine: TransportHealth + Send + Sync + 'static {
     /// The backend label it speaks (`tcp` or `tls`).
     fn backend(&self) -> Backend;
 
-    /// Binds a listener. Caps and rate limits are applied at accept, before any handshake.
+    /// Binds a listener at `target` (a [`SocketAddr`] or a Unix socket path, see
+    /// [`ListenTarget`]). Caps and rate limits are applied at accept, before any handshake.
     fn listen(
         &self,
-        addr: SocketAddr,
+        target: impl Into<ListenTarget> + Send,
     ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send;
 
-    /// Connects (and, for TLS, handshakes) within `opts.deadline`.
+    /// Connects (and, for TLS, handshakes) to `target` within `opts.deadline`: a
+    /// [`SocketAddr`], a host name and port (resolved off the async workers, addresses tried in
+    /// order within the deadline) or a Unix socket path (see [`DialTarget`]).
     fn dial(
         &self,
-        addr: SocketAddr,
+        target: impl Into<DialTarget> + Send,
         opts: DialOptions,
     ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send;
 
@@ -186,6 +191,12 @@ pub trait Listener: Send + 'static {
 
     /// The bound address.
     fn local_addr(&self) -> SocketAddr;
+
+    /// Where a dialer reaches this listener: its address, or its socket path for a listener
+    /// on a Unix socket.
+    fn dial_target(&self) -> DialTarget {
+        DialTarget::Addr(self.local_addr())
+    }
 
     /// The next admitted connection. Peers refused by caps or rate limits are counted
     /// (`rejected_total{reason}`) and closed without a handshake; they are never returned.

@@ -33,9 +33,11 @@ pub use listener::TokioListener;
 
 use crate::config::Backend;
 use crate::engine::shared::EngineShared;
+use crate::engine::target::unsupported_target;
 use crate::engine::{
     ConnInfo, DialOptions, Engine, EngineKind, ShutdownReport, WRITER_INBOX_CAPACITY,
 };
+use crate::engine::{DialTarget, ListenTarget};
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::limits::FrameDecoder;
 use crate::metrics::{PqLabel, TaskKind};
@@ -284,11 +286,25 @@ impl Engine for TokioEngine {
         self.inner.shared.backend
     }
 
-    async fn listen(&self, addr: SocketAddr) -> Result<TokioListener, TransportError> {
-        TokioListener::bind(self.inner.clone(), addr).await
+    async fn listen(
+        &self,
+        target: impl Into<ListenTarget> + Send,
+    ) -> Result<TokioListener, TransportError> {
+        match target.into() {
+            ListenTarget::Addr(addr) => TokioListener::bind(self.inner.clone(), addr).await,
+            other => Err(unsupported_target("tokio", &other)),
+        }
     }
 
-    async fn dial(&self, addr: SocketAddr, opts: DialOptions) -> Result<TokioConn, TransportError> {
+    async fn dial(
+        &self,
+        target: impl Into<DialTarget> + Send,
+        opts: DialOptions,
+    ) -> Result<TokioConn, TransportError> {
+        let addr = match target.into() {
+            DialTarget::Addr(addr) => addr,
+            other => return Err(unsupported_target("tokio", &other)),
+        };
         let shared = &self.inner.shared;
         let backend = shared.backend;
         let corr_id: Option<Arc<str>> = opts.corr_id.as_deref().map(Arc::from);

@@ -50,9 +50,10 @@ use ron_shard::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Backend, ConfigHandle, ValidConfig};
+use crate::engine::target::unsupported_target;
 use crate::engine::{
-    Conn, ConnInfo, DialOptions, Engine, EngineKind, FrameSender, Listener, ShutdownReport,
-    WRITER_INBOX_CAPACITY,
+    Conn, ConnInfo, DialOptions, DialTarget, Engine, EngineKind, FrameSender, ListenTarget,
+    Listener, ShutdownReport, WRITER_INBOX_CAPACITY,
 };
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::metrics::{BackendMetrics, PqLabel, QueueName, TaskKind, TransportMetrics};
@@ -361,10 +362,15 @@ impl Engine for UringEngine {
 
     fn listen(
         &self,
-        addr: SocketAddr,
+        target: impl Into<ListenTarget> + Send,
     ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send {
         let inner = self.inner.clone();
+        let target = target.into();
         async move {
+            let addr = match target {
+                ListenTarget::Addr(addr) => addr,
+                other => return Err(unsupported_target("uring", &other)),
+            };
             let server_tls = listener_tls(inner.is_tls(), inner.tls.server.as_ref())?;
             let l = ron_shard::bind(addr)?;
             let local = l.local_addr()?;
@@ -394,11 +400,16 @@ impl Engine for UringEngine {
 
     fn dial(
         &self,
-        addr: SocketAddr,
+        target: impl Into<DialTarget> + Send,
         opts: DialOptions,
     ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send {
         let inner = self.inner.clone();
+        let target = target.into();
         async move {
+            let addr = match target {
+                DialTarget::Addr(addr) => addr,
+                other => return Err(unsupported_target("uring", &other)),
+            };
             let tls = if inner.is_tls() {
                 let Some(config) = inner.tls.client.clone() else {
                     inner.bm().dials_err.inc();
