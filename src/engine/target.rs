@@ -54,12 +54,14 @@ impl DialTarget {
             .rsplit_once(':')
             .ok_or_else(|| bad("expected host:port"))?;
         let port: u16 = port.parse().map_err(|_| bad("port is not a number"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
+            Some(_) => return Err(bad("not an IPv6 literal in brackets")),
+            None if host.contains(':') => return Err(bad("IPv6 literals go in brackets")),
+            None => host,
+        };
         if host.is_empty() {
             return Err(bad("empty host"));
-        }
-        if host.contains(':') && host.parse::<IpAddr>().is_err() {
-            return Err(bad("IPv6 literals go in brackets"));
         }
         Ok(Self::host(host, port))
     }
