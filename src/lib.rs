@@ -11,6 +11,7 @@
 
 #[cfg(feature = "arti")]
 pub mod arti;
+pub mod blocking;
 pub mod config;
 pub mod error;
 pub mod metrics;

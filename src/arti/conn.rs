@@ -29,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::EngineInner;
 use crate::config::Backend;
+use crate::engine::admission::Admission;
 use crate::engine::{Conn, ConnInfo, FrameSender, WRITER_INBOX_CAPACITY};
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::limits::{FrameDecoder, FRAME_HEADER_LEN};
 use crate::metrics::{BackendMetrics, QueueName, TaskKind, TransportMetrics};
-use crate::policy::{now_ns, ConnPermit, Policy};
+use crate::policy::{now_ns, Policy};
 
 /// Decoded frames waiting for the consumer's `recv` (side runtime → consumer).
 pub const RECV_QUEUE_FRAMES: usize = 16;
@@ -58,7 +59,7 @@ pub(crate) struct Core {
     /// Set when the writer task has exited.
     pub(crate) writer_done: CancellationToken,
     /// The permit lives in [`Live`]; senders only see it weakly.
-    permit: Weak<ConnPermit>,
+    permit: Weak<Admission>,
     terminal: OnceLock<TransportError>,
     /// The peer ended the stream cleanly between frames.
     eof: AtomicBool,
@@ -120,7 +121,7 @@ impl Core {
 #[derive(Debug)]
 struct Live {
     core: Arc<Core>,
-    permit: Arc<ConnPermit>,
+    permit: Arc<Admission>,
     engine: Weak<EngineInner>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -129,7 +130,6 @@ struct Live {
 impl Drop for Live {
     fn drop(&mut self) {
         let core = &self.core;
-        core.bm.conn_inflight.dec();
         if let Some(engine) = self.engine.upgrade() {
             engine.forget(core.id);
         }
@@ -159,7 +159,7 @@ impl Drop for Live {
 pub(crate) fn make_conn(
     engine: &Arc<EngineInner>,
     stream: DataStream,
-    permit: ConnPermit,
+    permit: Admission,
     info: ConnInfo,
     corr_id: Option<Arc<str>>,
 ) -> ArtiConn {
@@ -193,7 +193,6 @@ pub(crate) fn make_conn(
         bytes_in: AtomicU64::new(0),
         bytes_out: AtomicU64::new(0),
     });
-    core.bm.conn_inflight.inc();
     engine.register(core.clone());
     let (rd, wr) = stream.split();
     let (tx, rx) = mpsc::channel(WRITER_INBOX_CAPACITY);

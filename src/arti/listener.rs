@@ -23,6 +23,7 @@ use tor_proto::stream::IncomingStreamRequest;
 use super::conn::{make_conn, ArtiConn};
 use super::EngineInner;
 use crate::config::{Backend, ConfigError};
+use crate::engine::admission::{self, Direction};
 use crate::engine::{ConnInfo, EngineKind, Listener};
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::metrics::PqLabel;
@@ -220,19 +221,17 @@ async fn accept_one(
     }
     let shared = &inner.shared;
     let anonymous = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-    let permit = match shared.policy.admit(anonymous) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::info!(
-                target: "ron_transport",
-                event = "reject",
-                reason = e.reject_reason().map(RejectReason::as_str),
-                backend = Backend::Arti.as_str(),
-                "onion connection refused at accept"
-            );
-            let _ = req.reject(End::new_with_reason(EndReason::DONE)).await;
-            return;
-        }
+    // Counted and logged by the admission path (onion peers are anonymous: `[::]:0`).
+    let Ok(permit) = admission::admit(
+        &shared.policy,
+        &shared.metrics,
+        Backend::Arti,
+        EngineKind::Arti,
+        SocketAddr::new(anonymous, 0),
+        Direction::Inbound,
+    ) else {
+        let _ = req.reject(End::new_with_reason(EndReason::DONE)).await;
+        return;
     };
     let bound = shared.config().read_timeout;
     let stream = match tokio::time::timeout(bound, req.accept(Connected::new_empty())).await {
@@ -261,7 +260,6 @@ async fn accept_one(
         }
     };
     let bm = shared.metrics.backend(Backend::Arti);
-    bm.accepts.inc();
     bm.handshake(PqLabel::Off)
         .observe(started.elapsed().as_secs_f64());
     let info = ConnInfo {

@@ -52,12 +52,13 @@ pub use conn::{ArtiConn, ArtiSender, RECV_QUEUE_FRAMES};
 pub use listener::ArtiListener;
 
 use crate::config::{Backend, ConfigError, ConfigHandle, ValidConfig};
+use crate::engine::admission::{self, DialAccount, Direction};
 use crate::engine::setup::EngineShared;
 use crate::engine::target::unsupported_target;
 use crate::engine::{
     ConnInfo, DialOptions, DialTarget, Engine, EngineKind, ListenTarget, ShutdownReport,
 };
-use crate::error::{RejectReason, TimeoutOp, TransportError};
+use crate::error::{TimeoutOp, TransportError};
 use crate::metrics::{PqLabel, TaskKind, TransportMetrics};
 use crate::policy::Policy;
 use crate::readiness::{Readiness, ReadyState, TransportHealth};
@@ -200,8 +201,7 @@ impl ArtiSetup {
             backend: Backend::Arti,
             pq_mode: PqLabel::Off,
             tls_server: None,
-            tls_client: None,
-            tls_client_error: None,
+            tls_client: crate::engine::shared::ClientTls::default(),
         });
         let amnesia_path = storage.amnesia.as_ref().map(|d| d.path.clone());
         let side = match SideRuntime::start(tor_config.clone(), storage.amnesia) {
@@ -772,48 +772,22 @@ impl ArtiEngine {
         let inner = &self.inner;
         let shared = &inner.shared;
         let corr_id: Option<Arc<str>> = opts.corr_id.as_deref().map(Arc::from);
-        if inner.shutdown.is_cancelled() {
-            return Err(TransportError::Cancelled);
-        }
-        let started = Instant::now();
-        let onion = target.is_onion();
-        let result = self.dial_inner(&target, &opts, &corr_id, started).await;
-        let bm = shared.metrics.backend(Backend::Arti);
-        let duration_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(conn) => {
-                bm.dials_ok.inc();
-                tracing::info!(
-                    target: "ron_transport",
-                    event = "dial",
-                    conn_id = %format_args!("{:016x}", crate::engine::Conn::info(conn).conn_id),
-                    corr_id = corr_id.as_deref(),
-                    backend = Backend::Arti.as_str(),
-                    onion,
-                    duration_ms,
-                    "dialed"
-                );
-            }
-            Err(e) => {
-                bm.dials_err.inc();
-                if !matches!(e, TransportError::PeerLimit | TransportError::RateLimited) {
-                    if let Some(reason) = e.reject_reason() {
-                        shared.metrics.reject(reason);
-                    }
-                }
-                tracing::info!(
-                    target: "ron_transport",
-                    event = if e.reject_reason().is_some() { "reject" } else { "dial" },
-                    reason = e.reject_reason().map(RejectReason::as_str),
-                    corr_id = corr_id.as_deref(),
-                    backend = Backend::Arti.as_str(),
-                    onion,
-                    duration_ms,
-                    error = %e,
-                    "dial failed"
-                );
-            }
-        }
+        // Tor destinations are never logged: the books get no target.
+        let books = DialAccount::open(
+            &shared.metrics,
+            Backend::Arti,
+            EngineKind::Arti,
+            PqLabel::Off,
+            None,
+            corr_id.as_deref(),
+        );
+        let result = if inner.shutdown.is_cancelled() {
+            Err(TransportError::Cancelled)
+        } else {
+            self.dial_inner(&target, &opts, &corr_id, books.started())
+                .await
+        };
+        books.finish(result.as_ref().map(crate::engine::Conn::info));
         result
     }
 
@@ -831,7 +805,14 @@ impl ArtiEngine {
             return Err(TransportError::ArtiBootstrap);
         }
         let peer = target.peer_addr();
-        let permit = shared.policy.admit(peer.ip())?;
+        let permit = admission::admit(
+            &shared.policy,
+            &shared.metrics,
+            Backend::Arti,
+            EngineKind::Arti,
+            peer,
+            Direction::Outbound,
+        )?;
         let pre_dial = shared.config().arti_pre_dial_delay;
         let client = inner.client().clone();
         let host = target.host.clone();

@@ -20,6 +20,7 @@
 //! Every timeout counts `rejected_total{reason="timeout"}` once and closes the connection.
 //! After a connection has failed, `recv` returns that error once, then `IoClosed`.
 
+pub(crate) mod admission;
 pub mod auto;
 pub mod setup;
 pub mod shared;

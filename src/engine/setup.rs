@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 
 use crate::config::{Backend, ConfigHandle, ValidConfig};
+use crate::engine::shared::ClientTls;
 pub use crate::engine::shared::EngineShared;
 use crate::engine::tokio::TokioEngine;
 use crate::error::TransportError;
@@ -84,28 +85,10 @@ impl EngineSetup {
         let cfg = self.config.load();
         let backend = cfg.backend;
         let mut tls_server = self.tls_server;
-        let mut tls_client = self.tls_client;
-        let mut tls_client_error = None;
-        if backend == Backend::Tls {
-            if tls_server.is_none() && cfg.tls_enabled {
-                tls_server = Some(load_server_config(&cfg)?);
-            }
-            if tls_client.is_none() {
-                match load_client_config(&cfg) {
-                    Ok(c) => tls_client = Some(c),
-                    Err(e) => {
-                        tracing::warn!(
-                            target: "ron_transport",
-                            event = "setup",
-                            backend = backend.as_str(),
-                            error = %e,
-                            "TLS client config unavailable; dialing is disabled"
-                        );
-                        tls_client_error = Some(e.to_string());
-                    }
-                }
-            }
+        if backend == Backend::Tls && tls_server.is_none() && cfg.tls_enabled {
+            tls_server = Some(load_server_config(&cfg)?);
         }
+        let tls_client = client_slot(self.tls_client);
         let readiness = self
             .readiness
             .unwrap_or_else(|| Readiness::new("ron-transport", ReadyState::Ready));
@@ -123,7 +106,6 @@ impl EngineSetup {
             },
             tls_server,
             tls_client,
-            tls_client_error,
         }))
     }
 
@@ -155,19 +137,10 @@ impl EngineSetup {
         let cfg = self.config.load();
         let mut tls = crate::engine::uring::UringTls {
             server: self.tls_server.clone(),
-            client: self.tls_client.clone(),
-            client_error: None,
+            client: client_slot(self.tls_client.clone()),
         };
-        if cfg.backend == Backend::Tls {
-            if tls.server.is_none() && cfg.tls_enabled {
-                tls.server = Some(load_server_config(&cfg)?);
-            }
-            if tls.client.is_none() {
-                match load_client_config(&cfg) {
-                    Ok(c) => tls.client = Some(c),
-                    Err(e) => tls.client_error = Some(e.to_string()),
-                }
-            }
+        if cfg.backend == Backend::Tls && tls.server.is_none() && cfg.tls_enabled {
+            tls.server = Some(load_server_config(&cfg)?);
         }
         crate::engine::uring::UringEngine::build_with_tls(
             self.config.clone(),
@@ -184,20 +157,14 @@ fn load_server_config(cfg: &ValidConfig) -> Result<Arc<ServerConfig>, TransportE
     crate::tls::server_config(cfg)
 }
 
-#[cfg(feature = "tls")]
-fn load_client_config(cfg: &ValidConfig) -> Result<Arc<ClientConfig>, TransportError> {
-    crate::tls::client_config(cfg)
+/// The caller's client config, else one built from `tls_client.*` at the first TLS dial (on a
+/// loader thread) and rebuilt when a reload changes those keys.
+fn client_slot(given: Option<Arc<ClientConfig>>) -> ClientTls {
+    given.map_or_else(ClientTls::from_config, ClientTls::fixed)
 }
 
 #[cfg(not(feature = "tls"))]
 fn load_server_config(_cfg: &ValidConfig) -> Result<Arc<ServerConfig>, TransportError> {
-    Err(TransportError::Unsupported {
-        what: "backend `tls` needs the `tls` feature".into(),
-    })
-}
-
-#[cfg(not(feature = "tls"))]
-fn load_client_config(_cfg: &ValidConfig) -> Result<Arc<ClientConfig>, TransportError> {
     Err(TransportError::Unsupported {
         what: "backend `tls` needs the `tls` feature".into(),
     })

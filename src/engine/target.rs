@@ -201,6 +201,34 @@ impl From<PathBuf> for ListenTarget {
     }
 }
 
+/// The TLS server name of a dial (SNI and certificate check), by precedence:
+/// `DialOptions::server_name`, then `tls_client.sni_override`, then the target's host name,
+/// else the dialed IP address. Empty strings count as unset. A name that is neither a DNS name
+/// nor an IP literal is a `Tls` error naming it.
+pub(crate) fn tls_server_name(
+    opts: &crate::engine::DialOptions,
+    sni_override: Option<&str>,
+    target: &DialTarget,
+    addr: SocketAddr,
+) -> Result<rustls_pki_types::ServerName<'static>, TransportError> {
+    let name = [
+        opts.server_name.as_deref(),
+        sni_override,
+        target.host_name(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|n| !n.is_empty());
+    match name {
+        Some(n) => {
+            rustls_pki_types::ServerName::try_from(n.to_owned()).map_err(|e| TransportError::Tls {
+                detail: format!("invalid server name {n:?}: {e}"),
+            })
+        }
+        None => Ok(rustls_pki_types::ServerName::IpAddress(addr.ip().into())),
+    }
+}
+
 /// The error an engine returns for a target kind it does not serve (yet).
 pub(crate) fn unsupported_target(engine: &str, target: &dyn fmt::Display) -> TransportError {
     TransportError::Unsupported {
@@ -253,6 +281,39 @@ mod tests {
             assert_eq!(e.kind(), "unsupported", "{bad}");
             assert!(e.to_string().contains(bad), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn server_name_precedence() {
+        use crate::engine::DialOptions;
+        let host = DialTarget::host("svc.example", 443);
+        let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        let name = |o: Option<&str>, sni: Option<&str>, t: &DialTarget| {
+            let opts = DialOptions {
+                server_name: o.map(str::to_owned),
+                ..DialOptions::default()
+            };
+            format!("{:?}", tls_server_name(&opts, sni, t, addr).unwrap())
+        };
+        assert!(name(Some("a.example"), Some("b.example"), &host).contains("a.example"));
+        assert!(name(None, Some("b.example"), &host).contains("b.example"));
+        assert!(name(None, None, &host).contains("svc.example"));
+        let by_ip = tls_server_name(
+            &DialOptions::default(),
+            Some(""),
+            &DialTarget::Addr(addr),
+            addr,
+        );
+        assert!(matches!(
+            by_ip.unwrap(),
+            rustls_pki_types::ServerName::IpAddress(_)
+        ));
+        let opts = DialOptions {
+            server_name: Some("bad name!".into()),
+            ..DialOptions::default()
+        };
+        let e = tls_server_name(&opts, None, &host, addr).unwrap_err();
+        assert_eq!(e.reject_reason(), Some(crate::RejectReason::Tls));
     }
 
     #[test]

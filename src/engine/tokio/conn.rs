@@ -32,13 +32,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::Backend;
+use crate::engine::admission::Admission;
 use crate::engine::tokio::stream::ReadHalf;
 use crate::engine::tokio::EngineInner;
 use crate::engine::{Conn, ConnInfo, FrameSender};
 use crate::error::{TimeoutOp, TransportError};
 use crate::limits::{FrameDecoder, FRAME_HEADER_LEN};
 use crate::metrics::{BackendMetrics, QueueName, TaskKind, TransportMetrics};
-use crate::policy::{now_ns, ConnPermit, Policy};
+use crate::policy::{now_ns, Policy};
 
 /// Minimum free space in the read buffer before a read (64 KiB): one read drains a full TCP
 /// segment train, and frames are split off the front without copying.
@@ -65,7 +66,7 @@ pub(crate) struct ConnCore {
     pub(crate) writer_done: CancellationToken,
     /// The admission permit; strong references live in [`Live`] (reader + writer), so caps are
     /// released when the connection is gone even if sender clones linger.
-    pub(crate) permit: Weak<ConnPermit>,
+    pub(crate) permit: Weak<Admission>,
     terminal: OnceLock<TransportError>,
     /// Plain TCP: the write half when the writer task is not using it, for the senders'
     /// direct writes (see [`TokioSender::try_direct`]). `None` for TLS.
@@ -96,7 +97,7 @@ impl ConnCore {
         corr_id: Option<Arc<str>>,
         policy: Arc<Policy>,
         metrics: Arc<TransportMetrics>,
-        permit: &Arc<ConnPermit>,
+        permit: &Arc<Admission>,
         plain_tcp: bool,
     ) -> Self {
         let bm = metrics.backend(backend).clone();
@@ -218,7 +219,7 @@ impl ConnCore {
 #[derive(Debug)]
 pub(crate) struct Live {
     pub(crate) core: Arc<ConnCore>,
-    pub(crate) permit: Arc<ConnPermit>,
+    pub(crate) permit: Arc<Admission>,
     pub(crate) engine: Weak<EngineInner>,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
@@ -227,7 +228,6 @@ pub(crate) struct Live {
 impl Drop for Live {
     fn drop(&mut self) {
         let core = &self.core;
-        core.bm.conn_inflight.dec();
         if let Some(engine) = self.engine.upgrade() {
             engine.forget(core.id);
         }

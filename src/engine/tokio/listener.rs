@@ -13,13 +13,13 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Backend;
+use crate::engine::admission::{self, Admission, Direction};
 use crate::engine::tokio::conn::TokioConn;
 use crate::engine::tokio::stream::Stream;
 use crate::engine::tokio::{pq_label, EngineInner};
 use crate::engine::{ConnInfo, EngineKind, Listener};
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::metrics::PqLabel;
-use crate::policy::ConnPermit;
 use crate::readiness::ReadyState;
 
 /// A bound tokio listener.
@@ -99,22 +99,17 @@ impl TokioListener {
     }
 
     /// Admits one accepted socket. `None`: refused (counted, logged, socket closed).
-    fn admit(&self, peer: SocketAddr) -> Option<ConnPermit> {
+    fn admit(&self, peer: SocketAddr) -> Option<Admission> {
         let shared = &self.inner.shared;
-        match shared.policy.admit(peer.ip()) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::info!(
-                    target: "ron_transport",
-                    event = "reject",
-                    reason = e.reject_reason().map(RejectReason::as_str),
-                    backend = shared.backend.as_str(),
-                    peer_addr = %peer,
-                    "connection refused at accept"
-                );
-                None
-            }
-        }
+        admission::admit(
+            &shared.policy,
+            &shared.metrics,
+            shared.backend,
+            EngineKind::Tokio,
+            peer,
+            Direction::Inbound,
+        )
+        .ok()
     }
 }
 
@@ -165,7 +160,6 @@ impl Listener for TokioListener {
                 continue;
             };
             let shared = &self.inner.shared;
-            shared.metrics.backend(shared.backend).accepts.inc();
             if let Err(e) = sock.set_nodelay(true) {
                 tracing::debug!(target: "ron_transport", event = "accept", error = %e);
                 continue;
@@ -218,7 +212,7 @@ async fn tls_accept(
     sock: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    permit: ConnPermit,
+    permit: Admission,
     started: Instant,
 ) -> Option<TokioConn> {
     let shared = &inner.shared;

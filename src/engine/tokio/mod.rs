@@ -16,14 +16,12 @@ mod stream;
 mod writer;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,16 +30,16 @@ pub use conn::{TokioConn, TokioSender};
 pub use listener::TokioListener;
 
 use crate::config::Backend;
+use crate::engine::admission::{self, Admission, DialAccount, Direction};
 use crate::engine::shared::EngineShared;
 use crate::engine::target::unsupported_target;
 use crate::engine::{
     ConnInfo, DialOptions, Engine, EngineKind, ShutdownReport, WRITER_INBOX_CAPACITY,
 };
 use crate::engine::{DialTarget, ListenTarget};
-use crate::error::{RejectReason, TimeoutOp, TransportError};
+use crate::error::{TimeoutOp, TransportError};
 use crate::limits::FrameDecoder;
 use crate::metrics::{PqLabel, TaskKind};
-use crate::policy::ConnPermit;
 use crate::readiness::{ReadyState, TransportHealth};
 use conn::{ConnCore, Live, ReaderState, READ_BUF_MIN};
 use stream::Stream;
@@ -78,7 +76,7 @@ impl EngineInner {
     pub(crate) fn make_conn(
         self: &Arc<Self>,
         stream: Stream,
-        permit: ConnPermit,
+        permit: Admission,
         mut info: ConnInfo,
         corr_id: Option<Arc<str>>,
     ) -> TokioConn {
@@ -102,7 +100,6 @@ impl EngineInner {
             bytes_in: Default::default(),
             bytes_out: Default::default(),
         });
-        core.bm.conn_inflight.inc();
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -175,9 +172,11 @@ impl TokioEngine {
             .len()
     }
 
+    /// Connects to the first of `addrs` that answers, all within one deadline. Each attempt
+    /// is admitted first (caps, buckets): a refused admission ends the dial.
     async fn dial_inner(
         &self,
-        addr: SocketAddr,
+        target: &DialTarget,
         opts: &DialOptions,
         corr_id: &Option<Arc<str>>,
         started: Instant,
@@ -187,57 +186,62 @@ impl TokioEngine {
         let backend = shared.backend;
         let connector = match backend {
             Backend::Tcp => None,
-            Backend::Tls => match &shared.tls_client {
-                Some(c) => Some(TlsConnector::from(c.clone())),
-                None => {
-                    return Err(TransportError::Unsupported {
-                        what: format!(
-                            "tls dial without a client config: {}",
-                            shared
-                                .tls_client_error
-                                .as_deref()
-                                .unwrap_or("none configured")
-                        ),
-                    })
-                }
-            },
+            Backend::Tls => Some(TlsConnector::from(shared.client_tls().await?)),
             Backend::Arti => {
                 return Err(TransportError::Unsupported {
                     what: "the tokio engine does not speak arti".into(),
                 })
             }
         };
-        // Outbound connections count against the same caps as inbound ones.
-        let permit = shared.policy.admit(addr.ip())?;
-        let established =
-            async {
-                let tcp = TcpStream::connect(addr).await?;
+        let established = async {
+            let addrs = match target {
+                DialTarget::Addr(a) => vec![*a],
+                DialTarget::Host { host, port } => crate::blocking::resolve(host, *port).await?,
+                other => return Err(unsupported_target("tokio", other)),
+            };
+            let mut last_err = None;
+            for addr in addrs {
+                // Outbound connections count against the same caps as inbound ones.
+                let admitted = admission::admit(
+                    &shared.policy,
+                    &shared.metrics,
+                    backend,
+                    EngineKind::Tokio,
+                    addr,
+                    Direction::Outbound,
+                )?;
+                let tcp = match TcpStream::connect(addr).await {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                };
                 tcp.set_nodelay(true)?;
                 let local = tcp.local_addr()?;
-                match connector {
-                    None => Ok::<_, TransportError>((Stream::Tcp(tcp), local, None, PqLabel::Off)),
-                    Some(connector) => {
-                        let name = server_name(opts, shared, addr)?;
-                        let tls = connector.connect(name, tcp).await.map_err(|e| {
-                            TransportError::Tls {
-                                detail: e.to_string(),
-                            }
-                        })?;
-                        let (_, session) = tls.get_ref();
-                        let pq = pq_label(session);
-                        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-                        let resumed = session.handshake_kind()
-                            == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
-                        Ok((
-                            Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))),
-                            local,
-                            Some((alpn, resumed)),
-                            pq,
-                        ))
-                    }
-                }
-            };
-        let (stream, local, tls_facts, pq) = tokio::select! {
+                let Some(connector) = &connector else {
+                    return Ok((Stream::Tcp(tcp), admitted, addr, local, None, PqLabel::Off));
+                };
+                let name = shared.server_name(opts, target, addr)?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| TransportError::Tls {
+                        detail: e.to_string(),
+                    })?;
+                let (_, session) = tls.get_ref();
+                let pq = pq_label(session);
+                let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+                let resumed =
+                    session.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+                let stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+                return Ok((stream, admitted, addr, local, Some((alpn, resumed)), pq));
+            }
+            Err(TransportError::Io(last_err.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address to dial")
+            })))
+        };
+        let (stream, admitted, addr, local, tls_facts, pq) = tokio::select! {
             biased;
             _ = inner.shutdown.cancelled() => return Err(TransportError::Cancelled),
             r = tokio::time::timeout(opts.deadline, established) => match r {
@@ -264,7 +268,7 @@ impl TokioEngine {
         if backend == Backend::Tls {
             listener::log_handshake(&info, started, corr_id.as_deref());
         }
-        Ok(inner.make_conn(stream, permit, info, corr_id.clone()))
+        Ok(inner.make_conn(stream, admitted, info, corr_id.clone()))
     }
 }
 
@@ -301,62 +305,24 @@ impl Engine for TokioEngine {
         target: impl Into<DialTarget> + Send,
         opts: DialOptions,
     ) -> Result<TokioConn, TransportError> {
-        let addr = match target.into() {
-            DialTarget::Addr(addr) => addr,
-            other => return Err(unsupported_target("tokio", &other)),
-        };
+        let target = target.into();
         let shared = &self.inner.shared;
-        let backend = shared.backend;
         let corr_id: Option<Arc<str>> = opts.corr_id.as_deref().map(Arc::from);
-        if self.inner.shutdown.is_cancelled() {
-            return Err(TransportError::Cancelled);
-        }
-        let started = Instant::now();
-        let result = self.dial_inner(addr, &opts, &corr_id, started).await;
-        let bm = shared.metrics.backend(backend);
-        let duration_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(conn) => {
-                bm.dials_ok.inc();
-                tracing::info!(
-                    target: "ron_transport",
-                    event = "dial",
-                    conn_id = %format_args!("{:016x}", conn.info.conn_id),
-                    corr_id = corr_id.as_deref(),
-                    backend = backend.as_str(),
-                    peer_addr = %addr,
-                    pq = conn.info.pq.as_str(),
-                    duration_ms,
-                    "dialed"
-                );
-            }
-            Err(e) => {
-                bm.dials_err.inc();
-                // Admission refusals were counted by the policy already.
-                if !matches!(e, TransportError::PeerLimit | TransportError::RateLimited) {
-                    if let Some(reason) = e.reject_reason() {
-                        shared.metrics.reject(reason);
-                    }
-                }
-                if let TransportError::Tls { .. } = e {
-                    bm.tls_failures.inc();
-                    shared
-                        .metrics
-                        .pq_handshake_result(backend, shared.pq_mode, false);
-                }
-                tracing::info!(
-                    target: "ron_transport",
-                    event = if e.reject_reason().is_some() { "reject" } else { "dial" },
-                    reason = e.reject_reason().map(RejectReason::as_str),
-                    corr_id = corr_id.as_deref(),
-                    backend = backend.as_str(),
-                    peer_addr = %addr,
-                    duration_ms,
-                    error = %e,
-                    "dial failed"
-                );
-            }
-        }
+        let books = DialAccount::open(
+            &shared.metrics,
+            shared.backend,
+            EngineKind::Tokio,
+            shared.pq_mode,
+            Some(&target),
+            corr_id.as_deref(),
+        );
+        let result = if self.inner.shutdown.is_cancelled() {
+            Err(TransportError::Cancelled)
+        } else {
+            self.dial_inner(&target, &opts, &corr_id, books.started())
+                .await
+        };
+        books.finish(result.as_ref().map(|c| &c.info));
         result
     }
 
@@ -410,23 +376,6 @@ impl Engine for TokioEngine {
 }
 
 /// The TLS server name for a dial: explicit option, then `tls_client.sni_override`, else the IP.
-fn server_name(
-    opts: &DialOptions,
-    shared: &EngineShared,
-    addr: SocketAddr,
-) -> Result<ServerName<'static>, TransportError> {
-    let cfg = shared.config();
-    let name = opts
-        .server_name
-        .clone()
-        .or_else(|| cfg.tls_client_sni.clone());
-    match name {
-        Some(n) => ServerName::try_from(n).map_err(|e| TransportError::Tls {
-            detail: format!("invalid server name: {e}"),
-        }),
-        None => Ok(ServerName::IpAddress(addr.ip().into())),
-    }
-}
 
 /// The `pq` label of a finished handshake.
 pub(crate) fn pq_label(state: &tokio_rustls::rustls::CommonState) -> PqLabel {

@@ -50,6 +50,8 @@ use ron_shard::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Backend, ConfigHandle, ValidConfig};
+use crate::engine::admission::{self, Admission, DialAccount, Direction};
+use crate::engine::shared::ClientTls;
 use crate::engine::target::unsupported_target;
 use crate::engine::{
     Conn, ConnInfo, DialOptions, DialTarget, Engine, EngineKind, FrameSender, ListenTarget,
@@ -57,7 +59,7 @@ use crate::engine::{
 };
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::metrics::{BackendMetrics, PqLabel, QueueName, TaskKind, TransportMetrics};
-use crate::policy::{now_ns, ConnPermit, Policy};
+use crate::policy::{now_ns, Policy};
 use crate::readiness::{Readiness, ReadyState, TransportHealth};
 
 /// Frames buffered towards a consumer before the shard stops reading that socket.
@@ -137,14 +139,13 @@ struct Inner {
 
 /// The TLS configs of a uring engine (policy decided by the caller: roots, PQ groups, ALPN,
 /// resumption stores live in the rustls configs).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct UringTls {
     /// Server config for listeners (required for a TLS listener).
     pub server: Option<Arc<rustls::ServerConfig>>,
-    /// Client config for dials (required for a TLS dial).
-    pub client: Option<Arc<rustls::ClientConfig>>,
-    /// Why `client` is missing, if building it failed (reported by `dial`).
-    pub client_error: Option<String>,
+    /// Client config for dials: fixed, or built from `tls_client.*` (and rebuilt after a
+    /// reload changes them) on a loader thread at the first TLS dial.
+    pub client: ClientTls,
 }
 
 impl Inner {
@@ -190,33 +191,6 @@ impl Inner {
             PqLabel::Hybrid
         } else {
             PqLabel::Off
-        }
-    }
-
-    /// Counts a failed TLS handshake (not a timeout): `tls_handshake_failures_total`,
-    /// `rejected_total{reason="tls"}`, `pq_handshake_total{result="fail"}`.
-    fn tls_failed(&self) {
-        count_tls_failure(&self.metrics, self.bm(), self.pq_mode());
-    }
-
-    /// The TLS server name for a dial: explicit option, then `tls_client.sni_override`, else
-    /// the IP.
-    fn server_name(
-        &self,
-        opts: &DialOptions,
-        addr: SocketAddr,
-    ) -> Result<rustls::pki_types::ServerName<'static>, TransportError> {
-        let name = opts
-            .server_name
-            .clone()
-            .or_else(|| self.cfg().tls_client_sni.clone());
-        match name {
-            Some(n) => {
-                rustls::pki_types::ServerName::try_from(n).map_err(|e| TransportError::Tls {
-                    detail: format!("invalid server name: {e}"),
-                })
-            }
-            None => Ok(rustls::pki_types::ServerName::IpAddress(addr.ip().into())),
         }
     }
 }
@@ -406,80 +380,24 @@ impl Engine for UringEngine {
         let inner = self.inner.clone();
         let target = target.into();
         async move {
-            let addr = match target {
-                DialTarget::Addr(addr) => addr,
-                other => return Err(unsupported_target("uring", &other)),
-            };
-            let tls = if inner.is_tls() {
-                let Some(config) = inner.tls.client.clone() else {
-                    inner.bm().dials_err.inc();
-                    return Err(TransportError::Unsupported {
-                        what: format!(
-                            "tls dial without a client config: {}",
-                            inner
-                                .tls
-                                .client_error
-                                .as_deref()
-                                .unwrap_or("none configured")
-                        ),
-                    });
-                };
-                match inner.server_name(&opts, addr) {
-                    Ok(server_name) => Some(ron_shard::TlsDial {
-                        config,
-                        server_name,
-                    }),
-                    Err(e) => {
-                        inner.bm().dials_err.inc();
-                        inner.tls_failed();
-                        return Err(e);
-                    }
-                }
-            } else {
-                None
-            };
-            let (tx, rx) = oneshot::channel();
-            let hooks = Box::new(DialSide {
-                inner: Arc::downgrade(&inner),
-                tx,
-                started: std::time::Instant::now(),
-            });
-            let bm = inner.bm().clone();
-            let sent = match tls {
-                Some(t) => inner
-                    .rt
-                    .dial_tls(addr, opts.deadline, inner.conn_options(), t, hooks),
-                None => inner
-                    .rt
-                    .dial(addr, opts.deadline, inner.conn_options(), hooks),
-            };
-            let res = match sent {
-                Err((e, _)) => Err(TransportError::Unsupported {
-                    what: format!("uring dial: {e}"),
-                }),
-                Ok(()) => match rx.await {
-                    Ok(Ok(pair)) => Ok(pair),
-                    Ok(Err(DialError::Timeout)) => {
-                        inner.metrics.reject(RejectReason::Timeout);
-                        Err(TransportError::timeout(TimeoutOp::Dial))
-                    }
-                    Ok(Err(DialError::Io(e))) => Err(TransportError::Io(e)),
-                    Ok(Err(DialError::Tls { kind, detail })) => {
-                        inner.tls_failed();
-                        Err(TransportError::Tls {
-                            detail: format!("{kind}: {detail}"),
-                        })
-                    }
-                    Ok(Err(_)) | Err(_) => Err(TransportError::Cancelled),
-                },
-            };
-            match res {
-                Ok((handle, metered, meta)) => {
-                    bm.dials_ok.inc();
-                    Ok(UringConn::new(&inner, &meta, handle, metered, opts.corr_id))
+            let corr_id = opts.corr_id.clone();
+            let books = DialAccount::open(
+                &inner.metrics,
+                inner.backend(),
+                EngineKind::Uring,
+                inner.pq_mode(),
+                Some(&target),
+                corr_id.as_deref(),
+            );
+            let result = dial_to(&inner, &target, &opts, books.started()).await;
+            match result {
+                Ok((handle, admitted, meta)) => {
+                    let conn = UringConn::new(&inner, &meta, handle, admitted, opts.corr_id);
+                    books.finish(Ok(conn.info()));
+                    Ok(conn)
                 }
                 Err(e) => {
-                    bm.dials_err.inc();
+                    books.finish(Err(&e));
                     Err(e)
                 }
             }
@@ -551,25 +469,95 @@ impl Engine for UringEngine {
     }
 }
 
-/// Admits `peer` through the policy, counted: on success `transport_accepts_total` and
-/// `conn_inflight` move (the caller's admission token decrements the gauge when dropped); on
-/// refusal `Policy::admit` has already counted `rejected_total{reason}`. Shared by the handle
-/// path and the serve path.
-pub(crate) fn admit_counted(
-    policy: &Arc<Policy>,
-    bm: &BackendMetrics,
-    peer: SocketAddr,
-) -> Result<ConnPermit, Reject> {
-    match policy.admit(peer.ip()) {
-        Ok(permit) => {
-            bm.accepts.inc();
-            bm.conn_inflight.inc();
-            Ok(permit)
+/// Dials `target` on the runtime: resolves a host name on a loader thread, then tries each
+/// address in order within the one deadline. Every attempt is admitted before its connect is
+/// submitted (caps, pacing buckets), exactly like an accepted connection, and the admission
+/// rides with the connection (released when it closes, or when the attempt fails).
+async fn dial_to(
+    inner: &Arc<Inner>,
+    target: &DialTarget,
+    opts: &DialOptions,
+    started: std::time::Instant,
+) -> Result<Accepted, TransportError> {
+    let deadline = started + opts.deadline;
+    let addrs = match target {
+        DialTarget::Addr(a) => vec![*a],
+        DialTarget::Host { host, port } => {
+            match tokio::time::timeout_at(deadline.into(), crate::blocking::resolve(host, *port))
+                .await
+            {
+                Ok(r) => r?,
+                Err(_) => return Err(TransportError::timeout(TimeoutOp::Dial)),
+            }
         }
-        Err(e) => Err(Reject {
-            reason: e.reject_reason().map_or(e.kind(), |r| r.as_str()),
-        }),
+        other => return Err(unsupported_target("uring", other)),
+    };
+    let client = if inner.is_tls() {
+        Some(inner.tls.client.current(&inner.cfg()).await?)
+    } else {
+        None
+    };
+    let mut last = None;
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(TransportError::timeout(TimeoutOp::Dial));
+        }
+        let admitted = admission::admit(
+            &inner.policy,
+            &inner.metrics,
+            inner.backend(),
+            EngineKind::Uring,
+            addr,
+            Direction::Outbound,
+        )?;
+        let tls = match &client {
+            Some(config) => {
+                let server_name = crate::engine::target::tls_server_name(
+                    opts,
+                    inner.cfg().tls_client_sni.as_deref(),
+                    target,
+                    addr,
+                )?;
+                Some(ron_shard::TlsDial {
+                    config: config.clone(),
+                    server_name,
+                })
+            }
+            None => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let hooks = Box::new(DialSide {
+            inner: Arc::downgrade(inner),
+            tx,
+            admitted: Some(admitted),
+        });
+        let sent = match tls {
+            Some(t) => inner
+                .rt
+                .dial_tls(addr, left, inner.conn_options(), t, hooks),
+            None => inner.rt.dial(addr, left, inner.conn_options(), hooks),
+        };
+        if let Err((e, _)) = sent {
+            return Err(TransportError::Unsupported {
+                what: format!("uring dial: {e}"),
+            });
+        }
+        match rx.await {
+            Ok(Ok(accepted)) => return Ok(accepted),
+            Ok(Err(DialError::Timeout)) => return Err(TransportError::timeout(TimeoutOp::Dial)),
+            Ok(Err(DialError::Io(e))) => last = Some(e),
+            Ok(Err(DialError::Tls { kind, detail })) => {
+                return Err(TransportError::Tls {
+                    detail: format!("{kind}: {detail}"),
+                })
+            }
+            Ok(Err(_)) | Err(_) => return Err(TransportError::Cancelled),
+        }
     }
+    Err(TransportError::Io(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address to dial")
+    })))
 }
 
 /// Counts a failed TLS handshake (not a timeout): `tls_handshake_failures_total`,
@@ -598,28 +586,13 @@ pub(crate) fn count_handshake_failure(
     }
 }
 
-/// Admission proof of one connection: the policy permit (caps, buckets) and the in-flight
-/// gauge, both released when the connection's handler is dropped (at close).
-struct Admitted {
-    permit: Option<ConnPermit>,
-    inflight: prometheus::IntGauge,
-    /// When connection establishment started (accept or dial), for `handshake_latency`.
-    started: std::time::Instant,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.inflight.dec();
-    }
-}
-
 /// The shard-side wrapper around a connection's port: live limits, metrics, close accounting.
 /// (Per-connection memory matters here: the backend's metric handles are looked up through
 /// `metrics`, not cloned into every connection.)
 struct Metered<H> {
     inner: H,
     limits: Arc<LiveLimits>,
-    admitted: Arc<Admitted>,
+    admitted: Arc<Admission>,
     backend: Backend,
     metrics: Arc<TransportMetrics>,
 }
@@ -641,7 +614,8 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
             }));
             return;
         }
-        if let (Some(p), true) = (&self.admitted.permit, self.limits.rates_on()) {
+        if self.limits.rates_on() {
+            let p = &self.admitted;
             // Ingress pacing: the shard stops reading this socket for as long as the buckets
             // ask (per-conn, per-peer, global); TCP backpressure then slows the peer.
             let wait = p.pace_ingress(n, now_ns());
@@ -695,14 +669,14 @@ fn metered(
     engine: &Arc<Inner>,
     meta: &ConnMeta,
     remote: ConnRemote,
-    admitted: Arc<Admitted>,
+    admitted: Arc<Admission>,
 ) -> (Box<dyn ConnHandler>, PortConn) {
     let bm = engine.bm();
     // TLS: accept/connect to handshake completion (the shard built the handler only then).
     // Plain TCP: establishment (accept → open, or connect) is the "handshake".
     let pq = pq_of(meta);
     bm.handshake(pq)
-        .observe(admitted.started.elapsed().as_secs_f64());
+        .observe(admitted.started().elapsed().as_secs_f64());
     if meta.tls.is_some() {
         engine.metrics.pq_handshake_result(Backend::Tls, pq, true);
     }
@@ -736,7 +710,7 @@ fn metered(
 /// writer waits for the per-connection, per-peer and global egress buckets).
 struct Outbound {
     depth: prometheus::IntGauge,
-    admitted: Weak<Admitted>,
+    admitted: Weak<Admission>,
     limits: Arc<LiveLimits>,
 }
 
@@ -754,16 +728,13 @@ impl OutboundHooks for Outbound {
             return Duration::ZERO;
         }
         match self.admitted.upgrade() {
-            Some(a) => match &a.permit {
-                Some(p) => p.pace_egress(bytes as u64, now_ns()),
-                None => Duration::ZERO,
-            },
+            Some(a) => a.pace_egress(bytes as u64, now_ns()),
             None => Duration::ZERO,
         }
     }
 }
 
-type Accepted = (PortConn, Weak<Admitted>, ConnMeta);
+type Accepted = (PortConn, Weak<Admission>, ConnMeta);
 
 /// A consumer's per-connection future, boxed once per connection.
 type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -784,13 +755,18 @@ impl AcceptHooks for AcceptSide {
         let Some(inner) = self.inner.upgrade() else {
             return Err(Reject { reason: "shutdown" });
         };
-        let bm = inner.bm();
-        let permit = admit_counted(&inner.policy, bm, peer)?;
-        Ok(AdmitToken::new(Admitted {
-            permit: Some(permit),
-            inflight: bm.conn_inflight.clone(),
-            started: std::time::Instant::now(),
-        }))
+        admission::admit(
+            &inner.policy,
+            &inner.metrics,
+            inner.backend(),
+            EngineKind::Uring,
+            peer,
+            Direction::Inbound,
+        )
+        .map(AdmitToken::new)
+        .map_err(|e| Reject {
+            reason: e.reject_reason().map_or(e.kind(), |r| r.as_str()),
+        })
     }
 
     fn handshake_failed(
@@ -819,7 +795,7 @@ impl AcceptHooks for AcceptSide {
     }
 
     fn open(&self, token: AdmitToken, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
-        let (Some(inner), Ok(admitted)) = (self.inner.upgrade(), token.downcast::<Admitted>())
+        let (Some(inner), Ok(admitted)) = (self.inner.upgrade(), token.downcast::<Admission>())
         else {
             return Box::new(ron_shard::Refuse);
         };
@@ -848,21 +824,16 @@ impl AcceptHooks for AcceptSide {
 struct DialSide {
     inner: Weak<Inner>,
     tx: oneshot::Sender<Result<Accepted, DialError>>,
-    started: std::time::Instant,
+    /// The dial's admission, handed to the connection when it opens.
+    admitted: Option<Admission>,
 }
 
 impl DialHooks for DialSide {
-    fn connected(self: Box<Self>, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
-        let Some(inner) = self.inner.upgrade() else {
+    fn connected(mut self: Box<Self>, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
+        let (Some(inner), Some(admitted)) = (self.inner.upgrade(), self.admitted.take()) else {
             return Box::new(ron_shard::Refuse);
         };
-        let bm = inner.bm();
-        bm.conn_inflight.inc();
-        let admitted = Arc::new(Admitted {
-            permit: None,
-            inflight: bm.conn_inflight.clone(),
-            started: self.started,
-        });
+        let admitted = Arc::new(admitted);
         let weak = Arc::downgrade(&admitted);
         let (h, handle) = metered(&inner, meta, remote, admitted);
         match self.tx.send(Ok((handle, weak, meta.clone()))) {
@@ -921,7 +892,7 @@ impl Drop for UringListener {
 pub struct UringSender {
     tx: PortTx,
     inner: Arc<Inner>,
-    admitted: Weak<Admitted>,
+    admitted: Weak<Admission>,
 }
 
 impl std::fmt::Debug for UringSender {
@@ -955,11 +926,9 @@ impl FrameSender for UringSender {
     fn try_send(&self, frame: Bytes) -> Result<(), TransportError> {
         self.check_size(frame.len())?;
         if let (true, Some(a)) = (self.inner.limits.rates_on(), self.admitted.upgrade()) {
-            if let Some(p) = &a.permit {
-                if !p.egress_available(frame.len() as u64 + 4, now_ns()) {
-                    self.inner.metrics.reject(RejectReason::RateLimited);
-                    return Err(TransportError::RateLimited);
-                }
+            if !a.egress_available(frame.len() as u64 + 4, now_ns()) {
+                self.inner.metrics.reject(RejectReason::RateLimited);
+                return Err(TransportError::RateLimited);
             }
         }
         // `queue_depth{writer_inbox}` is kept by the port (`Outbound`), and `bytes_out_total` /
@@ -1109,7 +1078,7 @@ impl UringConn {
         inner: &Arc<Inner>,
         meta: &ConnMeta,
         handle: PortConn,
-        admitted: Weak<Admitted>,
+        admitted: Weak<Admission>,
         corr_id: Option<String>,
     ) -> Self {
         let info = ConnInfo {
