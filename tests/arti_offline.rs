@@ -446,3 +446,43 @@ fn bad_arti_toml_names_the_option() {
     .unwrap_err();
     assert!(err.to_string().contains("fallback"), "{err}");
 }
+
+/// `arti.bootstrap_timeout` is live: reloaded on an engine that never bootstraps (manual
+/// client), readiness turns `NotReady{arti_bootstrap}` once the new, shorter bound has passed
+/// (the old one, 300 s, would keep it `Degraded`).
+#[test]
+fn reload_of_bootstrap_timeout_reaches_readiness() {
+    util::run_multi_thread(async {
+        let dir = private_tempdir();
+        let handle = ron_transport::ConfigHandle::new(arti_config(Duration::from_secs(300)));
+        let engine = ArtiSetup::from_handle(handle.clone(), TransportMetrics::new())
+            .expect("setup")
+            .with_options(options(dir.path(), false))
+            .build()
+            .expect("arti engine");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            matches!(engine.readiness(), ReadyState::Degraded { .. }),
+            "{:?}",
+            engine.readiness()
+        );
+        let mut c = ron_transport::ValidConfig::clone(&handle.load()).into_inner();
+        c.arti_bootstrap_timeout = Duration::from_millis(100);
+        handle.reload(c).expect("reload");
+        let t0 = Instant::now();
+        while !matches!(engine.readiness(), ReadyState::NotReady { .. }) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{:?}",
+                engine.readiness()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            engine.readiness(),
+            ReadyState::NotReady {
+                reason: "arti_bootstrap"
+            }
+        );
+    });
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ron_transport::engine::auto::AutoEngine;
 use ron_transport::engine::setup::EngineSetup;
-use ron_transport::{EngineKind, TransportMetrics, ValidConfig};
+use ron_transport::{ConfigHandle, EngineKind, TransportMetrics, ValidConfig};
 
 use conformance::{EngineUnderTest, TlsFixture};
 
@@ -24,7 +24,15 @@ impl EngineUnderTest for AutoUnderTest {
         tls: Option<TlsFixture>,
         metrics: Arc<TransportMetrics>,
     ) -> AutoEngine {
-        let mut setup = EngineSetup::new(cfg, metrics).expect("setup");
+        Self::build_with_handle(ConfigHandle::new(cfg), tls, metrics)
+    }
+
+    fn build_with_handle(
+        handle: ConfigHandle,
+        tls: Option<TlsFixture>,
+        metrics: Arc<TransportMetrics>,
+    ) -> AutoEngine {
+        let mut setup = EngineSetup::from_handle(handle, metrics).expect("setup");
         if let Some(tls) = tls {
             setup = setup
                 .with_tls_server(tls.server)

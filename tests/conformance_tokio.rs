@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::tokio::TokioEngine;
-use ron_transport::{TransportMetrics, ValidConfig};
+use ron_transport::{ConfigHandle, TransportMetrics, ValidConfig};
 
 use conformance::{EngineUnderTest, TlsFixture};
 
@@ -22,7 +22,15 @@ impl EngineUnderTest for TokioUnderTest {
         tls: Option<TlsFixture>,
         metrics: Arc<TransportMetrics>,
     ) -> TokioEngine {
-        let mut setup = EngineSetup::new(cfg, metrics).expect("setup");
+        Self::build_with_handle(ConfigHandle::new(cfg), tls, metrics)
+    }
+
+    fn build_with_handle(
+        handle: ConfigHandle,
+        tls: Option<TlsFixture>,
+        metrics: Arc<TransportMetrics>,
+    ) -> TokioEngine {
+        let mut setup = EngineSetup::from_handle(handle, metrics).expect("setup");
         if let Some(tls) = tls {
             setup = setup
                 .with_tls_server(tls.server)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ron_shard::RuntimeConfig;
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::uring::UringEngine;
-use ron_transport::{TransportMetrics, ValidConfig};
+use ron_transport::{ConfigHandle, TransportMetrics, ValidConfig};
 
 use conformance::{EngineUnderTest, TlsFixture};
 
@@ -25,7 +25,15 @@ impl EngineUnderTest for UringUnderTest {
         tls: Option<TlsFixture>,
         metrics: Arc<TransportMetrics>,
     ) -> UringEngine {
-        let mut setup = EngineSetup::new(cfg, metrics).expect("setup");
+        Self::build_with_handle(ConfigHandle::new(cfg), tls, metrics)
+    }
+
+    fn build_with_handle(
+        handle: ConfigHandle,
+        tls: Option<TlsFixture>,
+        metrics: Arc<TransportMetrics>,
+    ) -> UringEngine {
+        let mut setup = EngineSetup::from_handle(handle, metrics).expect("setup");
         if let Some(tls) = tls {
             setup = setup
                 .with_tls_server(tls.server)

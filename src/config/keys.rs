@@ -240,7 +240,7 @@ impl Key {
                 "RON_TRANSPORT_CHUNK_BYTES",
                 Some("--transport.chunk"),
                 Kind::Size,
-                Live,
+                Rebind,
                 false,
             ),
             Key::PerConnBps => meta(
@@ -368,7 +368,7 @@ impl Key {
                 "RON_TRANSPORT_AMNESIA",
                 None,
                 Kind::Bool,
-                Live,
+                Rebind,
                 false,
             ),
             Key::PqMode => meta(

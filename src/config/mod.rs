@@ -411,11 +411,48 @@ pub struct ConfigHandle {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
     generation: AtomicU64,
     reload_lock: Mutex<()>,
     notify: tokio::sync::watch::Sender<Arc<ValidConfig>>,
+    /// Called synchronously after every swap (engines re-arm open connections from here).
+    hooks: Mutex<Vec<(u64, ChangeFn)>>,
+    next_hook: AtomicU64,
+}
+
+type ChangeFn = Arc<dyn Fn(&Arc<ValidConfig>) + Send + Sync>;
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registration made with [`ConfigHandle::on_change`]; dropping it unregisters the hook.
+#[must_use = "dropping the registration unregisters the hook"]
+pub struct ChangeHook {
+    shared: std::sync::Weak<Shared>,
+    id: u64,
+}
+
+impl std::fmt::Debug for ChangeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeHook").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for ChangeHook {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .hooks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 impl ConfigHandle {
@@ -429,6 +466,8 @@ impl ConfigHandle {
                 generation: AtomicU64::new(0),
                 reload_lock: Mutex::new(()),
                 notify,
+                hooks: Mutex::new(Vec::new()),
+                next_hook: AtomicU64::new(1),
             }),
         }
     }
@@ -448,11 +487,46 @@ impl ConfigHandle {
         self.shared.notify.subscribe()
     }
 
+    /// Calls `hook` with every snapshot swapped in from now on, synchronously on the reloading
+    /// thread right after the swap (before `reload` returns), until the returned
+    /// [`ChangeHook`] is dropped. Hooks must be quick and must not block or reload: engines use
+    /// them to tell open connections to re-read their deadlines.
+    pub fn on_change(
+        &self,
+        hook: impl Fn(&Arc<ValidConfig>) + Send + Sync + 'static,
+    ) -> ChangeHook {
+        let id = self.shared.next_hook.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, Arc::new(hook)));
+        ChangeHook {
+            shared: Arc::downgrade(&self.shared),
+            id,
+        }
+    }
+
     /// Validates `next` against this build's features and, on success, swaps it in. On failure
     /// the previous snapshot stays current and the error (naming the key) is logged and
     /// returned. A candidate equal to the current snapshot is a no-op (no generation bump).
     pub fn reload(&self, next: Config) -> Result<ReloadReport, ConfigError> {
         self.reload_for(next, &CompiledFeatures::current())
+    }
+
+    /// [`ConfigHandle::reload`] run on a loader thread ([`crate::blocking`]): validation reads
+    /// the certificate, key and CA files a candidate names, which must not block an async
+    /// worker or a shard (spec/CONCURRENCY.md §1). Use this from async code (a SIGHUP task).
+    pub async fn reload_async(&self, next: Config) -> Result<ReloadReport, ConfigError> {
+        let handle = self.clone();
+        crate::blocking::run("config reload", move || handle.reload(next))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ConfigError::Invalid {
+                    key: "config",
+                    reason: e.to_string(),
+                })
+            })
     }
 
     /// [`ConfigHandle::reload`] validating against `features`.
@@ -492,7 +566,18 @@ impl ConfigHandle {
         let valid = Arc::new(valid);
         self.current.store(Arc::clone(&valid));
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.shared.notify.send_replace(valid);
+        self.shared.notify.send_replace(Arc::clone(&valid));
+        let hooks: Vec<ChangeFn> = self
+            .shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, h)| Arc::clone(h))
+            .collect();
+        for hook in hooks {
+            hook(&valid);
+        }
         let report = ReloadReport {
             generation,
             changed,

@@ -22,6 +22,8 @@
 
 pub(crate) mod admission;
 pub mod auto;
+#[cfg(feature = "tls")]
+pub mod convenience;
 pub mod setup;
 pub mod shared;
 pub mod target;

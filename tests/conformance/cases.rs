@@ -1043,3 +1043,271 @@ pub async fn shutdown_drains_and_aborts<T: EngineUnderTest>() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------- client side (dials)
+
+/// A plain echo server on `ip` (loopback), with default limits: the dialing side is under test.
+async fn echo_server<T: EngineUnderTest>(ip: [u8; 4]) -> (Side<T>, SocketAddr) {
+    let server = side::<T>(base(Backend::Tcp), None);
+    let listener = server
+        .engine
+        .listen(SocketAddr::from((ip, 0)))
+        .await
+        .expect("listen");
+    let addr = listener.local_addr();
+    spawn_echo(&server.engine, listener);
+    (server, addr)
+}
+
+async fn echo_once<C: Conn>(conn: &mut C, seed: u8) {
+    let p = payload(1000, seed);
+    conn.send(p.clone()).await.expect("send");
+    assert_eq!(recv_frame(conn).await, p);
+}
+
+/// `max_conns` caps outbound connections too: the dial over the cap is refused before any
+/// connect (`PeerLimit`, `rejected_total{peer_limit}`, `dials_total{err}`), and a closed
+/// connection frees its slot.
+pub async fn dial_cap_global<T: EngineUnderTest>() {
+    let (_server, addr) = echo_server::<T>([127, 0, 0, 1]).await;
+    let mut ccfg = base(Backend::Tcp);
+    ccfg.max_conns = 2;
+    let client = side::<T>(ccfg, None);
+    let mut a = client.engine.dial(addr, dial_opts()).await.expect("dial 1");
+    let mut b = client.engine.dial(addr, dial_opts()).await.expect("dial 2");
+    let err = expect_err(
+        client.engine.dial(addr, dial_opts()).await,
+        "dial over the cap",
+    );
+    assert!(matches!(err, TransportError::PeerLimit), "{err:?}");
+    let c = snap(&client.metrics, Backend::Tcp);
+    assert_eq!((c.dials_ok, c.dials_err, c.inflight), (2, 1, 2));
+    assert_eq!(rejected(&client.metrics, RejectReason::PeerLimit), 1);
+    echo_once(&mut a, 1).await;
+    echo_once(&mut b, 2).await;
+    a.close().await.expect("close");
+    wait_until("slot released", SLACK, || {
+        snap(&client.metrics, Backend::Tcp).inflight == 1
+    })
+    .await;
+    let mut c3 = client
+        .engine
+        .dial(addr, dial_opts())
+        .await
+        .expect("slot free again");
+    echo_once(&mut c3, 3).await;
+    assert_eq!(rejected(&client.metrics, RejectReason::PeerLimit), 1);
+}
+
+/// `per_peer.max_conns` caps outbound connections per destination: a second dial to the same
+/// peer is refused, a dial to another peer is not.
+pub async fn dial_cap_per_peer<T: EngineUnderTest>() {
+    let (_s1, addr1) = echo_server::<T>([127, 0, 0, 1]).await;
+    let (_s2, addr2) = echo_server::<T>([127, 0, 0, 2]).await;
+    let mut ccfg = base(Backend::Tcp);
+    ccfg.per_peer_max_conns = 1;
+    let client = side::<T>(ccfg, None);
+    let mut a = client
+        .engine
+        .dial(addr1, dial_opts())
+        .await
+        .expect("first to peer 1");
+    let err = expect_err(
+        client.engine.dial(addr1, dial_opts()).await,
+        "second to peer 1",
+    );
+    assert!(matches!(err, TransportError::PeerLimit), "{err:?}");
+    let mut b = client
+        .engine
+        .dial(addr2, dial_opts())
+        .await
+        .expect("first to peer 2");
+    echo_once(&mut a, 1).await;
+    echo_once(&mut b, 2).await;
+    let c = snap(&client.metrics, Backend::Tcp);
+    assert_eq!((c.dials_ok, c.dials_err, c.inflight), (2, 1, 2));
+    assert_eq!(rejected(&client.metrics, RejectReason::PeerLimit), 1);
+}
+
+/// The per-connection egress bucket paces a dialed connection's writer like an accepted one's
+/// (±20 %), and `try_send` is refused with `RateLimited` while it is in debt.
+pub async fn dial_pacing<T: EngineUnderTest>() {
+    const RATE: u64 = 256 * 1024;
+    const FRAME: usize = 4092; // 4096 bytes on the wire
+    const FRAMES: usize = 160; // 640 KiB
+    let mut scfg = base(Backend::Tcp);
+    scfg.max_frame_bytes = 64 * 1024;
+    let server = side::<T>(scfg, None);
+    let mut listener = server.engine.listen(loopback()).await.unwrap();
+    let addr = listener.local_addr();
+    let mut ccfg = base(Backend::Tcp);
+    ccfg.per_conn_bytes_per_sec = RATE;
+    ccfg.max_frame_bytes = 64 * 1024;
+    ccfg.chunk_bytes = 4096;
+    let client = side::<T>(ccfg, None);
+    let conn = client.engine.dial(addr, dial_opts()).await.unwrap();
+    let mut srv = within("accept", SLACK, listener.accept()).await.unwrap();
+    for i in 0..FRAMES {
+        conn.send(payload(FRAME, i as u8)).await.expect("queue");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let probe = payload(60_000, 99);
+    let mut accepted_probes = 0;
+    let mut refused = false;
+    for _ in 0..50 {
+        match conn.try_send(probe.clone()) {
+            Err(TransportError::RateLimited) => {
+                refused = true;
+                break;
+            }
+            Ok(()) => accepted_probes += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(refused, "try_send never refused while paced");
+    assert!(rejected(&client.metrics, RejectReason::RateLimited) >= 1);
+    let mut marks = Vec::with_capacity(FRAMES);
+    for i in 0..FRAMES {
+        assert_eq!(recv_frame(&mut srv).await, payload(FRAME, i as u8));
+        marks.push(Instant::now());
+    }
+    let from = 32; // past the 128 KiB burst
+    let bytes = ((FRAMES - 1 - from) * (FRAME + 4)) as f64;
+    let secs = marks[FRAMES - 1].duration_since(marks[from]).as_secs_f64();
+    let measured = bytes / secs;
+    println!(
+        "dial pacing: {measured:.0} B/s over {secs:.2}s (target {RATE} B/s, {:+.1}%)",
+        (measured / RATE as f64 - 1.0) * 100.0
+    );
+    assert!(secs >= 1.0, "measured over at least one second");
+    assert!(
+        (measured - RATE as f64).abs() <= 0.2 * RATE as f64,
+        "pacing off by more than 20%: {measured:.0} B/s"
+    );
+    for _ in 0..accepted_probes {
+        assert_eq!(recv_frame(&mut srv).await, probe);
+    }
+}
+
+/// A dial to a port nobody listens on fails with an `io` error (connection refused), counts
+/// `dials_total{err}` and no reject, and leaves nothing in flight.
+pub async fn dial_refused<T: EngineUnderTest>() {
+    let closed = {
+        let l = std::net::TcpListener::bind(loopback()).unwrap();
+        l.local_addr().unwrap()
+    };
+    let client = side::<T>(base(Backend::Tcp), None);
+    let err = expect_err(
+        within("dial", SLACK, client.engine.dial(closed, dial_opts())).await,
+        "dial to a closed port",
+    );
+    assert_eq!(err.kind(), "io", "{err:?}");
+    match &err {
+        TransportError::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        other => panic!("not an io error: {other:?}"),
+    }
+    let c = snap(&client.metrics, Backend::Tcp);
+    assert_eq!((c.dials_ok, c.dials_err, c.inflight), (0, 1, 0));
+    for r in [
+        RejectReason::Timeout,
+        RejectReason::PeerLimit,
+        RejectReason::Tls,
+        RejectReason::RateLimited,
+    ] {
+        assert_eq!(rejected(&client.metrics, r), 0, "{r:?}");
+    }
+}
+
+/// Dialing by host name: `localhost` is resolved off the async workers and shards, the
+/// addresses are tried in order (an IPv6 `::1` first, if the resolver says so, is refused: the
+/// server listens on 127.0.0.1 only) and, for TLS, the name is the server name checked against
+/// the certificate (the fixture's certificate names `localhost`).
+pub async fn dial_by_name<T: EngineUnderTest>() {
+    for backend in [Backend::Tcp, Backend::Tls] {
+        let fx = (backend == Backend::Tls).then(|| TlsFixture::new(PqMode::Off));
+        let server = side::<T>(base(backend), fx.clone());
+        let listener = server.engine.listen(loopback()).await.unwrap();
+        let port = listener.local_addr().port();
+        spawn_echo(&server.engine, listener);
+        let client = side::<T>(base(backend), fx);
+        let target = ron_transport::DialTarget::parse(&format!("localhost:{port}")).unwrap();
+        assert_eq!(target.host_name(), Some("localhost"));
+        let mut conn = within(
+            "dial by name",
+            SLACK,
+            client.engine.dial(target, dial_opts()),
+        )
+        .await
+        .expect("dial localhost");
+        assert_eq!(
+            conn.info().peer_addr,
+            SocketAddr::from(([127, 0, 0, 1], port))
+        );
+        echo_once(&mut conn, 7).await;
+        assert_eq!(snap(&client.metrics, backend).dials_ok, 1);
+        // A name that does not resolve fails as an `io` error naming nothing secret.
+        let err = expect_err(
+            client
+                .engine
+                .dial(
+                    ron_transport::DialTarget::host("no-such-host.invalid", port),
+                    DialOptions {
+                        deadline: Duration::from_secs(10),
+                        ..DialOptions::default()
+                    },
+                )
+                .await,
+            "dial an unresolvable name",
+        );
+        assert!(matches!(err.kind(), "io" | "timeout"), "{err:?}");
+    }
+}
+
+/// A reload reaches connections that were dialed before it: a lowered frame ceiling (1 MiB →
+/// 64 KiB) refuses a send that fitted before (`TooLarge`), and a frame over it arriving from
+/// the peer closes the connection with `too_large`; a frame that still fits passes.
+pub async fn reload_reaches_dialed<T: EngineUnderTest>() {
+    let server = side::<T>(base(Backend::Tcp), None);
+    let listener = server.engine.listen(loopback()).await.unwrap();
+    let addr = listener.local_addr();
+    let (mut accepted, _acceptor) = spawn_acceptor(&server.engine, listener);
+    let handle = ron_transport::ConfigHandle::new(valid(base(Backend::Tcp)));
+    let metrics = TransportMetrics::new();
+    let client = T::build_with_handle(handle.clone(), None, metrics.clone());
+    let mut conn = client.dial(addr, dial_opts()).await.expect("dial");
+    let mut srv = within("accept", SLACK, accepted.recv()).await.unwrap();
+    conn.send(payload(100_000, 1))
+        .await
+        .expect("send before the reload");
+    assert_eq!(recv_frame(&mut srv).await, payload(100_000, 1));
+
+    let mut lowered = ValidConfig::clone(&handle.load()).into_inner();
+    lowered.max_frame_bytes = 64 * 1024;
+    handle.reload(lowered).expect("reload");
+    let err = expect_err(
+        conn.try_send(payload(100_000, 2)),
+        "send over the reloaded ceiling",
+    );
+    assert!(matches!(err, TransportError::TooLarge { .. }), "{err:?}");
+    conn.send(payload(60_000, 3))
+        .await
+        .expect("a frame that fits");
+    assert_eq!(recv_frame(&mut srv).await, payload(60_000, 3));
+
+    srv.send(payload(60_000, 4)).await.unwrap();
+    assert_eq!(recv_frame(&mut conn).await, payload(60_000, 4));
+    srv.send(payload(100_000, 5)).await.unwrap();
+    let err = expect_err(
+        within("recv over the ceiling", SLACK, conn.recv()).await,
+        "recv over the reloaded ceiling",
+    );
+    assert!(matches!(err, TransportError::TooLarge { .. }), "{err:?}");
+    wait_until("too_large counted", SLACK, || {
+        rejected(&metrics, RejectReason::TooLarge) >= 1
+    })
+    .await;
+    // Counted once for the refused send and once for the refused frame, nothing more.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(rejected(&metrics, RejectReason::TooLarge), 2);
+}

@@ -23,7 +23,7 @@ pub mod cases;
 
 use std::sync::Arc;
 
-use ron_transport::{Engine, TransportMetrics, ValidConfig};
+use ron_transport::{ConfigHandle, Engine, TransportMetrics, ValidConfig};
 
 pub use crate::util::tls::TlsFixture;
 
@@ -35,6 +35,13 @@ pub trait EngineUnderTest: 'static {
     /// Builds an engine from `cfg` (its backend decides TCP or TLS), counting into `metrics`.
     /// For TLS, `tls` carries the server and client configs to use instead of files.
     fn build(cfg: ValidConfig, tls: Option<TlsFixture>, metrics: Arc<TransportMetrics>) -> Self::E;
+
+    /// Builds an engine over a live config `handle` (reload cases reload through it).
+    fn build_with_handle(
+        handle: ConfigHandle,
+        tls: Option<TlsFixture>,
+        metrics: Arc<TransportMetrics>,
+    ) -> Self::E;
 
     /// Per-connection tasks (readers, writers, handshakes) the engine still runs.
     fn live_tasks(engine: &Self::E) -> usize;
@@ -72,6 +79,12 @@ macro_rules! conformance_suite {
                 graceful_close_tls,
                 metrics_smoke,
                 shutdown_drains_and_aborts,
+                dial_cap_global,
+                dial_cap_per_peer,
+                dial_pacing,
+                dial_refused,
+                dial_by_name,
+                reload_reaches_dialed,
             );
         }
     };

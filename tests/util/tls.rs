@@ -53,6 +53,35 @@ impl TlsFixture {
         }
     }
 
+    /// Like [`TlsFixture::new`], and the certificate's PEM (what a client trusts from a file:
+    /// `tls_client.trust_store = "path"` with `tls_client.ca_bundle_path`).
+    pub fn new_with_ca_pem(pq: PqMode) -> (Self, String) {
+        let c = self_signed();
+        let fx = Self {
+            server: server_config(&c, pq),
+            client: client_config(&c, pq),
+        };
+        (fx, c.cert_pem)
+    }
+
+    /// A trusting pair whose server offers `alpn`, and the certificate's PEM.
+    pub fn with_server_alpn(alpn: &[&str]) -> (Self, String) {
+        let c = self_signed();
+        let alpn: Vec<String> = alpn.iter().map(|s| s.to_string()).collect();
+        let server = ron_transport::tls::server_config_from_pem(
+            c.cert_pem.as_bytes(),
+            zeroize::Zeroizing::new(c.key_pem.as_bytes().to_vec()),
+            PqMode::Off,
+            &alpn,
+        )
+        .expect("server config with ALPN");
+        let fx = Self {
+            server,
+            client: client_config(&c, PqMode::Off),
+        };
+        (fx, c.cert_pem)
+    }
+
     /// Server and client with the given modes each.
     pub fn with_modes(server_pq: PqMode, client_pq: PqMode) -> Self {
         let c = self_signed();

@@ -445,6 +445,8 @@ pub(crate) struct ReaderState {
     /// Completes when the connection is cancelled. Created once per connection and kept
     /// registered, so a read does not register (and unregister) a waiter each time.
     pub(crate) cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Sees every reload: a read already waiting re-arms its deadline from the new snapshot.
+    pub(crate) config_changes: tokio::sync::watch::Receiver<Arc<crate::config::ValidConfig>>,
 }
 
 /// What `recv` reports after the reader is gone.
@@ -570,10 +572,7 @@ fn ns_at(now: Instant) -> u64 {
 /// Decodes the next frame, reading (and pacing) as needed. Every complete frame already in the
 /// buffer is handed out before the socket is read again.
 async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
-    let cfg = core.policy.config();
-    let read_timeout = cfg.read_timeout;
-    st.decoder.set_max(cfg.max_frame_bytes);
-    drop(cfg);
+    st.decoder.set_max(core.policy.config().max_frame_bytes);
     loop {
         if let Some(e) = core.terminal() {
             return Step::Failed(e);
@@ -608,6 +607,7 @@ async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
             match poll_once(read.as_mut()).await {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
+                    let read_timeout = core.policy.config().read_timeout;
                     let deadline = st
                         .frame_started
                         .map(|t| tokio::time::Instant::from_std(t + read_timeout));
@@ -615,6 +615,11 @@ async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
                         biased;
                         _ = st.cancelled.as_mut() => continue,
                         r = read => r,
+                        // A reload: re-arm with the new deadline and ceiling.
+                        Ok(()) = st.config_changes.changed() => {
+                            st.decoder.set_max(core.policy.config().max_frame_bytes);
+                            continue;
+                        }
                         _ = sleep_until_opt(deadline) => {
                             let e = TransportError::timeout(TimeoutOp::Read);
                             core.fail(&e);

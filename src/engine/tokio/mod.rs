@@ -121,6 +121,7 @@ impl EngineInner {
             last_read: Instant::now(),
             pause_until: None,
             cancelled: Box::pin(live.core.cancel.clone().cancelled_owned()),
+            config_changes: shared.policy.config_handle().subscribe(),
             live,
         };
         if self.shutdown.is_cancelled() {

@@ -162,6 +162,8 @@ async fn write_loop(live: &Live, wr: &mut Option<WriteHalf>, rx: &mut mpsc::Rece
     tokio::pin!(cancelled);
     let closed = core.close.cancelled();
     tokio::pin!(closed);
+    // A reload re-arms the idle deadline from the new snapshot.
+    let mut config_changes = core.policy.config_handle().subscribe();
     loop {
         let first = tokio::select! {
             biased;
@@ -200,6 +202,11 @@ async fn write_loop(live: &Live, wr: &mut Option<WriteHalf>, rx: &mut mpsc::Rece
                     return Exit::Drained;
                 }
             },
+            Ok(()) = config_changes.changed(), if !draining => {
+                let deadline = core.last_activity() + core.policy.config().idle_timeout;
+                idle.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                continue;
+            }
             _ = &mut idle, if !draining => {
                 let idle_timeout = core.policy.config().idle_timeout;
                 let deadline = core.last_activity() + idle_timeout;

@@ -135,6 +135,46 @@ struct Inner {
     metrics: Arc<TransportMetrics>,
     readiness: Readiness,
     tls: UringTls,
+    /// Open connections, woken when a reload changes what their shard enforces.
+    open: Arc<OpenConns>,
+    /// The config-change registration (dropped with the engine).
+    reload_hook: OnceLock<crate::config::ChangeHook>,
+}
+
+/// Wake bit (above the port's own bits) telling a connection's shard-side handler that the
+/// config changed: it re-reads its read/write/idle deadlines from the live snapshot.
+const WAKE_CONFIG: u32 = 1 << 16;
+
+/// The open connections of one engine, by registration key: a reload wakes each on its own
+/// shard (one atomic `or` plus at most one queue post per connection).
+#[derive(Default)]
+struct OpenConns {
+    next: AtomicU64,
+    conns: std::sync::Mutex<std::collections::HashMap<u64, ConnRemote>>,
+}
+
+impl OpenConns {
+    fn insert(&self, remote: ConnRemote) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, remote);
+        key
+    }
+
+    fn remove(&self, key: u64) {
+        self.lock().remove(&key);
+    }
+
+    fn wake_all(&self, bits: u32) {
+        for remote in self.lock().values() {
+            remote.wake(bits);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, ConnRemote>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The TLS configs of a uring engine (policy decided by the caller: roots, PQ groups, ALPN,
@@ -293,16 +333,26 @@ impl UringEngine {
         let limits = LiveLimits::new(policy.clone());
         let readiness = readiness.unwrap_or_else(|| Readiness::new("uring", ReadyState::Ready));
         readiness.set(ReadyState::Ready);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                rt,
-                limits,
-                policy,
-                metrics,
-                readiness,
-                tls,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            rt,
+            limits,
+            policy,
+            metrics,
+            readiness,
+            tls,
+            open: Arc::default(),
+            reload_hook: OnceLock::new(),
+        });
+        // Reloaded deadlines reach open connections: each is woken on its shard and re-reads
+        // them (the per-frame limits are generation-checked there already).
+        let open = Arc::downgrade(&inner.open);
+        let hook = inner.policy.config_handle().on_change(move |_| {
+            if let Some(open) = open.upgrade() {
+                open.wake_all(WAKE_CONFIG);
+            }
+        });
+        let _ = inner.reload_hook.set(hook);
+        Ok(Self { inner })
     }
 
     /// The shared admission/pacing policy.
@@ -592,6 +642,9 @@ pub(crate) fn count_handshake_failure(
 struct Metered<H> {
     inner: H,
     limits: Arc<LiveLimits>,
+    /// This connection's entry in the engine's open set (for reload wakes).
+    open: Arc<OpenConns>,
+    open_key: u64,
     admitted: Arc<Admission>,
     backend: Backend,
     metrics: Arc<TransportMetrics>,
@@ -643,7 +696,12 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
     }
 
     fn on_wake(&mut self, ctx: &mut ConnCtx<'_>, bits: u32) {
-        self.inner.on_wake(ctx, bits);
+        if bits & WAKE_CONFIG != 0 {
+            ctx.set_timeouts(timeouts_of(&self.limits.policy.config()));
+        }
+        // Always passed on, even with no bits left: the port delivers on-shard requests
+        // through its own state on a bare wake.
+        self.inner.on_wake(ctx, bits & !WAKE_CONFIG);
     }
 
     fn on_drain(&mut self, ctx: &mut ConnCtx<'_>) {
@@ -662,6 +720,12 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
             _ => {}
         }
         self.inner.on_close(reason);
+    }
+}
+
+impl<H> Drop for Metered<H> {
+    fn drop(&mut self) {
+        self.open.remove(self.open_key);
     }
 }
 
@@ -695,10 +759,13 @@ fn metered(
         admitted: Arc::downgrade(&admitted),
         limits: engine.limits.clone(),
     });
+    let open_key = engine.open.insert(remote.clone());
     let (bridge, handle) = ron_shard::port(remote, engine.handle_options(), Some(hooks));
     let h = Metered {
         inner: bridge,
         limits: engine.limits.clone(),
+        open: engine.open.clone(),
+        open_key,
         admitted,
         backend: engine.backend(),
         metrics: engine.metrics.clone(),
@@ -843,7 +910,11 @@ impl DialHooks for DialSide {
     }
 
     fn failed(self: Box<Self>, err: DialError) {
-        let _ = self.tx.send(Err(err));
+        let Self { tx, admitted, .. } = *self;
+        // Released before the dialer hears of the failure: whoever sees the error also sees
+        // the cap slot and `conn_inflight` back.
+        drop(admitted);
+        let _ = tx.send(Err(err));
     }
 }
 
