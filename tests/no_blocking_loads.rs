@@ -1,8 +1,10 @@
-//! No blocking I/O on a runtime thread (spec/CONCURRENCY.md §1; issue: reloads and client TLS
-//! set-up read files). A current-thread runtime keeps running its other tasks while
-//! `ConfigHandle::reload_async` validates a candidate whose CA bundle is a FIFO nobody has
-//! written yet, and while the first TLS dial builds its client config from that FIFO — on the
-//! tokio engine and on the uring engine.
+//! No blocking I/O on a runtime thread (spec/CONCURRENCY.md §1; issue: client TLS set-up reads
+//! the OS trust store and CA files). A current-thread runtime keeps running its other tasks
+//! while the first TLS dial builds its client config from `tls_client.trust_store = "system"`,
+//! whose roots are read from `SSL_CERT_FILE` — here a FIFO nobody has written yet — on the
+//! tokio engine and on the uring engine. (Validation refuses a CA bundle that is not a regular
+//! file, so the FIFO stands behind the OS store; `reload_async` runs its validation through the
+//! same loader threads.)
 //!
 //! How it can fail: the FIFO's writer waits until a ticker task on the runtime has ticked a few
 //! times before it writes. If a load ran on the runtime thread, that thread would sit in
@@ -67,17 +69,13 @@ fn fifo_writer(
     })
 }
 
-fn run(engine: &str) {
+fn run(engine: &str, fifo: &std::path::Path, ca_pem: &str, fx: &TlsFixture) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("ca.pem");
-    mkfifo(&fifo);
-    let (fx, ca_pem) = TlsFixture::new_with_ca_pem(PqMode::Off);
     let ticks = Arc::new(AtomicU64::new(0));
-    let writer = fifo_writer(fifo.clone(), ca_pem, ticks.clone(), 2);
+    let writer = fifo_writer(fifo.to_path_buf(), ca_pem.to_owned(), ticks.clone(), 1);
 
     rt.block_on(async {
         let ticker = {
@@ -91,24 +89,20 @@ fn run(engine: &str) {
         };
         let mut cfg = Config::default();
         cfg.backend = Backend::Tls;
+        cfg.tls_client_trust_store = TrustStore::System;
         let server_setup =
             EngineSetup::new(cfg.clone().validate().unwrap(), TransportMetrics::new())
                 .unwrap()
                 .with_tls_server(fx.server.clone());
         let handle = ConfigHandle::new(cfg.clone().validate().unwrap());
+        // A reload through the loader threads on the way (nothing to read: system store).
+        let mut next = cfg.clone();
+        next.read_timeout = Duration::from_secs(7);
+        handle.reload_async(next).await.expect("reload_async");
         let client_setup =
             EngineSetup::from_handle(handle.clone(), TransportMetrics::new()).unwrap();
 
-        // The reload reads the FIFO (validation of the CA bundle) on a loader thread.
-        let mut next = cfg.clone();
-        next.tls_client_trust_store = TrustStore::Path;
-        next.tls_client_ca_bundle = Some(fifo.clone());
-        handle
-            .reload_async(next)
-            .await
-            .expect("reload with the FIFO CA");
-
-        // The first TLS dial builds the client config from the FIFO, on a loader thread too.
+        // The first TLS dial builds the client config: the OS roots come from the FIFO.
         macro_rules! dial_and_echo {
             ($server:expr, $client:expr) => {{
                 let server = $server;
@@ -126,7 +120,7 @@ fn run(engine: &str) {
                     ),
                     l.accept()
                 );
-                let c = c.expect("dial with the client config read from the FIFO");
+                let c = c.expect("dial trusting the roots read from the FIFO");
                 let mut s = s.expect("accept");
                 c.send(bytes::Bytes::from_static(b"ping")).await.unwrap();
                 assert_eq!(s.recv().await.unwrap().unwrap().as_ref(), b"ping");
@@ -147,18 +141,21 @@ fn run(engine: &str) {
     let seen = writer.join().expect("writer thread");
     assert_eq!(
         seen,
-        vec![true, true],
-        "{engine}: the runtime stopped ticking while a file was being read (blocking load on \
-         the runtime thread)"
+        vec![true],
+        "{engine}: the runtime stopped ticking while the trust store was being read (a \
+         blocking load on the runtime thread)"
     );
 }
 
+/// One test for both engines, one after the other: `SSL_CERT_FILE` is process-wide.
 #[test]
-fn reload_and_client_tls_load_off_the_runtime_tokio() {
-    run("tokio");
-}
-
-#[test]
-fn reload_and_client_tls_load_off_the_runtime_uring() {
-    run("uring");
+fn client_tls_roots_load_off_the_runtime_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("roots.pem");
+    mkfifo(&fifo);
+    std::env::set_var("SSL_CERT_FILE", &fifo);
+    std::env::remove_var("SSL_CERT_DIR");
+    let (fx, ca_pem) = TlsFixture::new_with_ca_pem(PqMode::Off);
+    run("tokio", &fifo, &ca_pem, &fx);
+    run("uring", &fifo, &ca_pem, &fx);
 }

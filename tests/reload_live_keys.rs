@@ -219,7 +219,7 @@ fn expect_err<T>(r: Result<T, TransportError>, what: &str) -> TransportError {
 async fn caps<B: Build>(per_peer: bool) {
     let mut s = server::<B>(tcp(), None).await;
     let _a = raw(s.addr).await;
-    let mut a_srv = s.accept().await;
+    let a_srv = s.accept().await;
     s.reload(|c| {
         if per_peer {
             c.per_peer_max_conns = 1;
@@ -254,7 +254,7 @@ async fn deadline<B: Build>(op: TimeoutOp) {
             expect_err(within("recv", SLACK, srv.recv()).await, "read")
         }
         TimeoutOp::Idle => {
-            s.reload(|c| c.idle_timeout = Duration::from_millis(300));
+            s.reload(|c| c.idle_timeout = Duration::from_secs(1));
             expect_err(within("recv", SLACK, srv.recv()).await, "idle")
         }
         _ => {
@@ -286,8 +286,7 @@ async fn deadline<B: Build>(op: TimeoutOp) {
 /// `limits.max_frame_bytes`: a lowered ceiling closes an open connection whose next frame is
 /// over it, with `too_large`.
 async fn ceiling<B: Build>() {
-    let mut cfg = tcp();
-    let mut s = server::<B>(cfg, None).await;
+    let mut s = server::<B>(tcp(), None).await;
     let mut peer = raw(s.addr).await;
     let mut srv = s.accept().await;
     s.reload(|c| c.max_frame_bytes = 64 * 1024);
@@ -331,30 +330,35 @@ async fn egress<B: Build>(which: &'static str) {
 }
 
 /// `rates.global_ingress_bytes_per_sec`: reads of an open connection are paced after the
-/// reload: 4 × 60 kB at 64 KiB/s (burst 64 KiB) take at least a second (unpaced: milliseconds).
+/// reload: past the burst, 160 × 4 KiB arrive at about 256 KiB/s (unpaced: milliseconds).
 async fn ingress<B: Build>() {
+    const FRAME: usize = 4092;
+    const FRAMES: usize = 160;
     let mut cfg = tcp();
     cfg.max_frame_bytes = 64 * 1024;
     let mut s = server::<B>(cfg, None).await;
     let mut peer = raw(s.addr).await;
     let mut srv = s.accept().await;
-    s.reload(|c| c.global_ingress_bytes_per_sec = 64 * 1024);
-    let started = Instant::now();
+    s.reload(|c| c.global_ingress_bytes_per_sec = 256 * 1024);
     let writer = tokio::spawn(async move {
-        for i in 0..4u8 {
-            peer.write_all(&util::wire_frame(&[i; 60_000]))
+        for i in 0..FRAMES {
+            peer.write_all(&util::wire_frame(&payload(FRAME, i as u8)))
                 .await
                 .unwrap();
         }
         peer
     });
-    for i in 0..4u8 {
+    let mut marks = Vec::with_capacity(FRAMES);
+    for i in 0..FRAMES {
         let f = within("recv", SLACK, srv.recv()).await.unwrap().unwrap();
-        assert_eq!(f, Bytes::from(vec![i; 60_000]));
+        assert_eq!(f, payload(FRAME, i as u8));
+        marks.push(Instant::now());
     }
-    let took = started.elapsed();
-    println!("240 kB in at 64 KiB/s (reloaded): {took:?}");
-    assert!(took >= Duration::from_millis(1000), "not paced: {took:?}");
+    let from = 32; // past the burst
+    let secs = marks[FRAMES - 1].duration_since(marks[from]).as_secs_f64();
+    let rate = ((FRAMES - 1 - from) * (FRAME + 4)) as f64 / secs;
+    println!("ingress after the reload: {rate:.0} B/s over {secs:.2}s (256 KiB/s asked)");
+    assert!(secs >= 1.0, "not paced: {secs:.2}s");
     drop(writer.await);
 }
 
