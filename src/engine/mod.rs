@@ -24,6 +24,12 @@ pub(crate) mod admission;
 pub mod auto;
 #[cfg(feature = "tls")]
 pub mod convenience;
+#[cfg(feature = "memory")]
+pub mod memory;
+/// spec/IDB C-8's name for the in-process test double: [`memory`] (`mock::Duplex` is
+/// [`memory::MemoryEngine`]).
+#[cfg(feature = "memory")]
+pub use self::memory as mock;
 pub mod setup;
 pub mod shared;
 pub mod target;
@@ -55,15 +61,18 @@ pub enum EngineKind {
     Uring,
     /// Arti (Tor) on its own Tokio side runtime (feature `arti`).
     Arti,
+    /// In-process pipes, no sockets (feature `memory`): for consumers' unit tests.
+    Memory,
 }
 
 impl EngineKind {
-    /// `"tokio"`, `"uring"` or `"arti"`.
+    /// `"tokio"`, `"uring"`, `"arti"` or `"memory"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Tokio => "tokio",
             Self::Uring => "uring",
             Self::Arti => "arti",
+            Self::Memory => "memory",
         }
     }
 }

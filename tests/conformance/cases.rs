@@ -18,7 +18,7 @@ use ron_transport::{
     TransportError, TransportHealth, TransportMetrics, ValidConfig,
 };
 
-use super::{EngineUnderTest, TlsFixture};
+use super::{skip_without_sockets, EngineUnderTest, TlsFixture};
 use crate::util::*;
 
 /// Upper bound for "it happens at all" waits.
@@ -310,6 +310,13 @@ pub async fn frame_ceiling<T: EngineUnderTest>() {
 // ---------------------------------------------------------------- timeouts
 
 pub async fn read_timeout<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "read_timeout",
+        "needs a kernel TCP socket as the misbehaving peer",
+    ) {
+        return;
+    }
+
     let mut cfg = base(Backend::Tcp);
     cfg.read_timeout = Duration::from_millis(300);
     let server = side::<T>(cfg, None);
@@ -345,6 +352,13 @@ pub async fn read_timeout<T: EngineUnderTest>() {
 }
 
 pub async fn write_timeout<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "write_timeout",
+        "needs a kernel TCP socket with a small receive buffer that never reads",
+    ) {
+        return;
+    }
+
     let mut cfg = base(Backend::Tcp);
     cfg.write_timeout = Duration::from_millis(300);
     let server = side::<T>(cfg, None);
@@ -396,6 +410,13 @@ pub async fn write_timeout<T: EngineUnderTest>() {
 }
 
 pub async fn idle_timeout<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "idle_timeout",
+        "needs a kernel TCP socket as the misbehaving peer",
+    ) {
+        return;
+    }
+
     let mut cfg = base(Backend::Tcp);
     cfg.idle_timeout = Duration::from_secs(1);
     let server = side::<T>(cfg, None);
@@ -427,6 +448,13 @@ pub async fn idle_timeout<T: EngineUnderTest>() {
 }
 
 pub async fn dial_timeout<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "dial_timeout",
+        "needs a kernel listen backlog that drops SYNs",
+    ) {
+        return;
+    }
+
     use socket2::{Domain, Socket, Type};
     // A listener with backlog 0 that never accepts: once its queue is full, SYNs are dropped.
     let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -478,6 +506,15 @@ pub async fn dial_timeout<T: EngineUnderTest>() {
 // ---------------------------------------------------------------- caps
 
 async fn max_conns<T: EngineUnderTest>(backend: Backend) {
+    let case = if backend == Backend::Tls {
+        "max_conns_tls"
+    } else {
+        "max_conns_tcp"
+    };
+    if skip_without_sockets::<T>(case, "needs a kernel TCP socket as the misbehaving peer") {
+        return;
+    }
+
     let tls = (backend == Backend::Tls).then(|| TlsFixture::new(PqMode::Off));
     let mut scfg = base(backend);
     scfg.max_conns = 1;
@@ -554,6 +591,13 @@ pub async fn max_conns_tls<T: EngineUnderTest>() {
 }
 
 pub async fn per_peer_cap<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "per_peer_cap",
+        "needs raw kernel TCP sockets bound to 127.0.0.x",
+    ) {
+        return;
+    }
+
     let mut scfg = base(Backend::Tcp);
     scfg.per_peer_max_conns = 1;
     let server = side::<T>(scfg, None);
@@ -696,6 +740,13 @@ pub async fn tls_wrong_ca<T: EngineUnderTest>() {
 }
 
 pub async fn tls_handshake_timeout<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "tls_handshake_timeout",
+        "needs a kernel TCP socket as the misbehaving peer",
+    ) {
+        return;
+    }
+
     let mut scfg = base(Backend::Tls);
     scfg.read_timeout = Duration::from_millis(300);
     let server = side::<T>(scfg, Some(TlsFixture::new(PqMode::Off)));
@@ -786,6 +837,13 @@ pub async fn pq_hybrid<T: EngineUnderTest>() {
 // ---------------------------------------------------------------- backpressure, cancel, close
 
 pub async fn busy_when_inbox_full<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "busy_when_inbox_full",
+        "needs a kernel TCP socket with a small receive buffer that never reads",
+    ) {
+        return;
+    }
+
     let server = side::<T>(base(Backend::Tcp), None);
     let mut listener = server.engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
@@ -834,6 +892,13 @@ pub async fn busy_when_inbox_full<T: EngineUnderTest>() {
 }
 
 pub async fn cancel_quiesces<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "cancel_quiesces",
+        "needs kernel TCP sockets with small receive buffers that never read",
+    ) {
+        return;
+    }
+
     const N: usize = 8;
     let server = side::<T>(base(Backend::Tcp), None);
     let client = side::<T>(base(Backend::Tcp), None);
@@ -992,6 +1057,13 @@ pub async fn metrics_smoke<T: EngineUnderTest>() {
 }
 
 pub async fn shutdown_drains_and_aborts<T: EngineUnderTest>() {
+    if skip_without_sockets::<T>(
+        "shutdown_drains_and_aborts",
+        "needs a kernel TCP socket with a small receive buffer that never reads",
+    ) {
+        return;
+    }
+
     let server = side::<T>(base(Backend::Tcp), None);
     let client = side::<T>(base(Backend::Tcp), None);
     let listener = server.engine.listen(loopback()).await.unwrap();
@@ -1224,6 +1296,9 @@ pub async fn dial_refused<T: EngineUnderTest>() {
 /// server listens on 127.0.0.1 only) and, for TLS, the name is the server name checked against
 /// the certificate (the fixture's certificate names `localhost`).
 pub async fn dial_by_name<T: EngineUnderTest>() {
+    if super::skip_without_sockets::<T>("dial_by_name", "names resolve to kernel addresses") {
+        return;
+    }
     for backend in [Backend::Tcp, Backend::Tls] {
         let fx = (backend == Backend::Tls).then(|| TlsFixture::new(PqMode::Off));
         let server = side::<T>(base(backend), fx.clone());

@@ -45,6 +45,23 @@ pub trait EngineUnderTest: 'static {
 
     /// Per-connection tasks (readers, writers, handshakes) the engine still runs.
     fn live_tasks(engine: &Self::E) -> usize;
+
+    /// Whether the engine's listeners are reachable by kernel sockets. Cases that use a raw
+    /// `TcpStream` as the misbehaving peer print `SKIPPED <case>: <reason>` and return when
+    /// it is false (the memory engine: its own test file has an in-process `pipe_*` twin).
+    fn real_sockets() -> bool {
+        true
+    }
+}
+
+/// True (after printing `SKIPPED <case>: <reason>`) if `case` needs kernel sockets the
+/// engine under test does not have.
+pub fn skip_without_sockets<T: EngineUnderTest>(case: &str, why: &str) -> bool {
+    if T::real_sockets() {
+        return false;
+    }
+    println!("SKIPPED {case}: {why}");
+    true
 }
 
 /// Generates every conformance case for `$eut` on both tokio schedulers.

@@ -23,12 +23,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+// The connection clocks (idle, read timeout) read tokio's clock: it is the real monotonic clock,
+// and under `tokio::time::pause` (the memory engine's virtual clock) the paused one.
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::Backend;
@@ -563,10 +566,11 @@ fn holds_complete_frame(buf: &[u8]) -> bool {
 
 /// The pacing clock ([`now_ns`]) at `now`, without reading the clock again.
 fn ns_at(now: Instant) -> u64 {
-    // `now_ns` counts from a process-wide origin; derive the same scale from one reading.
-    static ORIGIN: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
-    let (origin, base) = *ORIGIN.get_or_init(|| (Instant::now(), now_ns()));
-    base.saturating_add(now.saturating_duration_since(origin).as_nanos() as u64)
+    // `now_ns` counts from a process-wide origin; derive the same scale from one reading. The
+    // origin is a real clock reading even when `now` comes from a paused tokio clock.
+    static ORIGIN: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (origin, base) = *ORIGIN.get_or_init(|| (std::time::Instant::now(), now_ns()));
+    base.saturating_add(now.into_std().saturating_duration_since(origin).as_nanos() as u64)
 }
 
 /// Decodes the next frame, reading (and pacing) as needed. Every complete frame already in the
@@ -608,9 +612,7 @@ async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
                     let read_timeout = core.policy.config().read_timeout;
-                    let deadline = st
-                        .frame_started
-                        .map(|t| tokio::time::Instant::from_std(t + read_timeout));
+                    let deadline = st.frame_started.map(|t| t + read_timeout);
                     tokio::select! {
                         biased;
                         _ = st.cancelled.as_mut() => continue,
@@ -654,7 +656,7 @@ async fn next_frame(st: &mut ReaderState, core: &ConnCore) -> Step {
                 }
                 let pause = st.live.permit.pace_ingress(n as u64, ns_at(now));
                 if !pause.is_zero() {
-                    st.pause_until = Some(tokio::time::Instant::from_std(now) + pause);
+                    st.pause_until = Some(now + pause);
                 }
             }
             Err(e) => {

@@ -8,16 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Backend;
 use crate::engine::admission::{self, Admission, Direction};
 use crate::engine::tokio::conn::TokioConn;
-use crate::engine::tokio::stream::Stream;
+use crate::engine::tokio::stream::{Stream, TlsTransport};
 use crate::engine::tokio::{pq_label, EngineInner};
-use crate::engine::{ConnInfo, EngineKind, Listener};
+use crate::engine::{ConnInfo, Listener};
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::metrics::PqLabel;
 use crate::readiness::ReadyState;
@@ -105,7 +105,7 @@ impl TokioListener {
             &shared.policy,
             &shared.metrics,
             shared.backend,
-            EngineKind::Tokio,
+            self.inner.kind,
             peer,
             Direction::Inbound,
         )
@@ -175,7 +175,7 @@ impl Listener for TokioListener {
                         peer_addr: peer,
                         local_addr: local,
                         backend: Backend::Tcp,
-                        engine: EngineKind::Tokio,
+                        engine: self.inner.kind,
                         alpn: None,
                         pq: PqLabel::Off,
                         resumed: false,
@@ -205,11 +205,12 @@ impl Listener for TokioListener {
     }
 }
 
-/// Server-side TLS handshake, bounded by `read_timeout` (slow-loris protection).
-async fn tls_accept(
+/// Server-side TLS handshake, bounded by `read_timeout` (slow-loris protection), over a TCP
+/// socket or any other [`TlsTransport`] (the memory engine's pipes).
+pub(crate) async fn tls_accept<S: TlsTransport>(
     inner: Arc<EngineInner>,
     acceptor: TlsAcceptor,
-    sock: TcpStream,
+    sock: S,
     peer: SocketAddr,
     local: SocketAddr,
     permit: Admission,
@@ -242,13 +243,13 @@ async fn tls_accept(
                 peer_addr: peer,
                 local_addr: local,
                 backend,
-                engine: EngineKind::Tokio,
+                engine: inner.kind,
                 alpn,
                 pq,
                 resumed,
             };
             log_accept(&info, started);
-            let stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+            let stream = S::tls_stream(tokio_rustls::TlsStream::Server(tls));
             Some(inner.make_conn(stream, permit, info, None))
         }
         Err(e) => {
@@ -278,7 +279,7 @@ async fn tls_accept(
     }
 }
 
-fn log_accept(info: &ConnInfo, started: Instant) {
+pub(crate) fn log_accept(info: &ConnInfo, started: Instant) {
     if info.backend == Backend::Tls {
         log_handshake(info, started, None);
     }

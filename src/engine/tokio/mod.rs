@@ -11,8 +11,8 @@
 //! [`Engine::shutdown`] drains, then aborts (and counts) what is left at the deadline.
 
 mod conn;
-mod listener;
-mod stream;
+pub(crate) mod listener;
+pub(crate) mod stream;
 mod writer;
 
 use std::collections::HashMap;
@@ -60,6 +60,8 @@ pub(crate) struct EngineInner {
     conns: Mutex<HashMap<u64, Arc<ConnCore>>>,
     /// Cancelled by `shutdown`: listeners stop, dials are refused.
     pub(crate) shutdown: CancellationToken,
+    /// What `ConnInfo::engine` says (`Memory` when the memory engine drives this machinery).
+    pub(crate) kind: EngineKind,
 }
 
 impl EngineInner {
@@ -92,7 +94,7 @@ impl EngineInner {
             &permit,
             matches!(stream, Stream::Tcp(_)),
         ));
-        info.engine = EngineKind::Tokio;
+        info.engine = self.kind;
         let live = Arc::new(Live {
             core: core.clone(),
             permit,
@@ -118,7 +120,7 @@ impl EngineInner {
             buf: BytesMut::with_capacity(READ_BUF_MIN),
             decoder: FrameDecoder::new(max),
             frame_started: None,
-            last_read: Instant::now(),
+            last_read: tokio::time::Instant::now(),
             pause_until: None,
             cancelled: Box::pin(live.core.cancel.clone().cancelled_owned()),
             config_changes: shared.policy.config_handle().subscribe(),
@@ -144,14 +146,25 @@ impl EngineInner {
 impl TokioEngine {
     /// An engine over prepared shared state (see [`crate::engine::setup::EngineSetup`]).
     pub fn new(shared: Arc<EngineShared>) -> Self {
+        Self::with_kind(shared, EngineKind::Tokio)
+    }
+
+    /// The same machinery, labelled `kind` in `ConnInfo::engine` (the memory engine).
+    pub(crate) fn with_kind(shared: Arc<EngineShared>, kind: EngineKind) -> Self {
         Self {
             inner: Arc::new(EngineInner {
                 shared,
                 tasks: TaskTracker::new(),
                 conns: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                kind,
             }),
         }
+    }
+
+    /// The state listeners and connections share (for engines built on this machinery).
+    pub(crate) fn inner(&self) -> &Arc<EngineInner> {
+        &self.inner
     }
 
     /// The shared state (policy, metrics, readiness, TLS configs).
@@ -375,8 +388,6 @@ impl Engine for TokioEngine {
         report
     }
 }
-
-/// The TLS server name for a dial: explicit option, then `tls_client.sni_override`, else the IP.
 
 /// The `pq` label of a finished handshake.
 pub(crate) fn pq_label(state: &tokio_rustls::rustls::CommonState) -> PqLabel {

@@ -2,6 +2,9 @@
 //! and writer code is written once. TCP splits into owned halves with no lock; TLS shares one
 //! rustls session between the halves through `tokio::io::split` (its lock is held only inside a
 //! single poll, never across an `.await`).
+//!
+//! Any other byte stream (the memory engine's in-process pipes) rides the same machinery as a
+//! boxed [`Io`] ([`Stream::Boxed`], and [`Stream::BoxedTls`] with real rustls over it).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -12,12 +15,43 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+/// A byte stream other than a TCP socket (e.g. an in-process pipe).
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed [`Io`].
+pub(crate) type BoxIo = Box<dyn Io>;
+
 /// A freshly established stream, before it is split.
 pub(crate) enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS 1.3 over TCP (client or server side).
     Tls(Box<TlsStream<TcpStream>>),
+    /// Plain frames over another byte stream.
+    Boxed(BoxIo),
+    /// TLS 1.3 over another byte stream.
+    BoxedTls(Box<TlsStream<BoxIo>>),
+}
+
+/// A transport a TLS handshake can run over, and how the result becomes a [`Stream`].
+pub(crate) trait TlsTransport:
+    AsyncRead + AsyncWrite + Send + Unpin + 'static + Sized
+{
+    /// The established TLS stream as a [`Stream`].
+    fn tls_stream(tls: TlsStream<Self>) -> Stream;
+}
+
+impl TlsTransport for TcpStream {
+    fn tls_stream(tls: TlsStream<Self>) -> Stream {
+        Stream::Tls(Box::new(tls))
+    }
+}
+
+impl TlsTransport for BoxIo {
+    fn tls_stream(tls: TlsStream<Self>) -> Stream {
+        Stream::BoxedTls(Box::new(tls))
+    }
 }
 
 impl Stream {
@@ -33,6 +67,14 @@ impl Stream {
                 let (r, w) = tokio::io::split(*s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            Self::Boxed(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Boxed(r), WriteHalf::Boxed(w))
+            }
+            Self::BoxedTls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ReadHalf::BoxedTls(r), WriteHalf::BoxedTls(w))
+            }
         }
     }
 }
@@ -41,12 +83,16 @@ impl Stream {
 pub(crate) enum ReadHalf {
     Tcp(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Boxed(tokio::io::ReadHalf<BoxIo>),
+    BoxedTls(tokio::io::ReadHalf<TlsStream<BoxIo>>),
 }
 
 /// The write half.
 pub(crate) enum WriteHalf {
     Tcp(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Boxed(tokio::io::WriteHalf<BoxIo>),
+    BoxedTls(tokio::io::WriteHalf<TlsStream<BoxIo>>),
 }
 
 impl AsyncRead for ReadHalf {
@@ -58,6 +104,8 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             Self::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             Self::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Boxed(r) => Pin::new(r).poll_read(cx, buf),
+            Self::BoxedTls(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -71,6 +119,8 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_write(cx, buf),
             Self::Tls(w) => Pin::new(w).poll_write(cx, buf),
+            Self::Boxed(w) => Pin::new(w).poll_write(cx, buf),
+            Self::BoxedTls(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
 
@@ -82,6 +132,8 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
             Self::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Self::Boxed(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Self::BoxedTls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -89,6 +141,8 @@ impl AsyncWrite for WriteHalf {
         match self {
             Self::Tcp(w) => w.is_write_vectored(),
             Self::Tls(w) => w.is_write_vectored(),
+            Self::Boxed(w) => w.is_write_vectored(),
+            Self::BoxedTls(w) => w.is_write_vectored(),
         }
     }
 
@@ -96,6 +150,8 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_flush(cx),
             Self::Tls(w) => Pin::new(w).poll_flush(cx),
+            Self::Boxed(w) => Pin::new(w).poll_flush(cx),
+            Self::BoxedTls(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
@@ -103,6 +159,8 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             Self::Tls(w) => Pin::new(w).poll_shutdown(cx),
+            Self::Boxed(w) => Pin::new(w).poll_shutdown(cx),
+            Self::BoxedTls(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }

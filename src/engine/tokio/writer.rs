@@ -204,16 +204,16 @@ async fn write_loop(live: &Live, wr: &mut Option<WriteHalf>, rx: &mut mpsc::Rece
             },
             Ok(()) = config_changes.changed(), if !draining => {
                 let deadline = core.last_activity() + core.policy.config().idle_timeout;
-                idle.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                idle.as_mut().reset(deadline);
                 continue;
             }
             _ = &mut idle, if !draining => {
                 let idle_timeout = core.policy.config().idle_timeout;
                 let deadline = core.last_activity() + idle_timeout;
-                if std::time::Instant::now() >= deadline {
+                if tokio::time::Instant::now() >= deadline {
                     return Exit::Failed(TransportError::timeout(TimeoutOp::Idle));
                 }
-                idle.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                idle.as_mut().reset(deadline);
                 continue;
             }
         };
