@@ -77,7 +77,10 @@ async fn transitions(uring: bool) -> Vec<ReadyState> {
 
     // A listen that cannot bind: the address is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let err = engine.listen(taken.local_addr().unwrap()).await.unwrap_err();
+    let err = engine
+        .listen(taken.local_addr().unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "io", "{err}");
     record(&mut rx);
     assert_eq!(

@@ -61,8 +61,8 @@ fn write_mode(path: &Path, contents: &[u8], mode: u32) {
 
 fn cert_files() -> CertFiles {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     write_mode(&cert, ck.cert.pem().as_bytes(), 0o644);
@@ -123,7 +123,9 @@ fn tls_client(client: Arc<ClientConfig>) -> AutoEngine {
 /// server closes (or 2 s pass).
 async fn plaintext_probe(addr: std::net::SocketAddr) -> Vec<u8> {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(&util::wire_frame(b"plain-hello")).await.unwrap();
+    s.write_all(&util::wire_frame(b"plain-hello"))
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -189,24 +191,27 @@ async fn tcp_and_tls_matrix(which: Which) {
     for backend in [Backend::Tcp, Backend::Tls] {
         for enabled in [false, true] {
             for injected in [false, true] {
-                let case = format!("{which:?} backend={backend:?} tls.enabled={enabled} injected={injected}");
+                let case = format!(
+                    "{which:?} backend={backend:?} tls.enabled={enabled} injected={injected}"
+                );
                 let cfg = config(backend, enabled, &files)
                     .validate_for(&ALL)
                     .unwrap_or_else(|e| panic!("{case}: {e}"));
                 let wants_tls = enabled || backend == Backend::Tls;
                 assert_eq!(
                     cfg.backend,
-                    if wants_tls { Backend::Tls } else { Backend::Tcp },
+                    if wants_tls {
+                        Backend::Tls
+                    } else {
+                        Backend::Tcp
+                    },
                     "{case}: validated backend"
                 );
                 let server = build(which, cfg, injected.then(|| fx.server.clone()));
                 assert_eq!(server.backend(), cfg_backend(wants_tls), "{case}");
                 if wants_tls && !enabled && !injected {
                     // A TLS backend with no server config at all: refuses, names both keys.
-                    let err = server
-                        .listen(util::loopback())
-                        .await
-                        .expect_err(&case);
+                    let err = server.listen(util::loopback()).await.expect_err(&case);
                     assert_eq!(err.kind(), "config", "{case}: {err}");
                     match &err {
                         TransportError::Config(ConfigError::Invalid { key, reason }) => {

@@ -287,10 +287,7 @@ impl Config {
     ///
     /// `tls.enabled = true` with `backend = "tcp"` means TLS on the TCP listener: the
     /// validated config's backend is `tls`.
-    pub fn validate_for(
-        mut self,
-        features: &CompiledFeatures,
-    ) -> Result<ValidConfig, ConfigError> {
+    pub fn validate_for(mut self, features: &CompiledFeatures) -> Result<ValidConfig, ConfigError> {
         validate::check(&self, features)?;
         validate::normalize(&mut self);
         Ok(ValidConfig(self))

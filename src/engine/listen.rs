@@ -75,7 +75,10 @@ mod tests {
         let e = tls_config_missing(&r);
         assert_eq!(e.kind(), "config");
         let text = e.to_string();
-        assert!(text.contains("tls.enabled") && text.contains("backend"), "{text}");
+        assert!(
+            text.contains("tls.enabled") && text.contains("backend"),
+            "{text}"
+        );
         assert_eq!(r.readiness().reason(), Some("tls_config_missing"));
     }
 }

@@ -334,12 +334,9 @@ impl Engine for TokioEngine {
         let inner = &self.inner;
         let started = Instant::now();
         inner.shutdown.cancel();
-        inner
-            .shared
-            .readiness
-            .set(ReadyState::NotReady {
-                reason: crate::readiness::reasons::SHUTDOWN,
-            });
+        inner.shared.readiness.set(ReadyState::NotReady {
+            reason: crate::readiness::reasons::SHUTDOWN,
+        });
         let cores = inner.conn_cores();
         for core in &cores {
             core.close.cancel();

@@ -51,9 +51,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Backend, ConfigHandle, ValidConfig};
 use crate::engine::admission::{self, Admission, DialAccount, Direction};
-use crate::engine::{events, listen};
 use crate::engine::shared::ClientTls;
 use crate::engine::target::unsupported_target;
+use crate::engine::{events, listen};
 use crate::engine::{
     Conn, ConnInfo, DialOptions, DialTarget, Engine, EngineKind, FrameSender, ListenTarget,
     Listener, ShutdownReport, WRITER_INBOX_CAPACITY,
@@ -458,11 +458,9 @@ impl Engine for UringEngine {
     fn shutdown(&self, deadline: Duration) -> impl Future<Output = ShutdownReport> + Send {
         let inner = self.inner.clone();
         async move {
-            inner
-                .readiness
-                .set(ReadyState::NotReady {
-                    reason: crate::readiness::reasons::SHUTDOWN,
-                });
+            inner.readiness.set(ReadyState::NotReady {
+                reason: crate::readiness::reasons::SHUTDOWN,
+            });
             let started = std::time::Instant::now();
             let r = inner.rt.shutdown(deadline).wait_async().await;
             if r.aborted > 0 {
