@@ -27,6 +27,7 @@ pub use metrics::{PqLabel, TransportMetrics};
 pub use readiness::{Readiness, ReadyState, TransportHealth};
 pub mod engine;
 pub mod limits;
+pub mod log_writer;
 pub mod logging;
 pub mod policy;
 pub mod rate;

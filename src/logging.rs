@@ -45,11 +45,21 @@ impl LogFormat {
     }
 }
 
-/// Installs the process-wide subscriber writing to stderr. `level` is an `EnvFilter` directive
-/// (`"info"`, `"ron_transport=debug"`…). Fails if the directive is invalid or a global
-/// subscriber is already installed.
+/// Installs the process-wide subscriber writing to stderr through a non-blocking writer
+/// ([`crate::log_writer::NonBlocking`]: a full queue drops lines, counted, instead of blocking
+/// the logging thread). `level` is an `EnvFilter` directive (`"info"`,
+/// `"ron_transport=debug"`…). Fails if the directive is invalid or a global subscriber is
+/// already installed.
 pub fn init_logging(format: LogFormat, level: &str) -> Result<(), ConfigError> {
-    let sub = subscriber(format, level, std::io::stderr)?;
+    let writer = crate::log_writer::NonBlocking::new(
+        std::io::stderr(),
+        crate::log_writer::DEFAULT_QUEUE_LINES,
+    )
+    .map_err(|e| ConfigError::Invalid {
+        key: "log.format",
+        reason: format!("cannot start the log writer thread: {e}"),
+    })?;
+    let sub = subscriber(format, level, writer)?;
     tracing::subscriber::set_global_default(sub).map_err(|e| ConfigError::Invalid {
         key: "log.format",
         reason: format!("a global subscriber is already installed: {e}"),

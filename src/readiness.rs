@@ -9,6 +9,22 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+/// The stable readiness reason strings (part of the observability contract, snapshot-tested:
+/// changing a literal fails CI). Engines use these constants, never literals.
+pub mod reasons {
+    /// `NotReady`: a listener failed to bind its address.
+    pub const BIND_FAILED: &str = "bind_failed";
+    /// `NotReady`: a TLS listener was asked for but no server config exists (`backend = "tls"`
+    /// without `tls.enabled` and its cert/key, nor an injected server config).
+    pub const TLS_CONFIG_MISSING: &str = "tls_config_missing";
+    /// `NotReady`: the engine was shut down.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// `Degraded` while Arti bootstraps; `NotReady` once bootstrap failed or timed out.
+    pub const ARTI_BOOTSTRAP: &str = "arti_bootstrap";
+    /// Every reason above, in declaration order.
+    pub const ALL: [&str; 4] = [BIND_FAILED, TLS_CONFIG_MISSING, SHUTDOWN, ARTI_BOOTSTRAP];
+}
+
 /// The readiness of a transport instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadyState {

@@ -91,6 +91,7 @@ impl Core {
                     conn_id = %format_args!("{:016x}", self.id),
                     corr_id = self.corr_id.as_deref(),
                     backend = Backend::Arti.as_str(),
+                    engine = "arti",
                     duration_ms = self.opened.elapsed().as_millis() as u64,
                     error = %err,
                     "connection rejected"
@@ -145,6 +146,7 @@ impl Drop for Live {
             conn_id = %format_args!("{:016x}", core.id),
             corr_id = core.corr_id.as_deref(),
             backend = Backend::Arti.as_str(),
+            engine = "arti",
             reason,
             duration_ms = core.opened.elapsed().as_millis() as u64,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
@@ -399,6 +401,7 @@ impl Conn for ArtiConn {
                 event = "close",
                 conn_id = %format_args!("{:016x}", core.id),
                 backend = Backend::Arti.as_str(),
+                engine = "arti",
                 reason = "cancelled",
                 "connection cancelled"
             );

@@ -153,6 +153,7 @@ pub(crate) async fn launch(
         target: "ron_transport",
         event = "listen",
         backend = Backend::Arti.as_str(),
+        engine = "arti",
         onion_address = onion.as_str(),
         port,
         "onion service launched"
@@ -241,6 +242,7 @@ async fn accept_one(
                 target: "ron_transport",
                 event = "accept",
                 backend = Backend::Arti.as_str(),
+                engine = "arti",
                 error = %e,
                 "onion stream accept failed"
             );
@@ -253,6 +255,7 @@ async fn accept_one(
                 event = "reject",
                 reason = RejectReason::Timeout.as_str(),
                 backend = Backend::Arti.as_str(),
+                engine = "arti",
                 op = TimeoutOp::Handshake.as_str(),
                 "onion stream accept timed out"
             );
@@ -277,6 +280,7 @@ async fn accept_one(
         event = "accept",
         conn_id = %format_args!("{:016x}", info.conn_id),
         backend = Backend::Arti.as_str(),
+        engine = "arti",
         duration_ms = started.elapsed().as_millis() as u64,
         "accepted"
     );

@@ -64,7 +64,7 @@ use crate::policy::Policy;
 use crate::readiness::{Readiness, ReadyState, TransportHealth};
 
 /// The readiness reason while Arti bootstraps (and after `arti.bootstrap_timeout`).
-pub const REASON_ARTI_BOOTSTRAP: &str = "arti_bootstrap";
+pub const REASON_ARTI_BOOTSTRAP: &str = crate::readiness::reasons::ARTI_BOOTSTRAP;
 
 /// The Tor runtime type every Arti call runs on.
 pub type ArtiRuntime = TokioRustlsRuntime;
@@ -514,6 +514,7 @@ impl EngineInner {
                             target: "ron_transport",
                             event = "arti_bootstrap",
                             backend = "arti",
+                            engine = "arti",
                             error = %e,
                             retry_in_ms = backoff.as_millis() as u64,
                             "arti bootstrap attempt failed"
@@ -559,6 +560,7 @@ impl EngineInner {
                         target: "ron_transport",
                         event = "arti_bootstrap",
                         backend = "arti",
+                        engine = "arti",
                         progress_pct = pct,
                         ready = status.ready_for_traffic(),
                         blockage = blockage.as_str(),
@@ -586,6 +588,7 @@ impl EngineInner {
                     target: "ron_transport",
                     event = "arti_bootstrap",
                     backend = "arti",
+                    engine = "arti",
                     elapsed_ms = self.created.elapsed().as_millis() as u64,
                     "arti is ready for traffic"
                 );
@@ -919,6 +922,10 @@ impl Engine for ArtiEngine {
         Backend::Arti
     }
 
+    fn config(&self) -> Arc<ValidConfig> {
+        self.inner.shared.config()
+    }
+
     /// Launches the onion service [`ArtiOptions::nickname`]; `addr.port()` is its virtual port
     /// (the IP is ignored: an onion service binds no socket).
     async fn listen(
@@ -955,10 +962,9 @@ impl Engine for ArtiEngine {
         let inner = &self.inner;
         let started = Instant::now();
         inner.shutdown.cancel();
-        inner
-            .shared
-            .readiness
-            .set(ReadyState::NotReady { reason: "shutdown" });
+        inner.shared.readiness.set(ReadyState::NotReady {
+            reason: crate::readiness::reasons::SHUTDOWN,
+        });
         let cores = inner.conn_cores();
         for core in &cores {
             core.close.cancel();
@@ -992,6 +998,7 @@ impl Engine for ArtiEngine {
             target: "ron_transport",
             event = "shutdown",
             backend = Backend::Arti.as_str(),
+            engine = "arti",
             drained = report.drained,
             aborted = report.aborted,
             duration_ms = started.elapsed().as_millis() as u64,

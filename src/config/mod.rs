@@ -284,8 +284,12 @@ impl Config {
     }
 
     /// Applies every rule of spec/CONFIG.md §4 as if the build had `features`.
-    pub fn validate_for(self, features: &CompiledFeatures) -> Result<ValidConfig, ConfigError> {
+    ///
+    /// `tls.enabled = true` with `backend = "tcp"` means TLS on the TCP listener: the
+    /// validated config's backend is `tls`.
+    pub fn validate_for(mut self, features: &CompiledFeatures) -> Result<ValidConfig, ConfigError> {
         validate::check(&self, features)?;
+        validate::normalize(&mut self);
         Ok(ValidConfig(self))
     }
 

@@ -89,6 +89,24 @@ pub(crate) fn check(cfg: &Config, features: &CompiledFeatures) -> Result<(), Con
         _ => {}
     }
 
+    // TLS meaning (one meaning, never plaintext when TLS was asked for): `tls.enabled` with
+    // `backend = "tcp"` is TLS on the TCP listener (see `normalize`); with `arti` it means
+    // nothing and is refused; TLS is not served on a Unix socket.
+    if cfg.tls_enabled && cfg.backend == Backend::Arti {
+        return Err(invalid(
+            "tls.enabled",
+            "tls.enabled = true cannot be combined with backend = \"arti\" (Arti streams are \
+             not TLS listeners): unset tls.enabled or choose backend \"tcp\"/\"tls\"",
+        ));
+    }
+    if cfg.uds_path.is_some() && (cfg.tls_enabled || cfg.backend == Backend::Tls) {
+        return Err(invalid(
+            "uds.path",
+            "uds.path cannot be combined with TLS (tls.enabled = true or backend = \"tls\"): \
+             a Unix socket is served in plaintext, so unset one of them",
+        ));
+    }
+
     // bind vs UDS
     if cfg.uds_path.is_some() && cfg.bind_addr.is_some() {
         return Err(invalid(
@@ -220,6 +238,15 @@ pub(crate) fn check(cfg: &Config, features: &CompiledFeatures) -> Result<(), Con
         ));
     }
     Ok(())
+}
+
+/// The one meaning of the TLS keys, applied to a config that passed [`check`]:
+/// `tls.enabled = true` with `backend = "tcp"` is TLS on the TCP listener, so the validated
+/// config's backend becomes `tls` (the listener never serves plaintext when TLS was asked for).
+pub(crate) fn normalize(cfg: &mut Config) {
+    if cfg.tls_enabled && cfg.backend == Backend::Tcp {
+        cfg.backend = Backend::Tls;
+    }
 }
 
 fn check_cert(path: &Path) -> Result<(), ConfigError> {

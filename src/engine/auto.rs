@@ -239,6 +239,13 @@ impl Engine for AutoEngine {
         }
     }
 
+    fn config(&self) -> std::sync::Arc<crate::config::ValidConfig> {
+        match self {
+            Self::Tokio(e) => e.config(),
+            Self::Uring(e) => e.config(),
+        }
+    }
+
     async fn listen(
         &self,
         target: impl Into<ListenTarget> + Send,

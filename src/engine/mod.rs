@@ -24,6 +24,8 @@ pub(crate) mod admission;
 pub mod auto;
 #[cfg(feature = "tls")]
 pub mod convenience;
+pub(crate) mod events;
+pub(crate) mod listen;
 #[cfg(feature = "memory")]
 pub mod memory;
 /// spec/IDB C-8's name for the in-process test double: [`memory`] (`mock::Duplex` is
@@ -38,11 +40,12 @@ pub mod uring;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::Backend;
+use crate::config::{Backend, ValidConfig};
 use crate::error::TransportError;
 use crate::metrics::PqLabel;
 use crate::readiness::TransportHealth;
@@ -140,6 +143,21 @@ pub trait Engine: TransportHealth + Send + Sync + 'static {
 
     /// The backend label it speaks (`tcp` or `tls`).
     fn backend(&self) -> Backend;
+
+    /// The live configuration snapshot this engine runs under (re-read per operation; a
+    /// reload through the engine's config handle shows here).
+    fn config(&self) -> Arc<ValidConfig>;
+
+    /// Listens where the configuration says: on `uds.path` if set ([`ListenTarget::Unix`]),
+    /// else on `bind_addr`; with neither, fails with a config error naming `bind_addr`. A
+    /// consumer that configures only through files, environment or CLI
+    /// ([`ConfigLoader`](crate::config::ConfigLoader)) never repeats the address.
+    fn listen_configured(
+        &self,
+    ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send {
+        let target = listen::configured_target(&self.config());
+        async move { self.listen(target?).await }
+    }
 
     /// Binds a listener at `target` (a [`SocketAddr`] or a Unix socket path, see
     /// [`ListenTarget`]). Caps and rate limits are applied at accept, before any handshake.

@@ -262,6 +262,10 @@ impl Engine for MemoryEngine {
         self.machinery.backend()
     }
 
+    fn config(&self) -> Arc<crate::config::ValidConfig> {
+        self.machinery.config()
+    }
+
     async fn listen(
         &self,
         target: impl Into<ListenTarget> + Send,

@@ -38,7 +38,7 @@ use crate::config::Backend;
 use crate::engine::admission::Admission;
 use crate::engine::tokio::stream::ReadHalf;
 use crate::engine::tokio::EngineInner;
-use crate::engine::{Conn, ConnInfo, FrameSender};
+use crate::engine::{events, Conn, ConnInfo, EngineKind, FrameSender};
 use crate::error::{TimeoutOp, TransportError};
 use crate::limits::{FrameDecoder, FRAME_HEADER_LEN};
 use crate::metrics::{BackendMetrics, QueueName, TaskKind, TransportMetrics};
@@ -182,22 +182,22 @@ impl ConnCore {
         if first {
             if let Some(reason) = err.reject_reason() {
                 self.metrics.reject(reason);
-                tracing::info!(
-                    target: "ron_transport",
-                    event = "reject",
-                    reason = reason.as_str(),
-                    conn_id = %format_args!("{:016x}", self.id),
-                    corr_id = self.corr_id.as_deref(),
-                    backend = self.backend.as_str(),
-                    peer_addr = %self.peer,
-                    duration_ms = self.opened.elapsed().as_millis() as u64,
-                    error = %err,
-                    "connection rejected"
-                );
+                events::conn_reject(&self.facts(), reason, self.opened.elapsed(), err);
             }
             self.cancel.cancel();
         }
         first
+    }
+
+    /// What every event about this connection carries.
+    pub(crate) fn facts(&self) -> events::ConnFacts<'_> {
+        events::ConnFacts {
+            conn_id: self.id,
+            corr_id: self.corr_id.as_deref(),
+            backend: self.backend,
+            engine: EngineKind::Tokio,
+            peer: self.peer,
+        }
     }
 
     /// Records a clean end (no reject) if nothing is recorded yet and stops the tasks.
@@ -234,24 +234,13 @@ impl Drop for Live {
         if let Some(engine) = self.engine.upgrade() {
             engine.forget(core.id);
         }
-        let reason = core
-            .terminal
-            .get()
-            .and_then(|e| e.reject_reason())
-            .map(|r| r.as_str());
-        tracing::info!(
-            target: "ron_transport",
-            event = "close",
-            conn_id = %format_args!("{:016x}", core.id),
-            corr_id = core.corr_id.as_deref(),
-            backend = core.backend.as_str(),
-            peer_addr = %core.peer,
+        let reason = core.terminal.get().and_then(|e| e.reject_reason());
+        events::close(
+            &core.facts(),
             reason,
-            duration_ms = core.opened.elapsed().as_millis() as u64,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out.load(Ordering::Relaxed)
-                + core.direct_bytes_out.load(Ordering::Relaxed),
-            "connection closed"
+            core.opened.elapsed(),
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed) + core.direct_bytes_out.load(Ordering::Relaxed),
         );
     }
 }
@@ -728,6 +717,7 @@ impl Conn for TokioConn {
                 event = "close",
                 conn_id = %format_args!("{:016x}", core.id),
                 backend = core.backend.as_str(),
+                engine = "tokio",
                 reason = "cancelled",
                 "connection cancelled"
             );

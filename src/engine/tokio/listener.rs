@@ -17,10 +17,9 @@ use crate::engine::admission::{self, Admission, Direction};
 use crate::engine::tokio::conn::TokioConn;
 use crate::engine::tokio::stream::{Stream, TlsTransport};
 use crate::engine::tokio::{pq_label, EngineInner};
-use crate::engine::{ConnInfo, Listener};
-use crate::error::{RejectReason, TimeoutOp, TransportError};
+use crate::engine::{events, listen, ConnInfo, Listener};
+use crate::error::{TimeoutOp, TransportError};
 use crate::metrics::PqLabel;
-use crate::readiness::ReadyState;
 
 /// A bound tokio listener.
 pub struct TokioListener {
@@ -55,16 +54,7 @@ impl TokioListener {
             Backend::Tcp => None,
             Backend::Tls => match &shared.tls_server {
                 Some(cfg) => Some(TlsAcceptor::from(cfg.clone())),
-                None => {
-                    shared.readiness.set(ReadyState::NotReady {
-                        reason: "tls_config_missing",
-                    });
-                    return Err(TransportError::Unsupported {
-                        what: "tls listener needs tls.enabled with cert/key paths, or \
-                               EngineSetup::with_tls_server"
-                            .into(),
-                    });
-                }
+                None => return Err(listen::tls_config_missing(&shared.readiness)),
             },
             Backend::Arti => {
                 return Err(TransportError::Unsupported {
@@ -74,21 +64,10 @@ impl TokioListener {
         };
         let tcp = match TcpListener::bind(addr).await {
             Ok(l) => l,
-            Err(e) => {
-                shared.readiness.set(ReadyState::NotReady {
-                    reason: "bind_failed",
-                });
-                return Err(TransportError::Io(e));
-            }
+            Err(e) => return Err(listen::bind_failed(&shared.readiness, e)),
         };
         let local = tcp.local_addr()?;
-        tracing::info!(
-            target: "ron_transport",
-            event = "listen",
-            backend = shared.backend.as_str(),
-            local_addr = %local,
-            "listening"
-        );
+        events::listen(shared.backend, inner.kind, local);
         Ok(Self {
             inner,
             tcp,
@@ -263,15 +242,13 @@ pub(crate) async fn tls_accept<S: TlsTransport>(
                     .pq_handshake_result(backend, shared.pq_mode, false);
                 bm.tls_failures.inc();
             }
-            tracing::info!(
-                target: "ron_transport",
-                event = if e.reject_reason().is_some() { "reject" } else { "handshake" },
-                reason = e.reject_reason().map(RejectReason::as_str),
-                backend = backend.as_str(),
-                peer_addr = %peer,
-                duration_ms = started.elapsed().as_millis() as u64,
-                error = %e,
-                "handshake failed"
+            events::handshake_failed(
+                e.reject_reason(),
+                backend,
+                inner.kind,
+                peer,
+                started.elapsed(),
+                &e,
             );
             drop(permit);
             None
@@ -283,16 +260,7 @@ pub(crate) fn log_accept(info: &ConnInfo, started: Instant) {
     if info.backend == Backend::Tls {
         log_handshake(info, started, None);
     }
-    tracing::info!(
-        target: "ron_transport",
-        event = "accept",
-        conn_id = %format_args!("{:016x}", info.conn_id),
-        backend = info.backend.as_str(),
-        peer_addr = %info.peer_addr,
-        pq = info.pq.as_str(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "accepted"
-    );
+    events::accept(&facts(info, None), info.pq, started.elapsed());
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
@@ -304,16 +272,20 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 
 /// One `event="handshake"` line for a finished TLS handshake.
 pub(crate) fn log_handshake(info: &ConnInfo, started: Instant, corr_id: Option<&str>) {
-    tracing::info!(
-        target: "ron_transport",
-        event = "handshake",
-        conn_id = %format_args!("{:016x}", info.conn_id),
-        corr_id,
-        backend = info.backend.as_str(),
-        peer_addr = %info.peer_addr,
-        pq = info.pq.as_str(),
-        resumed = info.resumed,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "tls handshake done"
+    events::handshake(
+        &facts(info, corr_id),
+        info.pq,
+        info.resumed,
+        started.elapsed(),
     );
+}
+
+fn facts<'a>(info: &ConnInfo, corr_id: Option<&'a str>) -> events::ConnFacts<'a> {
+    events::ConnFacts {
+        conn_id: info.conn_id,
+        corr_id,
+        backend: info.backend,
+        engine: info.engine,
+        peer: info.peer_addr,
+    }
 }

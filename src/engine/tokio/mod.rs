@@ -304,6 +304,10 @@ impl Engine for TokioEngine {
         self.inner.shared.backend
     }
 
+    fn config(&self) -> Arc<crate::config::ValidConfig> {
+        self.inner.shared.config()
+    }
+
     async fn listen(
         &self,
         target: impl Into<ListenTarget> + Send,
@@ -344,10 +348,9 @@ impl Engine for TokioEngine {
         let inner = &self.inner;
         let started = Instant::now();
         inner.shutdown.cancel();
-        inner
-            .shared
-            .readiness
-            .set(ReadyState::NotReady { reason: "shutdown" });
+        inner.shared.readiness.set(ReadyState::NotReady {
+            reason: crate::readiness::reasons::SHUTDOWN,
+        });
         let cores = inner.conn_cores();
         for core in &cores {
             core.close.cancel();
@@ -376,14 +379,12 @@ impl Engine for TokioEngine {
             drained: cores.len() as u64 - aborted,
             aborted,
         };
-        tracing::info!(
-            target: "ron_transport",
-            event = "shutdown",
-            backend = inner.shared.backend.as_str(),
-            drained = report.drained,
-            aborted = report.aborted,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "engine shut down"
+        crate::engine::events::shutdown(
+            inner.shared.backend,
+            EngineKind::Tokio,
+            report.drained,
+            report.aborted,
+            started.elapsed(),
         );
         report
     }

@@ -53,6 +53,7 @@ use crate::config::{Backend, ConfigHandle, ValidConfig};
 use crate::engine::admission::{self, Admission, DialAccount, Direction};
 use crate::engine::shared::ClientTls;
 use crate::engine::target::unsupported_target;
+use crate::engine::{events, listen};
 use crate::engine::{
     Conn, ConnInfo, DialOptions, DialTarget, Engine, EngineKind, FrameSender, ListenTarget,
     Listener, ShutdownReport, WRITER_INBOX_CAPACITY,
@@ -384,6 +385,10 @@ impl Engine for UringEngine {
         self.inner.backend()
     }
 
+    fn config(&self) -> Arc<ValidConfig> {
+        self.inner.cfg()
+    }
+
     fn listen(
         &self,
         target: impl Into<ListenTarget> + Send,
@@ -395,8 +400,10 @@ impl Engine for UringEngine {
                 ListenTarget::Addr(addr) => addr,
                 other => return Err(unsupported_target("uring", &other)),
             };
-            let server_tls = listener_tls(inner.is_tls(), inner.tls.server.as_ref())?;
-            let l = ron_shard::bind(addr)?;
+            let Ok(server_tls) = listener_tls(inner.is_tls(), inner.tls.server.as_ref()) else {
+                return Err(listen::tls_config_missing(&inner.readiness));
+            };
+            let l = ron_shard::bind(addr).map_err(|e| listen::bind_failed(&inner.readiness, e))?;
             let local = l.local_addr()?;
             let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
             let serve = Arc::new(OnceLock::new());
@@ -412,6 +419,7 @@ impl Engine for UringEngine {
             let id = listened.map_err(|e| TransportError::Unsupported {
                 what: format!("uring listener: {e}"),
             })?;
+            events::listen(inner.backend(), EngineKind::Uring, local);
             Ok(UringListener {
                 inner,
                 local,
@@ -500,9 +508,10 @@ impl Engine for UringEngine {
     fn shutdown(&self, deadline: Duration) -> impl Future<Output = ShutdownReport> + Send {
         let inner = self.inner.clone();
         async move {
-            inner
-                .readiness
-                .set(ReadyState::NotReady { reason: "shutdown" });
+            inner.readiness.set(ReadyState::NotReady {
+                reason: crate::readiness::reasons::SHUTDOWN,
+            });
+            let started = std::time::Instant::now();
             let r = inner.rt.shutdown(deadline).wait_async().await;
             if r.aborted > 0 {
                 inner
@@ -511,6 +520,13 @@ impl Engine for UringEngine {
                     .with_label_values(&[TaskKind::Reader.as_str()])
                     .inc_by(r.aborted);
             }
+            events::shutdown(
+                inner.backend(),
+                EngineKind::Uring,
+                r.drained,
+                r.aborted,
+                started.elapsed(),
+            );
             ShutdownReport {
                 drained: r.drained,
                 aborted: r.aborted,
@@ -581,6 +597,7 @@ async fn dial_to(
             inner: Arc::downgrade(inner),
             tx,
             admitted: Some(admitted),
+            corr_id: opts.corr_id.as_deref().map(Arc::from),
         });
         let sent = match tls {
             Some(t) => inner
@@ -648,6 +665,13 @@ struct Metered<H> {
     admitted: Arc<Admission>,
     backend: Backend,
     metrics: Arc<TransportMetrics>,
+    /// For the connection's `reject` / `close` events.
+    conn_id: u64,
+    peer: SocketAddr,
+    corr_id: Option<Arc<str>>,
+    opened: std::time::Instant,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl<H: ConnHandler> ConnHandler for Metered<H> {
@@ -683,6 +707,7 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
 
     fn on_received(&mut self, bytes: usize) {
         // Per receive completion: frame bytes (prefix included; TLS: plaintext).
+        self.bytes_in += bytes as u64;
         let bm = self.metrics.backend(self.backend);
         bm.bytes_in.inc_by(bytes as u64);
         bm.io_read_size.observe(bytes as f64);
@@ -690,6 +715,7 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
 
     fn on_sent(&mut self, bytes: usize) {
         // Per send completion: frame bytes actually written (TLS: plaintext carried).
+        self.bytes_out += bytes as u64;
         let bm = self.metrics.backend(self.backend);
         bm.bytes_out.inc_by(bytes as u64);
         bm.io_write_size.observe(bytes as f64);
@@ -709,16 +735,39 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
     }
 
     fn on_close(&mut self, reason: &CloseReason) {
-        match reason {
-            CloseReason::Timeout(_) => self.metrics.reject(RejectReason::Timeout),
-            CloseReason::Frame(_) => self.metrics.reject(RejectReason::TooLarge),
-            CloseReason::Shutdown => self
-                .metrics
-                .tasks_aborted
-                .with_label_values(&[TaskKind::Writer.as_str()])
-                .inc(),
-            _ => {}
+        let rejected = match reason {
+            CloseReason::Timeout(_) => Some(RejectReason::Timeout),
+            CloseReason::Frame(_) => Some(RejectReason::TooLarge),
+            CloseReason::Shutdown => {
+                self.metrics
+                    .tasks_aborted
+                    .with_label_values(&[TaskKind::Writer.as_str()])
+                    .inc();
+                None
+            }
+            _ => None,
+        };
+        let error = map_close(reason);
+        let facts = events::ConnFacts {
+            conn_id: self.conn_id,
+            corr_id: self.corr_id.as_deref(),
+            backend: self.backend,
+            engine: EngineKind::Uring,
+            peer: self.peer,
+        };
+        if let Some(r) = rejected {
+            self.metrics.reject(r);
+            if let Some(e) = &error {
+                events::conn_reject(&facts, r, self.opened.elapsed(), e);
+            }
         }
+        events::close(
+            &facts,
+            error.as_ref().and_then(TransportError::reject_reason),
+            self.opened.elapsed(),
+            self.bytes_in,
+            self.bytes_out,
+        );
         self.inner.on_close(reason);
     }
 }
@@ -734,15 +783,22 @@ fn metered(
     meta: &ConnMeta,
     remote: ConnRemote,
     admitted: Arc<Admission>,
+    corr_id: Option<Arc<str>>,
 ) -> (Box<dyn ConnHandler>, PortConn) {
     let bm = engine.bm();
     // TLS: accept/connect to handshake completion (the shard built the handler only then).
     // Plain TCP: establishment (accept → open, or connect) is the "handshake".
     let pq = pq_of(meta);
-    bm.handshake(pq)
-        .observe(admitted.started().elapsed().as_secs_f64());
-    if meta.tls.is_some() {
+    let took = admitted.started().elapsed();
+    bm.handshake(pq).observe(took.as_secs_f64());
+    if let Some(tls) = &meta.tls {
         engine.metrics.pq_handshake_result(Backend::Tls, pq, true);
+        events::handshake(
+            &facts(engine, meta, corr_id.as_deref()),
+            pq,
+            tls.resumed,
+            took,
+        );
     }
     for kind in [TaskKind::Reader, TaskKind::Writer] {
         engine
@@ -769,8 +825,25 @@ fn metered(
         admitted,
         backend: engine.backend(),
         metrics: engine.metrics.clone(),
+        conn_id: meta.id,
+        peer: meta.peer,
+        corr_id,
+        opened: std::time::Instant::now(),
+        bytes_in: 0,
+        bytes_out: 0,
     };
     (Box::new(h), handle)
+}
+
+/// What every event about the connection `meta` describes carries.
+fn facts<'a>(engine: &Inner, meta: &ConnMeta, corr_id: Option<&'a str>) -> events::ConnFacts<'a> {
+    events::ConnFacts {
+        conn_id: meta.id,
+        corr_id,
+        backend: engine.backend(),
+        engine: EngineKind::Uring,
+        peer: meta.peer,
+    }
 }
 
 /// Writer-side hooks: the `queue_depth{queue="writer_inbox"}` gauge and egress pacing (the
@@ -848,16 +921,18 @@ impl AcceptHooks for AcceptSide {
             return;
         };
         count_handshake_failure(&inner.metrics, inner.bm(), inner.pq_mode(), &failure.reason);
-        tracing::info!(
-            target: "ron_transport",
-            event = "reject",
-            reason = failure.reason.as_str(),
-            backend = "tls",
-            engine = "uring",
-            peer_addr = %meta.peer,
-            duration_ms = failure.elapsed.as_millis() as u64,
-            error = %failure.detail,
-            "handshake failed"
+        let reason = match failure.reason {
+            CloseReason::Timeout(_) => Some(RejectReason::Timeout),
+            CloseReason::Shutdown | CloseReason::Aborted => None,
+            _ => Some(RejectReason::Tls),
+        };
+        events::handshake_failed(
+            reason,
+            Backend::Tls,
+            EngineKind::Uring,
+            meta.peer,
+            failure.elapsed,
+            &failure.detail,
         );
     }
 
@@ -868,7 +943,9 @@ impl AcceptHooks for AcceptSide {
         };
         let admitted = Arc::new(admitted);
         let weak = Arc::downgrade(&admitted);
-        let (h, handle) = metered(&inner, meta, remote, admitted);
+        let took = admitted.started().elapsed();
+        let (h, handle) = metered(&inner, meta, remote, admitted, None);
+        events::accept(&facts(&inner, meta, None), pq_of(meta), took);
         if let Some(serve) = self.serve.get() {
             // `open` runs on the owning shard: the consumer's future runs right here.
             let conn = UringConn::new(&inner, meta, handle, weak, None);
@@ -893,6 +970,8 @@ struct DialSide {
     tx: oneshot::Sender<Result<Accepted, DialError>>,
     /// The dial's admission, handed to the connection when it opens.
     admitted: Option<Admission>,
+    /// The caller's correlation id, carried by the connection's log events.
+    corr_id: Option<Arc<str>>,
 }
 
 impl DialHooks for DialSide {
@@ -902,7 +981,7 @@ impl DialHooks for DialSide {
         };
         let admitted = Arc::new(admitted);
         let weak = Arc::downgrade(&admitted);
-        let (h, handle) = metered(&inner, meta, remote, admitted);
+        let (h, handle) = metered(&inner, meta, remote, admitted, self.corr_id.take());
         match self.tx.send(Ok((handle, weak, meta.clone()))) {
             Ok(()) => h,
             Err(_) => Box::new(ron_shard::Refuse),
