@@ -29,6 +29,8 @@ pub mod limits;
 pub mod logging;
 pub mod policy;
 pub mod rate;
+#[cfg(feature = "test-util")]
+pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 

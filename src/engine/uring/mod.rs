@@ -1094,6 +1094,9 @@ pub struct UringConn {
     handle: PortConn,
     sender: UringSender,
     failed: bool,
+    /// Set by [`Conn::cancel`]: `recv` reports the cancel before any frame the shard had
+    /// already queued (as the tokio engine does), so a cancelled connection delivers nothing.
+    cancelled: AtomicBool,
 }
 
 impl std::fmt::Debug for UringConn {
@@ -1141,6 +1144,7 @@ impl UringConn {
             handle,
             sender,
             failed: false,
+            cancelled: AtomicBool::new(false),
         }
     }
 }
@@ -1168,6 +1172,15 @@ impl Conn for UringConn {
         if self.failed {
             return Err(TransportError::IoClosed);
         }
+        if self.cancelled.load(Ordering::Acquire) {
+            // The first terminal error wins: one recorded before the cancel, else `Cancelled`.
+            self.failed = true;
+            return Err(self
+                .handle
+                .close_reason()
+                .and_then(|r| map_close(&r))
+                .unwrap_or(TransportError::Cancelled));
+        }
         match self.handle.recv().await {
             Ok(f) => Ok(f),
             Err(r) => {
@@ -1185,6 +1198,7 @@ impl Conn for UringConn {
     }
 
     fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
         self.handle.cancel();
     }
 }
