@@ -597,3 +597,49 @@ async fn cancel_discards_unread_frames<T: Eut>() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------- EOF inside a frame
+
+#[test]
+fn tokio_eof_inside_a_frame_is_io() {
+    util::run_multi_thread(eof_inside_a_frame_is_io::<Tokio>());
+}
+
+#[test]
+fn uring_eof_inside_a_frame_is_io() {
+    util::run_multi_thread(eof_inside_a_frame_is_io::<Uring>());
+}
+
+/// A peer that half-closes in the middle of a frame (what the relay's half-close does) fails
+/// the receiving connection with the same kind on every engine: `io` (`UnexpectedEof`, "peer
+/// closed inside a frame", as the tokio and arti engines report it), not a clean end. The
+/// uring engine used to report `io_closed` here.
+async fn eof_inside_a_frame_is_io<T: Eut>() {
+    use tokio::io::AsyncWriteExt;
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let server = T::build(config(Backend::Tcp), None, TransportMetrics::new());
+    let mut listener = server.listen(util::loopback()).await.expect("listen");
+    let mut raw = tokio::net::TcpStream::connect(listener.local_addr())
+        .await
+        .expect("connect");
+    let mut srv = util::within("accept", SLACK, listener.accept())
+        .await
+        .expect("accept");
+    // One whole frame, then half of the next, then FIN.
+    let mut bytes = util::wire_frame(b"whole");
+    bytes.extend_from_slice(&[0, 0, 0, 8, 1, 2, 3]);
+    raw.write_all(&bytes).await.expect("write");
+    raw.shutdown().await.expect("half-close");
+    let first = util::within("first frame", SLACK, srv.recv()).await;
+    assert_eq!(first.expect("recv").expect("frame"), &b"whole"[..]);
+    let err = match util::within("recv at EOF", SLACK, srv.recv()).await {
+        Err(e) => e,
+        Ok(v) => panic!("EOF inside a frame: {:?}", v.map(|f| f.len())),
+    };
+    assert_eq!(err.kind(), "io", "{err:?}");
+    assert!(
+        matches!(&err, TransportError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+        "{err:?}"
+    );
+    assert!(matches!(srv.recv().await, Err(TransportError::IoClosed)));
+}

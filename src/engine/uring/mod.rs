@@ -1082,6 +1082,11 @@ pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
         CloseReason::Aborted => TransportError::Cancelled,
         CloseReason::Shutdown => TransportError::timeout(TimeoutOp::Shutdown),
         CloseReason::Io(errno) => TransportError::Io(std::io::Error::from_raw_os_error(*errno)),
+        // As the tokio and arti engines report it.
+        CloseReason::PeerClosedMidFrame => TransportError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed inside a frame",
+        )),
         _ => TransportError::IoClosed,
     })
 }
@@ -1265,5 +1270,7 @@ mod tests {
             map_close(&CloseReason::Aborted),
             Some(TransportError::Cancelled)
         ));
+        let e = map_close(&CloseReason::PeerClosedMidFrame).unwrap();
+        assert_eq!(e.kind(), "io");
     }
 }
