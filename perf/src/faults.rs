@@ -538,13 +538,32 @@ where
     // Single-connection cancels.
     let opts = DialOptions::default();
     let (mut tasks_lat, mut peer_lat) = (Vec::new(), Vec::new());
-    for i in 0..a.probes {
-        let mut conn = prober.engine.dial(direct_addr, opts.clone()).await?;
+    let mut attempts = 0;
+    while tasks_lat.len() < a.probes {
+        // A probe whose set-up fails (on a loaded machine the server's 250 ms handshake and
+        // read deadlines can fire) is retried, up to three attempts per probe overall.
+        attempts += 1;
+        if attempts > 3 * a.probes {
+            bail!(
+                "probes: more than {} attempts for {}",
+                3 * a.probes,
+                a.probes
+            );
+        }
+        let i = attempts;
+        // Start from no live work (a failed attempt's connection is still being torn down).
+        let _ = until(Instant::now(), || (prober.live)(&prober.engine) == 0).await;
+        let Ok(mut conn) = prober.engine.dial(direct_addr, opts.clone()).await else {
+            continue;
+        };
         let f = frame(1_000_000 + i, 0);
-        conn.send(f.clone()).await?;
+        if conn.send(f.clone()).await.is_err() {
+            continue;
+        }
         match tokio::time::timeout(WAIT, conn.recv()).await {
             Ok(Ok(Some(got))) if got == f => {}
-            other => bail!("probe {i}: echo failed: {:?}", other.map(|r| r.map(|_| ()))),
+            Ok(Ok(Some(_))) => bail!("probe {i}: echo came back different"),
+            _ => continue,
         }
         for seq in 1..=8 {
             let _ = conn.try_send(frame(1_000_000 + i, seq));
@@ -572,13 +591,24 @@ where
     let mut quiesce = Vec::new();
     for round in 0..a.quiesce_rounds {
         let mut conns = Vec::new();
-        for i in 0..QUIESCE_CONNS {
-            let mut conn = prober.engine.dial(direct_addr, opts.clone()).await?;
+        let mut tries = 0;
+        while conns.len() < QUIESCE_CONNS {
+            tries += 1;
+            if tries > 3 * QUIESCE_CONNS {
+                bail!("quiesce round {round}: could not open {QUIESCE_CONNS} connections");
+            }
+            let i = conns.len();
+            let Ok(mut conn) = prober.engine.dial(direct_addr, opts.clone()).await else {
+                continue;
+            };
             let f = frame(2_000_000 + round * 100 + i, 0);
-            conn.send(f.clone()).await?;
+            if conn.send(f.clone()).await.is_err() {
+                continue;
+            }
             match tokio::time::timeout(WAIT, conn.recv()).await {
                 Ok(Ok(Some(got))) if got == f => {}
-                _ => bail!("quiesce round {round}: echo failed"),
+                Ok(Ok(Some(_))) => bail!("quiesce round {round}: echo came back different"),
+                _ => continue,
             }
             for seq in 1..=16 {
                 let _ = conn.try_send(frame(2_000_000 + round * 100 + i, seq));
