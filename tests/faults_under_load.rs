@@ -60,6 +60,12 @@ const REJECTS: [&str; 2] = ["timeout", "tls"];
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Runs `fut` on a two-worker runtime, one test of this file at a time (they count fds).
+fn serial(fut: impl std::future::Future<Output = ()>) {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    util::run_multi_thread(fut);
+}
+
 /// How a test builds an engine and reads its live work.
 trait Eut: 'static {
     type E: Engine;
@@ -108,22 +114,22 @@ impl Eut for Uring {
 
 #[test]
 fn tokio_tcp_under_faults() {
-    util::run_multi_thread(under_faults::<Tokio>(Backend::Tcp, 0x70c1));
+    serial(under_faults::<Tokio>(Backend::Tcp, 0x70c1));
 }
 
 #[test]
 fn tokio_tls_under_faults() {
-    util::run_multi_thread(under_faults::<Tokio>(Backend::Tls, 0x70c2));
+    serial(under_faults::<Tokio>(Backend::Tls, 0x70c2));
 }
 
 #[test]
 fn uring_tcp_under_faults() {
-    util::run_multi_thread(under_faults::<Uring>(Backend::Tcp, 0x0a1));
+    serial(under_faults::<Uring>(Backend::Tcp, 0x0a1));
 }
 
 #[test]
 fn uring_tls_under_faults() {
-    util::run_multi_thread(under_faults::<Uring>(Backend::Tls, 0x0a2));
+    serial(under_faults::<Uring>(Backend::Tls, 0x0a2));
 }
 
 // ---------------------------------------------------------------- the run
@@ -218,7 +224,6 @@ fn check_rejects(who: &str, m: &TransportMetrics) {
 }
 
 async fn under_faults<T: Eut>(backend: Backend, seed: u64) {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tls = (backend == Backend::Tls).then(|| TlsFixture::new(PqMode::Off));
     let sm = TransportMetrics::new();
     let cm = TransportMetrics::new();
@@ -545,12 +550,12 @@ async fn cancel_live<T: Eut>(
 
 #[test]
 fn tokio_cancel_discards_unread_frames() {
-    util::run_multi_thread(cancel_discards_unread_frames::<Tokio>());
+    serial(cancel_discards_unread_frames::<Tokio>());
 }
 
 #[test]
 fn uring_cancel_discards_unread_frames() {
-    util::run_multi_thread(cancel_discards_unread_frames::<Uring>());
+    serial(cancel_discards_unread_frames::<Uring>());
 }
 
 /// After `Conn::cancel`, `recv` reports `Cancelled` (then `IoClosed`) even when frames had
@@ -558,7 +563,6 @@ fn uring_cancel_discards_unread_frames() {
 /// every engine. (The uring engine used to hand out the frames its shard had queued before
 /// reporting the cancel; the fault run's cancelled sessions found it.)
 async fn cancel_discards_unread_frames<T: Eut>() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (sm, cm) = (TransportMetrics::new(), TransportMetrics::new());
     let server = T::build(config(Backend::Tcp), None, sm);
     let client = T::build(config(Backend::Tcp), None, cm.clone());
@@ -602,12 +606,12 @@ async fn cancel_discards_unread_frames<T: Eut>() {
 
 #[test]
 fn tokio_eof_inside_a_frame_is_io() {
-    util::run_multi_thread(eof_inside_a_frame_is_io::<Tokio>());
+    serial(eof_inside_a_frame_is_io::<Tokio>());
 }
 
 #[test]
 fn uring_eof_inside_a_frame_is_io() {
-    util::run_multi_thread(eof_inside_a_frame_is_io::<Uring>());
+    serial(eof_inside_a_frame_is_io::<Uring>());
 }
 
 /// A peer that half-closes in the middle of a frame (what the relay's half-close does) fails
@@ -616,7 +620,6 @@ fn uring_eof_inside_a_frame_is_io() {
 /// uring engine used to report `io_closed` here.
 async fn eof_inside_a_frame_is_io<T: Eut>() {
     use tokio::io::AsyncWriteExt;
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let server = T::build(config(Backend::Tcp), None, TransportMetrics::new());
     let mut listener = server.listen(util::loopback()).await.expect("listen");
     let mut raw = tokio::net::TcpStream::connect(listener.local_addr())

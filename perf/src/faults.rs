@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -214,7 +214,7 @@ pub fn cmd_faults(a: FaultsArgs) -> anyhow::Result<()> {
 
 /// Writes `section` as the `faults` field of the report at `path`: into the existing report if
 /// there is one, else into a new report with no result rows.
-fn save_into(path: &PathBuf, section: &FaultsSection, date: &str) -> anyhow::Result<()> {
+fn save_into(path: &Path, section: &FaultsSection, date: &str) -> anyhow::Result<()> {
     let mut doc: serde_json::Value = match std::fs::read_to_string(path) {
         Ok(text) => {
             serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?

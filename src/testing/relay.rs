@@ -146,7 +146,7 @@ impl FaultPlan {
         if total == 0 {
             return Fault::Pass;
         }
-        let mut pick = rng.next() % total;
+        let mut pick = rng.next_u64() % total;
         let mut which = 0;
         for (i, w) in weights.iter().enumerate() {
             if pick < u64::from(*w) {
@@ -155,14 +155,14 @@ impl FaultPlan {
             }
             pick -= u64::from(*w);
         }
-        let dir = if rng.next() & 1 == 0 {
+        let dir = if rng.next_u64() & 1 == 0 {
             Direction::ToServer
         } else {
             Direction::ToClient
         };
-        let after = rng.next() % self.max_offset.max(1);
+        let after = rng.next_u64() % self.max_offset.max(1);
         let span = self.stall_max.saturating_sub(self.stall_min).as_micros() as u64;
-        let duration = self.stall_min + Duration::from_micros(rng.next() % span.max(1));
+        let duration = self.stall_min + Duration::from_micros(rng.next_u64() % span.max(1));
         match which {
             0 => Fault::Pass,
             1 => Fault::Reset { dir, after },
@@ -304,7 +304,7 @@ impl Drop for FaultRelay {
 struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
