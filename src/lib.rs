@@ -31,6 +31,8 @@ pub mod log_writer;
 pub mod logging;
 pub mod policy;
 pub mod rate;
+#[cfg(feature = "test-util")]
+pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -4,13 +4,15 @@
 //! the fly), shows progress on stderr, prints a Markdown table and writes
 //! `perf-out/report-<date>.json` plus an SVG chart beside it. Subcommands: `serve` (echo
 //! server of one engine), `load` (the load client), `run` (the suite), `check` (regression
-//! gates), `chart` and `table` (render a report). See `docs/perf.md`.
+//! gates), `chart` and `table` (render a report), `faults` (cancellation latency under
+//! injected faults). See `docs/perf.md`.
 
 #![deny(unsafe_code)]
 
 mod chart;
 mod check;
 mod client;
+mod faults;
 mod limits;
 mod report;
 mod run;
@@ -89,6 +91,9 @@ enum Cmd {
         #[arg(long)]
         report: PathBuf,
     },
+    /// Cancellation latency and quiesce time of the tokio and uring engines under a
+    /// fault-injecting relay, against the spec's 100 ms (report field `faults`).
+    Faults(faults::FaultsArgs),
 }
 
 /// The default engine list of the suite (tokio-framed first: the baseline of the ratios and of
@@ -223,6 +228,7 @@ fn main() {
             print!("{}", table::render(&report::Report::load(&report)?));
             Ok(())
         })(),
+        Some(Cmd::Faults(a)) => faults::cmd_faults(a),
     };
     if let Err(e) = r {
         eprintln!("ron-perf: {e:#}");

@@ -1201,6 +1201,11 @@ pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
         CloseReason::Aborted => TransportError::Cancelled,
         CloseReason::Shutdown => TransportError::timeout(TimeoutOp::Shutdown),
         CloseReason::Io(errno) => TransportError::Io(std::io::Error::from_raw_os_error(*errno)),
+        // As the tokio and arti engines report it.
+        CloseReason::PeerClosedMidFrame => TransportError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed inside a frame",
+        )),
         _ => TransportError::IoClosed,
     })
 }
@@ -1213,6 +1218,9 @@ pub struct UringConn {
     handle: PortConn,
     sender: UringSender,
     failed: bool,
+    /// Set by [`Conn::cancel`]: `recv` reports the cancel before any frame the shard had
+    /// already queued (as the tokio engine does), so a cancelled connection delivers nothing.
+    cancelled: AtomicBool,
 }
 
 impl std::fmt::Debug for UringConn {
@@ -1260,6 +1268,7 @@ impl UringConn {
             handle,
             sender,
             failed: false,
+            cancelled: AtomicBool::new(false),
         }
     }
 }
@@ -1287,6 +1296,15 @@ impl Conn for UringConn {
         if self.failed {
             return Err(TransportError::IoClosed);
         }
+        if self.cancelled.load(Ordering::Acquire) {
+            // The first terminal error wins: one recorded before the cancel, else `Cancelled`.
+            self.failed = true;
+            return Err(self
+                .handle
+                .close_reason()
+                .and_then(|r| map_close(&r))
+                .unwrap_or(TransportError::Cancelled));
+        }
         match self.handle.recv().await {
             Ok(f) => Ok(f),
             Err(r) => {
@@ -1304,6 +1322,7 @@ impl Conn for UringConn {
     }
 
     fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
         self.handle.cancel();
     }
 }
@@ -1370,5 +1389,7 @@ mod tests {
             map_close(&CloseReason::Aborted),
             Some(TransportError::Cancelled)
         ));
+        let e = map_close(&CloseReason::PeerClosedMidFrame).unwrap();
+        assert_eq!(e.kind(), "io");
     }
 }
