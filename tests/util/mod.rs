@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod oap;
 pub mod tls;
 pub mod tor;
 
