@@ -74,7 +74,15 @@ const WRITING_FLAGS: &[&str] = &["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_
 fn amnesia_tls_run_writes_no_file() {
     let home = tempfile::tempdir().unwrap();
     write_tls_material(home.path());
-    let offending = audit("child_amnesia_tls_run", home.path());
+    let (offending, trace) = audit("child_amnesia_tls_run", home.path());
+    // The trace covers the run: the key was read (read-only) through a traced syscall.
+    let key = home.path().join("key.pem");
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains(&*key.to_string_lossy()) && l.contains("O_RDONLY")),
+        "the key read is not in the trace"
+    );
     assert!(
         offending.is_empty(),
         "files written under amnesia:\n{}",
@@ -85,7 +93,7 @@ fn amnesia_tls_run_writes_no_file() {
 #[test]
 fn audit_catches_a_file_write() {
     let home = tempfile::tempdir().unwrap();
-    let offending = audit("child_canary_writes_a_file", home.path());
+    let (offending, _) = audit("child_canary_writes_a_file", home.path());
     let canary = home.path().join("canary.txt");
     assert!(
         offending
@@ -169,8 +177,9 @@ async fn tls_run<K: EngineKind>(home: PathBuf) {
     engine.shutdown(Duration::from_secs(2)).await;
 }
 
-/// Runs child test `name` under strace with `HOME=home`; returns the offending syscall lines.
-fn audit(name: &str, home: &Path) -> Vec<String> {
+/// Runs child test `name` under strace with `HOME=home`; returns the offending syscall lines
+/// and the whole trace.
+fn audit(name: &str, home: &Path) -> (Vec<String>, String) {
     assert!(
         Command::new("strace")
             .arg("-V")
@@ -184,7 +193,13 @@ fn audit(name: &str, home: &Path) -> Vec<String> {
         .args(["-f", "-ff", "-qq", "-e", "trace=%file", "-o"])
         .arg(&prefix)
         .arg(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HOME", home)
         .env(CHILD_ENV, "1")
         .output()
@@ -196,15 +211,17 @@ fn audit(name: &str, home: &Path) -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut offending = Vec::new();
+    let mut all = String::new();
     let mut files = 0;
     for entry in std::fs::read_dir(traces.path()).unwrap() {
         let path = entry.unwrap().path();
         files += 1;
         let text = std::fs::read_to_string(&path).unwrap();
         offending.extend(text.lines().filter(|l| writes_a_file(l)).map(str::to_owned));
+        all.push_str(&text);
     }
     assert!(files > 0, "strace wrote no trace");
-    offending
+    (offending, all)
 }
 
 /// Whether one strace line is a successful call that writes to a path outside [`ALLOWED`].

@@ -57,6 +57,7 @@ struct Transport {
     raw: RawConnect,
 }
 
+#[rustfmt::skip] // one line per transport
 const TRANSPORTS: &[Transport] = &[
     Transport { name: "tcp", backend: Backend::Tcp, listen: listen_loopback, raw: raw_tcp },
     Transport { name: "tls", backend: Backend::Tls, listen: listen_loopback, raw: raw_tls },
@@ -168,7 +169,10 @@ fn vectors_are_consistent() {
     let (doc, list) = vectors();
     let max = num(&doc["encoding"]["max_frame_bytes"]);
     assert_eq!(max, ron_transport::limits::MAX_FRAME_CEILING);
-    assert_eq!(num(&doc["encoding"]["header_len"]) as usize, oap::HEADER_LEN);
+    assert_eq!(
+        num(&doc["encoding"]["header_len"]) as usize,
+        oap::HEADER_LEN
+    );
     for (raw, v) in doc["vectors"].as_array().unwrap().iter().zip(&list) {
         if let Some(w) = raw["wire_hex"].as_str() {
             assert_eq!(v.frame.encode_wire(), hex(w), "{}", v.name);
@@ -182,7 +186,12 @@ fn vectors_are_consistent() {
             assert!(inflated == 8 * num(c) || inflated == 8 * num(c) + 1);
         }
         // Round trip through the test codec.
-        assert_eq!(Frame::decode(v.frame.encode()).unwrap(), v.frame, "{}", v.name);
+        assert_eq!(
+            Frame::decode(v.frame.encode()).unwrap(),
+            v.frame,
+            "{}",
+            v.name
+        );
     }
     let names: Vec<&str> = list.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(
@@ -223,7 +232,10 @@ fn answer(body: Bytes, max_frame: u64) -> Frame {
             Err(_) => req.response(400, Bytes::new()),
         };
     }
-    req.response(200, (req.payload.len() as u64).to_be_bytes().to_vec().into())
+    req.response(
+        200,
+        (req.payload.len() as u64).to_be_bytes().to_vec().into(),
+    )
 }
 
 fn serve_oap<E: Engine>(engine: &E, listener: E::Listener, max_frame: u64) {
@@ -279,7 +291,12 @@ async fn every_vector_over_every_transport<K: EngineKind>() {
             .await
             .unwrap_or_else(|e| panic!("{}: dial: {e}", t.name));
         for v in &list {
-            let what = format!("{} over {} on {}", v.name, t.name, std::any::type_name::<K>());
+            let what = format!(
+                "{} over {} on {}",
+                v.name,
+                t.name,
+                std::any::type_name::<K>()
+            );
             let body = v.frame.encode();
             if v.expect["reject"] == "too_large" {
                 // The dialer's transport refuses it; the connection stays usable.
@@ -287,7 +304,9 @@ async fn every_vector_over_every_transport<K: EngineKind>() {
                 assert_eq!(err.kind(), "too_large", "{what}");
                 continue;
             }
-            conn.send(body).await.unwrap_or_else(|e| panic!("{what}: send: {e}"));
+            conn.send(body)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: send: {e}"));
             let resp = within(&what, SLACK, conn.recv())
                 .await
                 .unwrap_or_else(|e| panic!("{what}: recv: {e}"))

@@ -86,7 +86,10 @@ fn level_and_format_follow_config_reload() {
     util::run_multi_thread(async {
         let buf = SharedBuf::default();
         let mut cfg = Config::default();
-        assert_eq!((cfg.log_level.as_str(), cfg.log_format.as_str()), ("info", "json"));
+        assert_eq!(
+            (cfg.log_level.as_str(), cfg.log_format.as_str()),
+            ("info", "json")
+        );
         let (sub, reloader) = reloadable_subscriber(LogFormat::Json, "info", buf.clone()).unwrap();
         tracing::subscriber::set_global_default(sub).unwrap();
         let handle = ConfigHandle::new(cfg.clone().validate().unwrap());
@@ -124,8 +127,14 @@ fn level_and_format_follow_config_reload() {
             .filter(|l| l.contains("probe") && l.contains("step=3"))
             .collect();
         assert_eq!(text.len(), 2, "{text:?}");
-        assert!(text[0].contains("DEBUG") && text[0].contains("debug probe"), "{text:?}");
-        assert!(text[1].contains("INFO") && text[1].contains("info probe"), "{text:?}");
+        assert!(
+            text[0].contains("DEBUG") && text[0].contains("debug probe"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains("INFO") && text[1].contains("info probe"),
+            "{text:?}"
+        );
         assert!(text
             .iter()
             .all(|l| serde_json::from_str::<Value>(l).is_err()));
@@ -155,8 +164,12 @@ fn level_and_format_follow_config_reload() {
         assert!(json_probes(&buf, 5).is_empty());
 
         drop(handle);
-        util::within("follower ends with the handle", Duration::from_secs(5), follower)
-            .await
-            .unwrap();
+        util::within(
+            "follower ends with the handle",
+            Duration::from_secs(5),
+            follower,
+        )
+        .await
+        .unwrap();
     });
 }

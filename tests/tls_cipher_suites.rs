@@ -30,7 +30,7 @@ use ron_transport::{
 
 use util::engines::EngineKind;
 use util::tls::TlsFixture;
-use util::{loopback, rejected, wait_until, within, wire_frame};
+use util::{loopback, rejected, wait_until, wire_frame, within};
 
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -63,8 +63,9 @@ fn material() -> Material {
         &[],
     )
     .expect("server config");
-    let client = ron_transport::tls::client_config_from_ca_pem(cert_pem.as_bytes(), PqMode::Off, &[])
-        .expect("client config");
+    let client =
+        ron_transport::tls::client_config_from_ca_pem(cert_pem.as_bytes(), PqMode::Off, &[])
+            .expect("client config");
     Material {
         cert_pem,
         key_pem,
@@ -164,9 +165,13 @@ async fn rustls_client_peer<K: EngineKind>() {
 
     for suite in STRONG {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = within("handshake", SLACK, peer_client(&m, suite).connect(name.clone(), tcp))
-            .await
-            .unwrap_or_else(|e| panic!("{suite:?} must negotiate: {e}"));
+        let mut tls = within(
+            "handshake",
+            SLACK,
+            peer_client(&m, suite).connect(name.clone(), tcp),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{suite:?} must negotiate: {e}"));
         assert_eq!(
             tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
             Some(suite)
@@ -370,7 +375,10 @@ async fn openssl_server_peer<K: EngineKind>() {
 
         let res = within("dial", SLACK, client.dial(addr, dial_opts())).await;
         if suite == WEAK {
-            assert_tls_err(&res.err().expect("dial to an AES-128-only s_server must fail"));
+            assert_tls_err(
+                &res.err()
+                    .expect("dial to an AES-128-only s_server must fail"),
+            );
             assert_eq!(rejected(&metrics, RejectReason::Tls), 1);
         } else {
             let conn = res.unwrap_or_else(|e| panic!("{name} must negotiate: {e}"));
