@@ -6,7 +6,11 @@
 //!
 //! # Policy (shared by every engine)
 //! - Crypto provider: aws-lc-rs (the only rustls provider with X25519MLKEM768), restricted to
-//!   the TLS 1.3 cipher suites. [`crypto_provider`] is the single source of that policy.
+//!   the TLS 1.3 cipher suites with a 256-bit key ([`CIPHER_SUITES`]:
+//!   `TLS13_AES_256_GCM_SHA384`, `TLS13_CHACHA20_POLY1305_SHA256`; spec/QUANTUM.md PQ-I2 asks
+//!   for ≥ 256-bit symmetric strength, so `TLS13_AES_128_GCM_SHA256` is not offered and a peer
+//!   that offers only it fails the handshake with reason `tls`). [`crypto_provider`] is the
+//!   single source of that policy.
 //! - Key exchange: `pq.mode = "hybrid"` ⇒ `X25519MLKEM768, X25519, secp256r1`;
 //!   `"off"` ⇒ `X25519, secp256r1, secp384r1`.
 //! - Server: stateless session tickets (aws-lc-rs ticketer, rotated every 6 h) plus an
@@ -73,8 +77,15 @@ pub fn kx_groups(pq: PqMode) -> Vec<&'static dyn SupportedKxGroup> {
     }
 }
 
-/// The crypto provider for `pq`: aws-lc-rs, TLS 1.3 cipher suites only, key-exchange groups
-/// per [`kx_groups`]. Every engine builds its configs from this, so they share one policy.
+/// The TLS 1.3 cipher suites offered and accepted, in preference order (spec/QUANTUM.md PQ-I2:
+/// ≥ 256-bit symmetric keys). `TLS13_AES_128_GCM_SHA256` is deliberately absent.
+pub const CIPHER_SUITES: [rustls::CipherSuite; 2] = [
+    rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+    rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+];
+
+/// The crypto provider for `pq`: aws-lc-rs, the TLS 1.3 cipher suites of [`CIPHER_SUITES`]
+/// only, key-exchange groups per [`kx_groups`]. Every engine builds its configs from this, so they share one policy.
 /// The two possible providers are built once and shared.
 pub fn crypto_provider(pq: PqMode) -> Arc<CryptoProvider> {
     static OFF: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
@@ -85,13 +96,17 @@ pub fn crypto_provider(pq: PqMode) -> Arc<CryptoProvider> {
     };
     cell.get_or_init(|| {
         let base = aws_lc_rs::default_provider();
+        // In CIPHER_SUITES order; every entry exists in aws-lc-rs (asserted by the unit test).
+        let cipher_suites = CIPHER_SUITES
+            .iter()
+            .filter_map(|want| {
+                base.cipher_suites.iter().copied().find(|s| {
+                    s.suite() == *want && matches!(s, rustls::SupportedCipherSuite::Tls13(_))
+                })
+            })
+            .collect();
         Arc::new(CryptoProvider {
-            cipher_suites: base
-                .cipher_suites
-                .iter()
-                .copied()
-                .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)))
-                .collect(),
+            cipher_suites,
             kx_groups: kx_groups(pq),
             ..base
         })
@@ -431,7 +446,8 @@ mod tests {
         );
         for pq in [PqMode::Off, PqMode::Hybrid] {
             let p = crypto_provider(pq);
-            assert!(!p.cipher_suites.is_empty());
+            let suites: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+            assert_eq!(suites, CIPHER_SUITES, "only the 256-bit TLS 1.3 suites");
             assert!(p
                 .cipher_suites
                 .iter()

@@ -2,6 +2,8 @@
 //! deadline, metric readers, raw loopback peers, and in-memory TLS fixtures (rcgen).
 #![allow(dead_code)]
 
+pub mod engines;
+pub mod oap;
 pub mod tls;
 pub mod tor;
 
