@@ -13,6 +13,7 @@
 mod conn;
 mod listener;
 mod stream;
+mod uds;
 mod writer;
 
 use std::collections::HashMap;
@@ -62,6 +63,8 @@ pub(crate) struct EngineInner {
     conns: Mutex<HashMap<u64, Arc<ConnCore>>>,
     /// Cancelled by `shutdown`: listeners stop, dials are refused.
     pub(crate) shutdown: CancellationToken,
+    /// Socket files of this engine's Unix-domain listeners, removed at shutdown.
+    pub(crate) uds_files: crate::engine::uds::SocketFiles,
 }
 
 impl EngineInner {
@@ -152,6 +155,7 @@ impl TokioEngine {
                 tasks: TaskTracker::new(),
                 conns: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                uds_files: Default::default(),
             }),
         }
     }
@@ -292,7 +296,7 @@ impl Engine for TokioEngine {
     ) -> Result<TokioListener, TransportError> {
         match target.into() {
             ListenTarget::Addr(addr) => TokioListener::bind(self.inner.clone(), addr).await,
-            other => Err(unsupported_target("tokio", &other)),
+            ListenTarget::Unix(path) => TokioListener::bind_unix(self.inner.clone(), path).await,
         }
     }
 
@@ -303,6 +307,7 @@ impl Engine for TokioEngine {
     ) -> Result<TokioConn, TransportError> {
         let addr = match target.into() {
             DialTarget::Addr(addr) => addr,
+            DialTarget::Unix(path) => return self.dial_unix(path, opts).await,
             other => return Err(unsupported_target("tokio", &other)),
         };
         let shared = &self.inner.shared;
@@ -364,6 +369,7 @@ impl Engine for TokioEngine {
         let inner = &self.inner;
         let started = Instant::now();
         inner.shutdown.cancel();
+        inner.uds_files.remove_all();
         inner
             .shared
             .readiness

@@ -1,5 +1,5 @@
-//! The two halves of a tokio connection, plain TCP or TLS, behind one enum each so the reader
-//! and writer code is written once. TCP splits into owned halves with no lock; TLS shares one
+//! The two halves of a tokio connection, plain TCP, TLS or a Unix-domain socket, behind one
+//! enum each so the reader and writer code is written once. TCP splits into owned halves with no lock; TLS shares one
 //! rustls session between the halves through `tokio::io::split` (its lock is held only inside a
 //! single poll, never across an `.await`).
 
@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsStream;
 
 /// A freshly established stream, before it is split.
@@ -18,6 +18,8 @@ pub(crate) enum Stream {
     Tcp(TcpStream),
     /// TLS 1.3 over TCP (client or server side).
     Tls(Box<TlsStream<TcpStream>>),
+    /// A Unix-domain stream socket (plain frames).
+    Unix(UnixStream),
 }
 
 impl Stream {
@@ -33,6 +35,10 @@ impl Stream {
                 let (r, w) = tokio::io::split(*s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            Self::Unix(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
         }
     }
 }
@@ -41,12 +47,14 @@ impl Stream {
 pub(crate) enum ReadHalf {
     Tcp(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Unix(tokio::net::unix::OwnedReadHalf),
 }
 
 /// The write half.
 pub(crate) enum WriteHalf {
     Tcp(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Unix(tokio::net::unix::OwnedWriteHalf),
 }
 
 impl AsyncRead for ReadHalf {
@@ -58,6 +66,7 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             Self::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             Self::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Unix(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -71,6 +80,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_write(cx, buf),
             Self::Tls(w) => Pin::new(w).poll_write(cx, buf),
+            Self::Unix(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
 
@@ -82,6 +92,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
             Self::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Self::Unix(w) => Pin::new(w).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -89,6 +100,7 @@ impl AsyncWrite for WriteHalf {
         match self {
             Self::Tcp(w) => w.is_write_vectored(),
             Self::Tls(w) => w.is_write_vectored(),
+            Self::Unix(w) => w.is_write_vectored(),
         }
     }
 
@@ -96,6 +108,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_flush(cx),
             Self::Tls(w) => Pin::new(w).poll_flush(cx),
+            Self::Unix(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
@@ -103,6 +116,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             Self::Tls(w) => Pin::new(w).poll_shutdown(cx),
+            Self::Unix(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }

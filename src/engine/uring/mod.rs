@@ -34,6 +34,8 @@
 //! `pq_handshake_total{result="fail"}`. `ConnInfo` carries `pq`, `alpn` and `resumed`.
 #![forbid(unsafe_code)]
 
+mod uds;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -133,6 +135,8 @@ struct Inner {
     metrics: Arc<TransportMetrics>,
     readiness: Readiness,
     tls: UringTls,
+    /// Socket files of this engine's Unix-domain listeners, removed at shutdown.
+    uds_files: crate::engine::uds::SocketFiles,
 }
 
 /// The TLS configs of a uring engine (policy decided by the caller: roots, PQ groups, ALPN,
@@ -327,6 +331,7 @@ impl UringEngine {
                 metrics,
                 readiness,
                 tls,
+                uds_files: Default::default(),
             }),
         })
     }
@@ -369,7 +374,7 @@ impl Engine for UringEngine {
         async move {
             let addr = match target {
                 ListenTarget::Addr(addr) => addr,
-                other => return Err(unsupported_target("uring", &other)),
+                ListenTarget::Unix(path) => return uds::listen(inner, path).await,
             };
             let server_tls = listener_tls(inner.is_tls(), inner.tls.server.as_ref())?;
             let l = ron_shard::bind(addr)?;
@@ -394,6 +399,7 @@ impl Engine for UringEngine {
                 rx,
                 id,
                 serve,
+                uds: None,
             })
         }
     }
@@ -408,6 +414,7 @@ impl Engine for UringEngine {
         async move {
             let addr = match target {
                 DialTarget::Addr(addr) => addr,
+                DialTarget::Unix(path) => return uds::dial(inner, path, opts).await,
                 other => return Err(unsupported_target("uring", &other)),
             };
             let tls = if inner.is_tls() {
@@ -443,6 +450,7 @@ impl Engine for UringEngine {
                 inner: Arc::downgrade(&inner),
                 tx,
                 started: std::time::Instant::now(),
+                permit: None,
             });
             let bm = inner.bm().clone();
             let sent = match tls {
@@ -535,6 +543,7 @@ impl Engine for UringEngine {
             inner
                 .readiness
                 .set(ReadyState::NotReady { reason: "shutdown" });
+            inner.uds_files.remove_all();
             let r = inner.rt.shutdown(deadline).wait_async().await;
             if r.aborted > 0 {
                 inner
@@ -793,6 +802,10 @@ impl AcceptHooks for AcceptSide {
         }))
     }
 
+    fn admit_unix(&self, cred: ron_shard::PeerCred) -> Result<AdmitToken, Reject> {
+        uds::admit_unix(self, cred)
+    }
+
     fn handshake_failed(
         &self,
         token: AdmitToken,
@@ -849,6 +862,8 @@ struct DialSide {
     inner: Weak<Inner>,
     tx: oneshot::Sender<Result<Accepted, DialError>>,
     started: std::time::Instant,
+    /// The dial's admission (caps, rate state), held for the connection's life.
+    permit: Option<ConnPermit>,
 }
 
 impl DialHooks for DialSide {
@@ -859,7 +874,7 @@ impl DialHooks for DialSide {
         let bm = inner.bm();
         bm.conn_inflight.inc();
         let admitted = Arc::new(Admitted {
-            permit: None,
+            permit: self.permit,
             inflight: bm.conn_inflight.clone(),
             started: self.started,
         });
@@ -883,6 +898,8 @@ pub struct UringListener {
     rx: mpsc::Receiver<Accepted>,
     id: ron_shard::ListenerId,
     serve: Arc<OnceLock<ServeFn>>,
+    /// The socket file of a Unix-domain listener (removed when the listener is dropped).
+    uds: Option<Arc<crate::engine::uds::SocketFile>>,
 }
 
 impl std::fmt::Debug for UringListener {
@@ -898,6 +915,13 @@ impl Listener for UringListener {
 
     fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn dial_target(&self) -> DialTarget {
+        match &self.uds {
+            Some(f) => DialTarget::Unix(f.path().to_path_buf()),
+            None => DialTarget::Addr(self.local),
+        }
     }
 
     async fn accept(&mut self) -> Result<Self::Conn, TransportError> {
