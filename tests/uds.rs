@@ -196,6 +196,37 @@ fn uds_listener_drop_removes_the_file_and_rules_hold_on_both_engines() {
     });
 }
 
+#[test]
+fn uds_socket_is_0600_even_with_umask_0_on_both_engines() {
+    // With umask 0 a socket file gets exactly the mode of the socket's inode at bind time:
+    // 0777 unless it was narrowed before bind. 0600 here shows the file was created 0600
+    // (never wider; nothing chmods it afterwards).
+    // SAFETY: `umask` takes an integer and only swaps the process's file-creation mask.
+    let old = unsafe { libc::umask(0) };
+    both(|kind| {
+        run_multi_thread(async move {
+            let dir = private_dir();
+            let path = dir.path().join("umask.sock");
+            let handle = ConfigHandle::new(config(vec![]).validate().unwrap());
+            with_engine(kind, handle, |engine, _m| async move {
+                on_engine!(engine, |engine| {
+                    let l = engine.listen(path.clone()).await.unwrap();
+                    let mode = std::fs::symlink_metadata(&path)
+                        .unwrap()
+                        .permissions()
+                        .mode();
+                    assert_eq!(mode & 0o777, 0o600, "{kind:?}");
+                    drop(l);
+                    engine.shutdown(Duration::from_secs(1)).await;
+                })
+            })
+            .await;
+        })
+    });
+    // SAFETY: as above; restores the mask this test found.
+    unsafe { libc::umask(old) };
+}
+
 /// A child process running as `uid` connects to `path`, sends one frame `hello` and prints
 /// what it read back (hex) before EOF or reset.
 fn peer_as(uid: u32, path: &Path) -> std::process::Output {
