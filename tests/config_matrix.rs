@@ -435,6 +435,22 @@ fn config_uds_parent_directory_must_exist_and_be_0700() {
 }
 
 #[test]
+fn config_tls_with_uds_path_is_rejected_naming_uds_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (cert, key) = tls_files(dir.path(), 0o600);
+    let mut c = tls_config(Some(cert), Some(key));
+    c.bind_addr = None;
+    assert!(c.clone().validate().is_ok(), "tls alone is valid");
+    c.uds_path = Some(dir.path().join("t.sock"));
+    let reason = assert_invalid(c.clone().validate(), "uds.path");
+    assert!(reason.contains("TLS"), "{reason}");
+    c.tls_enabled = false;
+    c.backend = Backend::Tcp;
+    assert!(c.validate().is_ok(), "plain uds is valid");
+}
+
+#[test]
 fn config_macaroon_must_exist_be_non_empty_and_private() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("macaroon");

@@ -24,6 +24,8 @@ use crate::wire;
 pub struct LoadSpec {
     /// Server address.
     pub target: SocketAddr,
+    /// Server socket path (transport `uds`): connected instead of `target`.
+    pub uds: Option<std::path::PathBuf>,
     /// TLS client config (None = plain TCP).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections.
@@ -147,6 +149,18 @@ pub async fn connect(
     }
 }
 
+/// Connects one connection of `spec`: to its socket path if it has one, else as [`connect`].
+async fn connect_spec(spec: &LoadSpec) -> anyhow::Result<Box<dyn Stream>> {
+    match &spec.uds {
+        Some(path) => Ok(Box::new(
+            tokio::net::UnixStream::connect(path)
+                .await
+                .with_context(|| format!("connect {}", path.display()))?,
+        )),
+        None => connect(spec.target, spec.tls.as_ref()).await,
+    }
+}
+
 /// Runs a load and returns the merged measurement. Bounded: every connection stops at the
 /// window end (plus a 2 s grace for a stalled server).
 pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
@@ -244,13 +258,10 @@ fn client_thread(
     let conns = rt.block_on(async {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
-            let c = tokio::time::timeout(
-                Duration::from_secs(10),
-                connect(spec.target, spec.tls.as_ref()),
-            )
-            .await
-            .map_err(|_| anyhow!("connect timed out"))
-            .and_then(|r| r);
+            let c = tokio::time::timeout(Duration::from_secs(10), connect_spec(spec))
+                .await
+                .map_err(|_| anyhow!("connect timed out"))
+                .and_then(|r| r);
             v.push(c);
         }
         v

@@ -48,8 +48,10 @@ enum Cmd {
         engine: String,
         #[arg(long, default_value = "tcp")]
         transport: String,
+        /// Address, or the socket path with `--transport uds` (parent directory 0700;
+        /// `RON_TRANSPORT_UDS_ALLOW_UIDS` is honoured for the tokio and uring engines).
         #[arg(long, default_value = "127.0.0.1:7878")]
-        listen: SocketAddr,
+        listen: String,
         #[arg(long)]
         cert: Option<PathBuf>,
         #[arg(long)]
@@ -201,11 +203,23 @@ fn main() {
             cores,
             flavour,
         }) => (|| {
+            let transport = Transport::parse(&transport)?;
+            let (listen, uds) = if transport == Transport::Uds {
+                ("127.0.0.1:0".parse()?, Some(PathBuf::from(&listen)))
+            } else {
+                (
+                    listen
+                        .parse::<SocketAddr>()
+                        .with_context(|| format!("--listen {listen:?}"))?,
+                    None,
+                )
+            };
             server::serve(ServeOpts {
                 flavour: server::framed::Flavour::parse(&flavour)?,
                 engine: EngineId::parse(&engine)?,
-                transport: Transport::parse(&transport)?,
+                transport,
                 listen,
+                uds,
                 cert,
                 key,
                 shards,
@@ -239,8 +253,11 @@ fn main() {
 /// Arguments of `ron-perf load`.
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
-    #[arg(long)]
+    #[arg(long, default_value = "127.0.0.1:7878")]
     target: SocketAddr,
+    /// Socket path to load (with `--transport uds`), instead of `--target`.
+    #[arg(long)]
+    uds: Option<PathBuf>,
     #[arg(long, default_value = "tcp")]
     transport: String,
     #[arg(long, default_value_t = 64)]
@@ -286,8 +303,11 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
         (Transport::Tls, None) => {
             bail!("--transport tls needs --ca PEM (the server prints its cert path)")
         }
-        (Transport::Tcp, _) => None,
+        (Transport::Tcp | Transport::Uds, _) => None,
     };
+    if t == Transport::Uds && a.uds.is_none() {
+        bail!("--transport uds needs --uds PATH");
+    }
     let (scenario, payload, depth) = match a.mode.as_str() {
         "echo" => (
             if a.depth > 1 {
@@ -315,6 +335,7 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
     let _ = sys::raise_nofile(1 << 20);
     let spec = client::LoadSpec {
         target: a.target,
+        uds: a.uds.clone(),
         tls: tls.map(|c: Arc<rustls::ClientConfig>| c),
         conns: a.conns.max(1),
         payload,

@@ -100,12 +100,17 @@ pub struct ServerProc {
     pub pid: u32,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its socket path (transport `uds`).
+    pub path: Option<PathBuf>,
 }
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -119,6 +124,20 @@ pub fn spawn_server(
     flavour: crate::server::framed::Flavour,
 ) -> anyhow::Result<ServerProc> {
     let exe = std::env::current_exe().context("current_exe")?;
+    // `uds`: a socket in a private (0700) directory of this run.
+    let path = match transport {
+        Transport::Uds => {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = std::env::temp_dir().join(format!("ron-perf-uds-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            Some(dir.join(format!("{}.sock", engine.name())))
+        }
+        _ => None,
+    };
+    let listen = path
+        .as_ref()
+        .map_or_else(|| "127.0.0.1:0".to_owned(), |p| p.display().to_string());
     let mut cmd = Command::new(exe);
     cmd.args([
         "serve",
@@ -127,7 +146,7 @@ pub fn spawn_server(
         "--transport",
         transport.as_str(),
         "--listen",
-        "127.0.0.1:0",
+        &listen,
         "--shards",
         &shards.to_string(),
         "--flavour",
@@ -162,6 +181,7 @@ pub fn spawn_server(
         child,
         pid,
         addr: "0.0.0.0:0".parse().expect("static addr"),
+        path,
     };
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(a) => {
@@ -446,6 +466,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             let tls = (t == Transport::Tls).then(|| tls_cfg.clone());
             let base = LoadSpec {
                 target: srv.addr,
+                uds: srv.path.clone(),
                 tls: tls.clone(),
                 conns: 64,
                 payload: 1024,
@@ -593,6 +614,9 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                                 Err(err) => progress(&format!("handshake failed: {err:#}")),
                             }
                         }
+                    }
+                    Scenario::Idle if t == Transport::Uds => {
+                        progress("skip idle uds: the idle holder dials TCP only");
                     }
                     Scenario::Idle => {
                         let want = if o.full { 10_000 } else { 2_000 };

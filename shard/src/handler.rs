@@ -71,6 +71,17 @@ pub trait AcceptHooks: Send + Sync + 'static {
     /// Admit or refuse the peer.
     fn admit(&self, peer: SocketAddr) -> Result<AdmitToken, Reject>;
 
+    /// Admit or refuse a peer of a Unix-domain listener, by its credentials (`SO_PEERCRED`,
+    /// read right after accept, before any receive is armed). The connection's
+    /// [`ConnMeta::peer`] is then `cred.addr()` (see [`crate::unix::uid_addr`]). The default
+    /// refuses every Unix peer (`reason: "uds_unsupported"`).
+    fn admit_unix(&self, cred: crate::unix::PeerCred) -> Result<AdmitToken, Reject> {
+        let _ = cred;
+        Err(Reject {
+            reason: "uds_unsupported",
+        })
+    }
+
     /// Builds the handler of an admitted connection (on its owning shard). For a TLS listener
     /// this runs once the handshake has completed (`meta.tls` is set).
     fn open(&self, token: AdmitToken, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler>;

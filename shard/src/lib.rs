@@ -52,6 +52,7 @@ pub mod stats;
 mod sys;
 mod tls_conn;
 pub mod tls_pump;
+pub mod unix;
 
 pub use conn::{ConnState, TimeoutKind, Timeouts};
 pub use exec::{is_shard_thread, spawn_local};
@@ -72,3 +73,4 @@ pub use runtime::{
 pub use shard::{ConnOptions, ShardReport};
 pub use stats::StatsSnapshot;
 pub use tls_conn::TlsDial;
+pub use unix::PeerCred;

@@ -336,7 +336,19 @@ impl Runtime {
         opts: ConnOptions,
         hooks: Arc<dyn AcceptHooks>,
     ) -> Result<ListenerId, ShardError> {
-        self.listen_inner(listener, opts, None, hooks)
+        self.listen_inner(listener.into(), opts, None, hooks)
+    }
+
+    /// Like [`listen`](Self::listen), on a Unix-domain stream socket (plain frames; no TLS).
+    /// Each accepted peer's `SO_PEERCRED` goes to [`AcceptHooks::admit_unix`] before any
+    /// receive is armed. The socket file is the caller's (created, and removed, by it).
+    pub fn listen_unix(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+        opts: ConnOptions,
+        hooks: Arc<dyn AcceptHooks>,
+    ) -> Result<ListenerId, ShardError> {
+        self.listen_inner(listener.into(), opts, None, hooks)
     }
 
     /// Like [`listen`](Self::listen), with TLS 1.3: each admitted connection runs its handshake
@@ -351,12 +363,12 @@ impl Runtime {
         config: Arc<rustls::ServerConfig>,
         hooks: Arc<dyn AcceptHooks>,
     ) -> Result<ListenerId, ShardError> {
-        self.listen_inner(listener, opts, Some(config), hooks)
+        self.listen_inner(listener.into(), opts, Some(config), hooks)
     }
 
     fn listen_inner(
         &self,
-        listener: TcpListener,
+        listener: OwnedFd,
         opts: ConnOptions,
         tls: Option<Arc<rustls::ServerConfig>>,
         hooks: Arc<dyn AcceptHooks>,
@@ -364,7 +376,7 @@ impl Runtime {
         let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
         let cmd = Command::Listen {
             id,
-            fd: OwnedFd::from(listener),
+            fd: listener,
             hooks,
             opts,
             tls,
@@ -392,7 +404,28 @@ impl Runtime {
         opts: ConnOptions,
         hooks: Box<dyn DialHooks>,
     ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
-        self.dial_inner(addr, timeout, opts, None, hooks)
+        self.dial_inner(addr, None, timeout, opts, None, hooks)
+    }
+
+    /// Like [`dial`](Self::dial), to the Unix-domain stream socket at `path` (plain frames; no
+    /// TLS). The connection's [`ConnMeta::peer`](crate::ConnMeta) is the listener's
+    /// `SO_PEERCRED` uid address ([`crate::unix::uid_addr`]), its `local` this process's.
+    pub fn dial_unix(
+        &self,
+        path: &std::path::Path,
+        timeout: Duration,
+        opts: ConnOptions,
+        hooks: Box<dyn DialHooks>,
+    ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
+        let fallback = crate::unix::uid_addr(crate::unix::current_uid());
+        self.dial_inner(
+            fallback,
+            Some(path.to_path_buf()),
+            timeout,
+            opts,
+            None,
+            hooks,
+        )
     }
 
     /// Like [`dial`](Self::dial), then a TLS 1.3 handshake on the owning shard; `timeout`
@@ -406,12 +439,13 @@ impl Runtime {
         tls: TlsDial,
         hooks: Box<dyn DialHooks>,
     ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
-        self.dial_inner(addr, timeout, opts, Some(tls), hooks)
+        self.dial_inner(addr, None, timeout, opts, Some(tls), hooks)
     }
 
     fn dial_inner(
         &self,
         addr: SocketAddr,
+        unix: Option<std::path::PathBuf>,
         timeout: Duration,
         opts: ConnOptions,
         tls: Option<TlsDial>,
@@ -433,6 +467,7 @@ impl Runtime {
             .map_or(0, |s| s.id);
         let cmd = Command::Dial {
             addr,
+            unix,
             deadline: Instant::now() + timeout,
             opts,
             hooks,

@@ -887,6 +887,42 @@ pub(crate) fn adopt_fd(raw: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// The credentials (`SO_PEERCRED`: pid, uid, gid) of the process at the other end of a
+/// connected Unix-domain stream socket, as the kernel recorded them at `connect`/`listen`.
+pub(crate) fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `fd` is a live descriptor for the whole call (borrowed); `cred` is a writable
+    // `ucred` on this stack frame and `len` holds its exact size, so the kernel writes at most
+    // `len` bytes into it and stores the written size back into `len`, which we check.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("short SO_PEERCRED answer"));
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
+}
+
+/// The effective uid of this process.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: `geteuid` takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// A close-on-exec eventfd (blocking, so the ring's read waits for a notification) (the shard doorbell), as a `File`.
 pub(crate) fn eventfd() -> io::Result<File> {
     // SAFETY: `eventfd` takes no pointers; it returns a new descriptor or -1.

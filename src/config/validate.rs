@@ -115,6 +115,15 @@ pub(crate) fn check(cfg: &Config, features: &CompiledFeatures) -> Result<(), Con
         ));
     }
 
+    // UDS carries plain frames only: no TLS over a Unix socket.
+    if cfg.uds_path.is_some() && (cfg.tls_enabled || cfg.backend == Backend::Tls) {
+        return Err(invalid(
+            "uds.path",
+            "TLS over a Unix socket is not offered: unset tls.enabled and use backend = \"tcp\" \
+             with uds.path",
+        ));
+    }
+
     if cfg.max_conns == 0 {
         return Err(invalid("max_conns", "must be > 0"));
     }

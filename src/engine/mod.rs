@@ -36,6 +36,7 @@ pub mod setup;
 pub mod shared;
 pub mod target;
 pub mod tokio;
+pub mod uds;
 pub mod uring;
 
 use std::future::Future;

@@ -15,14 +15,20 @@
 //!
 //! which generates one `#[test]` per case per tokio scheduler (`current_thread` and
 //! `multi_thread`). Cases talk to the engine only through the adapter traits, plus raw loopback
-//! sockets where a misbehaving peer is needed.
+//! sockets where a misbehaving peer is needed ([`raw_connect`], [`raw_stalled`]: TCP, or a
+//! Unix-domain socket when [`EngineUnderTest::listen_target`] is a path). Listeners bind
+//! `listen_target()` and dialers use `Listener::dial_target()`, so the same cases run on Unix
+//! sockets; a case that cannot apply to a path prints `SKIPPED <case>: <why>`.
 
 #![allow(dead_code)]
 
 pub mod cases;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use ron_transport::engine::{DialTarget, ListenTarget};
 use ron_transport::{ConfigHandle, Engine, TransportMetrics, ValidConfig};
 
 pub use crate::util::tls::TlsFixture;
@@ -46,6 +52,12 @@ pub trait EngineUnderTest: 'static {
     /// Per-connection tasks (readers, writers, handshakes) the engine still runs.
     fn live_tasks(engine: &Self::E) -> usize;
 
+    /// Where the suite's listeners bind (called once per listener): loopback TCP by default;
+    /// a fresh socket path in a 0700 directory for the Unix-domain run.
+    fn listen_target() -> ListenTarget {
+        ListenTarget::Addr(crate::util::loopback())
+    }
+
     /// Whether the engine's listeners are reachable by kernel sockets. Cases that use a raw
     /// `TcpStream` as the misbehaving peer print `SKIPPED <case>: <reason>` and return when
     /// it is false (the memory engine: its own test file has an in-process `pipe_*` twin).
@@ -62,6 +74,103 @@ pub fn skip_without_sockets<T: EngineUnderTest>(case: &str, why: &str) -> bool {
     }
     println!("SKIPPED {case}: {why}");
     true
+}
+
+/// True (and a `SKIPPED <case>: <why>` line printed) when the suite runs on Unix sockets and
+/// `case` cannot apply to a socket path.
+pub fn skip_on_uds<T: EngineUnderTest>(case: &str, why: &str) -> bool {
+    if T::listen_target().unix_path().is_some() {
+        println!("SKIPPED {case}: {why}");
+        return true;
+    }
+    false
+}
+
+/// A raw (possibly misbehaving) peer: TCP, or a Unix-domain socket for the Unix run.
+pub enum Raw {
+    /// A TCP socket.
+    Tcp(tokio::net::TcpStream),
+    /// A Unix-domain socket.
+    Unix(tokio::net::UnixStream),
+}
+
+/// Connects a raw peer to where a listener says it is.
+pub async fn raw_connect(target: &DialTarget) -> Raw {
+    match target {
+        DialTarget::Unix(p) => {
+            Raw::Unix(tokio::net::UnixStream::connect(p).await.expect("connect"))
+        }
+        other => Raw::Tcp(
+            tokio::net::TcpStream::connect(other.addr().expect("an address"))
+                .await
+                .expect("connect"),
+        ),
+    }
+}
+
+/// A raw peer with a small receive buffer (4 KiB asked) that never reads.
+pub async fn raw_stalled(target: &DialTarget) -> Raw {
+    match target {
+        DialTarget::Unix(p) => {
+            let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_recv_buffer_size(4096).expect("rcvbuf");
+            s.connect(&socket2::SockAddr::unix(p).expect("path"))
+                .expect("connect");
+            s.set_nonblocking(true).expect("nonblocking");
+            let std: std::os::unix::net::UnixStream = s.into();
+            Raw::Unix(tokio::net::UnixStream::from_std(std).expect("tokio unix stream"))
+        }
+        other => {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.set_recv_buffer_size(4096).expect("rcvbuf");
+            Raw::Tcp(
+                sock.connect(other.addr().expect("an address"))
+                    .await
+                    .expect("connect"),
+            )
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Raw {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Raw {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Generates every conformance case for `$eut` on both tokio schedulers.

@@ -136,7 +136,10 @@ pub async fn raw_connect_from(local_ip: [u8; 4], addr: SocketAddr) -> tokio::net
 
 /// Reads until EOF, reset or `limit`; returns how many bytes came and whether it ended
 /// (EOF/reset) rather than timing out.
-pub async fn read_to_end_or_reset(s: &mut tokio::net::TcpStream, limit: Duration) -> (usize, bool) {
+pub async fn read_to_end_or_reset<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+) -> (usize, bool) {
     use tokio::io::AsyncReadExt;
     let mut total = 0;
     let mut buf = vec![0u8; 64 * 1024];

@@ -24,10 +24,14 @@ pub async fn serve_generic<E: Engine>(
     opts: &ServeOpts,
     ready: &dyn Fn(SocketAddr, &ServeOpts),
 ) -> anyhow::Result<()> {
+    let target: ron_transport::engine::ListenTarget = match &opts.uds {
+        Some(path) => path.clone().into(),
+        None => opts.listen.into(),
+    };
     let listener = engine
-        .listen(opts.listen)
+        .listen(target.clone())
         .await
-        .map_err(|e| anyhow!("listen {}: {e}", opts.listen))?;
+        .map_err(|e| anyhow!("listen {target}: {e}"))?;
     ready(listener.local_addr(), opts);
     engine
         .serve(listener, |mut conn: E::Conn| async move {
@@ -45,7 +49,7 @@ pub async fn serve_generic<E: Engine>(
 /// probed by `EngineId::available`).
 pub fn uring_available(t: Transport) -> Result<(), String> {
     match t {
-        Transport::Tcp | Transport::Tls => Ok(()),
+        Transport::Tcp | Transport::Tls | Transport::Uds => Ok(()),
     }
 }
 
@@ -84,6 +88,12 @@ where
         .map_err(|e| anyhow!("config from the environment: {e}"))?
         .config;
     c.bind_addr = Some(opts.listen);
+    if let Some(path) = &opts.uds {
+        // `uds.allow_uids` comes from the environment (RON_TRANSPORT_UDS_ALLOW_UIDS) if set;
+        // empty admits only this process's uid.
+        c.bind_addr = None;
+        c.uds_path = Some(path.clone());
+    }
     if opts.transport == Transport::Tls {
         c.backend = Backend::Tls;
         c.tls_enabled = true;

@@ -117,14 +117,64 @@ async fn accept_loop(
     }
 }
 
+/// The tokio-framed echo server over a Unix-domain socket (a stale socket file at the path is
+/// replaced): one listener, a current-thread runtime for one shard, else a multi-thread
+/// runtime with one worker per shard.
+fn serve_uds(
+    opts: &ServeOpts,
+    max: usize,
+    ready: &dyn Fn(SocketAddr, &ServeOpts),
+) -> anyhow::Result<()> {
+    let path = opts
+        .uds
+        .clone()
+        .ok_or_else(|| anyhow!("--transport uds needs --listen PATH"))?;
+    if std::os::unix::net::UnixStream::connect(&path).is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    let l = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("bind {}", path.display()))?;
+    l.set_nonblocking(true)?;
+    eprintln!(
+        "ron-perf serve: tokio-framed uds at {} on {} worker(s), max_frame_bytes={max}",
+        path.display(),
+        opts.shards.max(1)
+    );
+    let rt = if opts.shards.max(1) == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.shards)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(async move {
+        let l = tokio::net::UnixListener::from_std(l)?;
+        ready(ron_transport::engine::uds::uid_addr(0), opts);
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => {
+                    tokio::spawn(echo(s, max));
+                }
+                Err(e) => eprintln!("tokio-framed accept: {e}"),
+            }
+        }
+    })
+}
+
 /// Runs the tokio-framed echo server.
 pub fn serve(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow::Result<()> {
     // The same effective config as the ron-transport rows (defaults, bench layer, environment):
     // only `max_frame_bytes` and, for TLS, the rustls server config are taken from it.
     let cfg = adapter::serve_config(opts)?;
     let max = usize::try_from(cfg.max_frame_bytes).unwrap_or(usize::MAX);
+    if opts.transport == Transport::Uds {
+        return serve_uds(opts, max, ready);
+    }
     let tls = match opts.transport {
-        Transport::Tcp => None,
+        Transport::Tcp | Transport::Uds => None,
         Transport::Tls => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
             &ron_transport::tls::server_config(&cfg).map_err(|e| anyhow!("tls config: {e}"))?,
         ))),

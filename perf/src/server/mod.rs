@@ -52,23 +52,27 @@ pub enum Transport {
     Tcp,
     /// TLS 1.3 over TCP.
     Tls,
+    /// Plain frames over a Unix-domain stream socket (`uds.path`).
+    Uds,
 }
 
 impl Transport {
-    /// `"tcp"` / `"tls"`.
+    /// `"tcp"` / `"tls"` / `"uds"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Tls => "tls",
+            Self::Uds => "uds",
         }
     }
 
-    /// Parses `tcp` / `tls`.
+    /// Parses `tcp` / `tls` / `uds`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         match s {
             "tcp" => Ok(Self::Tcp),
             "tls" => Ok(Self::Tls),
-            _ => Err(anyhow!("unknown transport {s:?} (tcp|tls)")),
+            "uds" => Ok(Self::Uds),
+            _ => Err(anyhow!("unknown transport {s:?} (tcp|tls|uds)")),
         }
     }
 }
@@ -135,6 +139,7 @@ impl EngineId {
     pub fn supports(self, t: Transport) -> bool {
         match self {
             Self::TokioFramed | Self::Tokio | Self::Uring => true,
+            // uring-raw drives ron-shard directly and listens on TCP only.
             Self::UringRaw | Self::Monoio | Self::TokioUring | Self::BareUring => {
                 t == Transport::Tcp
             }
@@ -191,6 +196,8 @@ pub struct ServeOpts {
     pub transport: Transport,
     /// Listen address (port 0 = any).
     pub listen: SocketAddr,
+    /// The socket path when the transport is `uds` (its parent directory must be 0700).
+    pub uds: Option<PathBuf>,
     /// Certificate chain PEM (TLS).
     pub cert: Option<PathBuf>,
     /// Private key PEM (TLS, mode 0600).
@@ -213,6 +220,9 @@ pub fn ready_line(addr: SocketAddr, opts: &ServeOpts, cert: Option<&PathBuf>) ->
     );
     if let Some(c) = cert {
         s.push_str(&format!(" cert={}", c.display()));
+    }
+    if let Some(p) = &opts.uds {
+        s.push_str(&format!(" path={}", p.display()));
     }
     s
 }
@@ -335,6 +345,7 @@ pub fn spawn_in_thread(
         engine,
         transport: t,
         listen: "127.0.0.1:0".parse().expect("static addr"),
+        uds: None,
         cert: cert.as_ref().map(|c| c.0.clone()),
         key: cert.map(|c| c.1),
         shards: 1,
@@ -403,6 +414,7 @@ mod tests {
         let addr = spawn_in_thread(EngineId::BareUring, Transport::Tcp, None).unwrap();
         let spec = crate::client::LoadSpec {
             target: addr,
+            uds: None,
             tls: None,
             conns: 4,
             payload: 512,
@@ -480,6 +492,7 @@ mod tests {
     #[test]
     fn environment_wins_over_the_bench_defaults() {
         let o = ServeOpts {
+            uds: None,
             engine: EngineId::Tokio,
             transport: Transport::Tcp,
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -514,6 +527,7 @@ mod tests {
     #[test]
     fn ready_line_roundtrip() {
         let o = ServeOpts {
+            uds: None,
             engine: EngineId::BareUring,
             transport: Transport::Tcp,
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -106,15 +106,27 @@ impl Shard {
         let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
             return; // already reset by the peer; fd closes here
         };
-        let (Some(peer), Some(local)) = (peer.as_socket(), local.as_socket()) else {
-            return;
-        };
         let l = &self.listeners[lidx];
         let hooks = l.hooks.clone();
         let opts = l.opts;
         let tls = l.tls.clone();
         let accepted_at = self.now;
-        let token = match hooks.admit(peer) {
+        let admitted = match (peer.as_socket(), local.as_socket()) {
+            (Some(peer), Some(local)) => hooks.admit(peer).map(|t| (t, peer, local)),
+            // A Unix-domain peer: admitted by its credentials, before any receive is armed.
+            _ if local.is_unix() => match crate::unix::peer_cred(&fd) {
+                Ok(cred) => hooks.admit_unix(cred).map(|t| {
+                    (
+                        t,
+                        cred.addr(),
+                        crate::unix::uid_addr(crate::unix::current_uid()),
+                    )
+                }),
+                Err(_) => return, // the peer is gone already; fd closes here
+            },
+            _ => return,
+        };
+        let (token, peer, local) = match admitted {
             Ok(t) => t,
             Err(_) => {
                 ShardStats::add(&self.shared.stats.rejected, 1);

@@ -8,6 +8,7 @@ impl Shard {
     pub(super) fn dial(
         &mut self,
         addr: SocketAddr,
+        unix: Option<std::path::PathBuf>,
         deadline: Instant,
         opts: ConnOptions,
         hooks: Box<dyn DialHooks>,
@@ -18,11 +19,20 @@ impl Shard {
             hooks.failed(DialError::Unavailable("shutdown"));
             return;
         }
-        let sock = match socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM.cloexec(),
-            Some(socket2::Protocol::TCP),
-        ) {
+        let to = match &unix {
+            None => Ok(socket2::SockAddr::from(addr)),
+            Some(path) => socket2::SockAddr::unix(path),
+        };
+        let (domain, proto) = match &unix {
+            None => (
+                socket2::Domain::for_address(addr),
+                Some(socket2::Protocol::TCP),
+            ),
+            Some(_) => (socket2::Domain::UNIX, None),
+        };
+        let sock = match to.and_then(|to| {
+            socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), proto).map(|s| (s, to))
+        }) {
             Ok(s) => s,
             Err(e) => {
                 ShardStats::add(&self.shared.stats.dial_failed, 1);
@@ -30,18 +40,15 @@ impl Shard {
                 return;
             }
         };
-        if opts.nodelay {
+        let (sock, to) = sock;
+        if opts.nodelay && unix.is_none() {
             let _ = sock.set_nodelay(true);
         }
         let fd = Rc::new(OwnedFd::from(sock));
         let gen = self.gen();
         let entry = self.dials.vacant_entry();
         let idx = entry.key();
-        match self.ring.connect(
-            &fd,
-            socket2::SockAddr::from(addr),
-            tag(Kind::Connect, idx, gen),
-        ) {
+        match self.ring.connect(&fd, to, tag(Kind::Connect, idx, gen)) {
             Ok(op) => {
                 entry.insert(PendingDial {
                     gen,
@@ -50,6 +57,7 @@ impl Shard {
                     hooks: Some(hooks),
                     opts,
                     peer: addr,
+                    unix: unix.is_some(),
                     timed_out: false,
                     deadline,
                     started: self.now,
@@ -87,10 +95,18 @@ impl Shard {
             }
             return;
         }
-        let local = socket2::SockRef::from(&*d.fd)
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket());
+        let (local, peer) = if d.unix {
+            // A Unix-domain dial: the listener's credentials name the peer.
+            let peer = crate::unix::peer_cred(&*d.fd).map_or(d.peer, |c| c.addr());
+            let own = crate::unix::uid_addr(crate::unix::current_uid());
+            (Some(own), peer)
+        } else {
+            let local = socket2::SockRef::from(&*d.fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            (local, d.peer)
+        };
         let Some(local) = local else {
             ShardStats::add(&st.dial_failed, 1);
             hooks.failed(DialError::Io(std::io::Error::other("no local address")));
@@ -105,7 +121,6 @@ impl Shard {
                 return;
             }
         };
-        let peer = d.peer;
         let opener = Opener::Dial(hooks);
         let tls = match d.tls.take() {
             None => None,

@@ -92,6 +92,9 @@ pub(crate) enum Command {
     Adopt(Adopt),
     Dial {
         addr: SocketAddr,
+        /// A Unix-domain socket path to connect to instead of `addr` (then `addr` is only the
+        /// fallback peer address, replaced by the listener's `SO_PEERCRED` uid address).
+        unix: Option<std::path::PathBuf>,
         deadline: Instant,
         opts: ConnOptions,
         hooks: Box<dyn DialHooks>,
@@ -359,6 +362,8 @@ struct PendingDial {
     hooks: Option<Box<dyn DialHooks>>,
     opts: ConnOptions,
     peer: SocketAddr,
+    /// Connecting to a Unix-domain socket.
+    unix: bool,
     timed_out: bool,
     deadline: Instant,
     started: Instant,
@@ -556,11 +561,12 @@ impl Shard {
                 Command::Adopt(a) => self.adopt(a),
                 Command::Dial {
                     addr,
+                    unix,
                     deadline,
                     opts,
                     hooks,
                     tls,
-                } => self.dial(addr, deadline, opts, hooks, tls),
+                } => self.dial(addr, unix, deadline, opts, hooks, tls),
                 Command::Shutdown { deadline, reply } => self.begin_drain(deadline, reply),
             }
         }

@@ -148,7 +148,10 @@ impl Shard {
                 // Invariant: front() was Some just above.
                 segs.push(conn.io.out.pop_front().expect("front exists"));
             }
-            let zc = self.cfg.zc_threshold.is_some_and(|t| bytes >= t);
+            // Zero-copy sends are a TCP feature: never on a Unix-domain socket (its peer
+            // carries a uid address).
+            let zc = self.cfg.zc_threshold.is_some_and(|t| bytes >= t)
+                && crate::unix::addr_uid(&conn.meta.peer).is_none();
             let batch = SendBatch::new(segs);
             let fd = conn.fd.clone();
             match self

@@ -9,22 +9,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+
+use crate::engine::tokio::uds::ListenSock;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Backend;
 use crate::engine::admission::{self, Admission, Direction};
 use crate::engine::tokio::conn::TokioConn;
-use crate::engine::tokio::stream::{Stream, TlsTransport};
+use crate::engine::tokio::stream::TlsTransport;
 use crate::engine::tokio::{pq_label, EngineInner};
-use crate::engine::{events, listen, ConnInfo, Listener};
+use crate::engine::{events, listen, ConnInfo, DialTarget, Listener};
 use crate::error::{TimeoutOp, TransportError};
 use crate::metrics::PqLabel;
 
 /// A bound tokio listener.
 pub struct TokioListener {
     inner: Arc<EngineInner>,
-    tcp: TcpListener,
+    sock: ListenSock,
     local: SocketAddr,
     acceptor: Option<TlsAcceptor>,
     /// TLS handshakes in flight; each yields a ready connection or `None` (already counted).
@@ -68,13 +70,27 @@ impl TokioListener {
         };
         let local = tcp.local_addr()?;
         events::listen(shared.backend, inner.kind, local);
-        Ok(Self {
+        Ok(Self::with_sock(
             inner,
-            tcp,
+            ListenSock::Tcp(tcp),
+            local,
+            acceptor,
+        ))
+    }
+
+    pub(crate) fn with_sock(
+        inner: Arc<EngineInner>,
+        sock: ListenSock,
+        local: SocketAddr,
+        acceptor: Option<TlsAcceptor>,
+    ) -> Self {
+        Self {
+            inner,
+            sock,
             local,
             acceptor,
             handshakes: JoinSet::new(),
-        })
+        }
     }
 
     /// Admits one accepted socket. `None`: refused (counted, logged, socket closed).
@@ -99,6 +115,10 @@ impl Listener for TokioListener {
         self.local
     }
 
+    fn dial_target(&self) -> DialTarget {
+        self.sock.dial_target(self.local)
+    }
+
     async fn accept(&mut self) -> Result<TokioConn, TransportError> {
         loop {
             let accepted = tokio::select! {
@@ -115,10 +135,11 @@ impl Listener for TokioListener {
                         Err(_) => continue,
                     }
                 }
-                r = self.tcp.accept() => r,
+                r = self.sock.accept(&self.inner.shared) => r,
             };
             let (sock, peer) = match accepted {
-                Ok(x) => x,
+                Ok(Some(x)) => x,
+                Ok(None) => continue, // a Unix peer `uds.allow_uids` refused (counted)
                 Err(e) => match e.kind() {
                     io::ErrorKind::ConnectionAborted
                     | io::ErrorKind::ConnectionReset
@@ -139,7 +160,7 @@ impl Listener for TokioListener {
                 continue;
             };
             let shared = &self.inner.shared;
-            if let Err(e) = sock.set_nodelay(true) {
+            if let Err(e) = sock.set_nodelay() {
                 tracing::debug!(target: "ron_transport", event = "accept", error = %e);
                 continue;
             }
@@ -165,9 +186,12 @@ impl Listener for TokioListener {
                         .handshake(PqLabel::Off)
                         .observe(started.elapsed().as_secs_f64());
                     log_accept(&info, started);
-                    return Ok(self.inner.make_conn(Stream::Tcp(sock), permit, info, None));
+                    return Ok(self.inner.make_conn(sock.into_stream(), permit, info, None));
                 }
                 Some(acceptor) => {
+                    let Some(sock) = sock.into_tcp() else {
+                        continue; // never: a Unix listener has no TLS acceptor
+                    };
                     let task = tls_accept(
                         self.inner.clone(),
                         acceptor.clone(),

@@ -13,6 +13,7 @@
 mod conn;
 pub(crate) mod listener;
 pub(crate) mod stream;
+mod uds;
 mod writer;
 
 use std::collections::HashMap;
@@ -62,6 +63,8 @@ pub(crate) struct EngineInner {
     pub(crate) shutdown: CancellationToken,
     /// What `ConnInfo::engine` says (`Memory` when the memory engine drives this machinery).
     pub(crate) kind: EngineKind,
+    /// Socket files of this engine's Unix-domain listeners, removed at shutdown.
+    pub(crate) uds_files: crate::engine::uds::SocketFiles,
 }
 
 impl EngineInner {
@@ -158,6 +161,7 @@ impl TokioEngine {
                 conns: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 kind,
+                uds_files: Default::default(),
             }),
         }
     }
@@ -195,6 +199,9 @@ impl TokioEngine {
         corr_id: &Option<Arc<str>>,
         started: Instant,
     ) -> Result<TokioConn, TransportError> {
+        if let DialTarget::Unix(path) = target {
+            return self.dial_unix(path, opts, corr_id, started).await;
+        }
         let inner = &self.inner;
         let shared = &inner.shared;
         let backend = shared.backend;
@@ -314,7 +321,7 @@ impl Engine for TokioEngine {
     ) -> Result<TokioListener, TransportError> {
         match target.into() {
             ListenTarget::Addr(addr) => TokioListener::bind(self.inner.clone(), addr).await,
-            other => Err(unsupported_target("tokio", &other)),
+            ListenTarget::Unix(path) => TokioListener::bind_unix(self.inner.clone(), path).await,
         }
     }
 
@@ -348,6 +355,7 @@ impl Engine for TokioEngine {
         let inner = &self.inner;
         let started = Instant::now();
         inner.shutdown.cancel();
+        inner.uds_files.remove_all();
         inner.shared.readiness.set(ReadyState::NotReady {
             reason: crate::readiness::reasons::SHUTDOWN,
         });

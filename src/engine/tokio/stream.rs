@@ -1,5 +1,5 @@
-//! The two halves of a tokio connection, plain TCP or TLS, behind one enum each so the reader
-//! and writer code is written once. TCP splits into owned halves with no lock; TLS shares one
+//! The two halves of a tokio connection, plain TCP, TLS or a Unix-domain socket, behind one
+//! enum each so the reader and writer code is written once. TCP splits into owned halves with no lock; TLS shares one
 //! rustls session between the halves through `tokio::io::split` (its lock is held only inside a
 //! single poll, never across an `.await`).
 //!
@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsStream;
 
 /// A byte stream other than a TCP socket (e.g. an in-process pipe).
@@ -28,6 +28,8 @@ pub(crate) enum Stream {
     Tcp(TcpStream),
     /// TLS 1.3 over TCP (client or server side).
     Tls(Box<TlsStream<TcpStream>>),
+    /// A Unix-domain stream socket (plain frames).
+    Unix(UnixStream),
     /// Plain frames over another byte stream.
     Boxed(BoxIo),
     /// TLS 1.3 over another byte stream.
@@ -67,6 +69,10 @@ impl Stream {
                 let (r, w) = tokio::io::split(*s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            Self::Unix(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
             Self::Boxed(s) => {
                 let (r, w) = tokio::io::split(s);
                 (ReadHalf::Boxed(r), WriteHalf::Boxed(w))
@@ -83,6 +89,7 @@ impl Stream {
 pub(crate) enum ReadHalf {
     Tcp(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Unix(tokio::net::unix::OwnedReadHalf),
     Boxed(tokio::io::ReadHalf<BoxIo>),
     BoxedTls(tokio::io::ReadHalf<TlsStream<BoxIo>>),
 }
@@ -91,6 +98,7 @@ pub(crate) enum ReadHalf {
 pub(crate) enum WriteHalf {
     Tcp(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Unix(tokio::net::unix::OwnedWriteHalf),
     Boxed(tokio::io::WriteHalf<BoxIo>),
     BoxedTls(tokio::io::WriteHalf<TlsStream<BoxIo>>),
 }
@@ -104,6 +112,7 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             Self::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             Self::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Unix(r) => Pin::new(r).poll_read(cx, buf),
             Self::Boxed(r) => Pin::new(r).poll_read(cx, buf),
             Self::BoxedTls(r) => Pin::new(r).poll_read(cx, buf),
         }
@@ -119,6 +128,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_write(cx, buf),
             Self::Tls(w) => Pin::new(w).poll_write(cx, buf),
+            Self::Unix(w) => Pin::new(w).poll_write(cx, buf),
             Self::Boxed(w) => Pin::new(w).poll_write(cx, buf),
             Self::BoxedTls(w) => Pin::new(w).poll_write(cx, buf),
         }
@@ -132,6 +142,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
             Self::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Self::Unix(w) => Pin::new(w).poll_write_vectored(cx, bufs),
             Self::Boxed(w) => Pin::new(w).poll_write_vectored(cx, bufs),
             Self::BoxedTls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
         }
@@ -141,6 +152,7 @@ impl AsyncWrite for WriteHalf {
         match self {
             Self::Tcp(w) => w.is_write_vectored(),
             Self::Tls(w) => w.is_write_vectored(),
+            Self::Unix(w) => w.is_write_vectored(),
             Self::Boxed(w) => w.is_write_vectored(),
             Self::BoxedTls(w) => w.is_write_vectored(),
         }
@@ -150,6 +162,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_flush(cx),
             Self::Tls(w) => Pin::new(w).poll_flush(cx),
+            Self::Unix(w) => Pin::new(w).poll_flush(cx),
             Self::Boxed(w) => Pin::new(w).poll_flush(cx),
             Self::BoxedTls(w) => Pin::new(w).poll_flush(cx),
         }
@@ -159,6 +172,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             Self::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             Self::Tls(w) => Pin::new(w).poll_shutdown(cx),
+            Self::Unix(w) => Pin::new(w).poll_shutdown(cx),
             Self::Boxed(w) => Pin::new(w).poll_shutdown(cx),
             Self::BoxedTls(w) => Pin::new(w).poll_shutdown(cx),
         }

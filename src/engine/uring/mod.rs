@@ -34,6 +34,8 @@
 //! `pq_handshake_total{result="fail"}`. `ConnInfo` carries `pq`, `alpn` and `resumed`.
 #![forbid(unsafe_code)]
 
+mod uds;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -52,7 +54,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Backend, ConfigHandle, ValidConfig};
 use crate::engine::admission::{self, Admission, DialAccount, Direction};
 use crate::engine::shared::ClientTls;
-use crate::engine::target::unsupported_target;
 use crate::engine::{events, listen};
 use crate::engine::{
     Conn, ConnInfo, DialOptions, DialTarget, Engine, EngineKind, FrameSender, ListenTarget,
@@ -136,6 +137,8 @@ struct Inner {
     metrics: Arc<TransportMetrics>,
     readiness: Readiness,
     tls: UringTls,
+    /// Socket files of this engine's Unix-domain listeners, removed at shutdown.
+    uds_files: crate::engine::uds::SocketFiles,
     /// Open connections, woken when a reload changes what their shard enforces.
     open: Arc<OpenConns>,
     /// The config-change registration (dropped with the engine).
@@ -343,6 +346,7 @@ impl UringEngine {
             tls,
             open: Arc::default(),
             reload_hook: OnceLock::new(),
+            uds_files: Default::default(),
         });
         // Reloaded deadlines reach open connections: each is woken on its shard and re-reads
         // them (the per-frame limits are generation-checked there already).
@@ -398,7 +402,7 @@ impl Engine for UringEngine {
         async move {
             let addr = match target {
                 ListenTarget::Addr(addr) => addr,
-                other => return Err(unsupported_target("uring", &other)),
+                ListenTarget::Unix(path) => return uds::listen(inner, path).await,
             };
             let Ok(server_tls) = listener_tls(inner.is_tls(), inner.tls.server.as_ref()) else {
                 return Err(listen::tls_config_missing(&inner.readiness));
@@ -426,6 +430,7 @@ impl Engine for UringEngine {
                 rx,
                 id,
                 serve,
+                uds: None,
             })
         }
     }
@@ -512,6 +517,7 @@ impl Engine for UringEngine {
                 reason: crate::readiness::reasons::SHUTDOWN,
             });
             let started = std::time::Instant::now();
+            inner.uds_files.remove_all();
             let r = inner.rt.shutdown(deadline).wait_async().await;
             if r.aborted > 0 {
                 inner
@@ -556,7 +562,10 @@ async fn dial_to(
                 Err(_) => return Err(TransportError::timeout(TimeoutOp::Dial)),
             }
         }
-        other => return Err(unsupported_target("uring", other)),
+        DialTarget::Unix(path) => {
+            let corr_id = opts.corr_id.as_deref().map(Arc::from);
+            return uds::dial(inner, path, opts.deadline, corr_id).await;
+        }
     };
     let client = if inner.is_tls() {
         Some(inner.tls.client.current(&inner.cfg()).await?)
@@ -909,6 +918,10 @@ impl AcceptHooks for AcceptSide {
         })
     }
 
+    fn admit_unix(&self, cred: ron_shard::PeerCred) -> Result<AdmitToken, Reject> {
+        uds::admit_unix(self, cred)
+    }
+
     fn handshake_failed(
         &self,
         token: AdmitToken,
@@ -1004,6 +1017,8 @@ pub struct UringListener {
     rx: mpsc::Receiver<Accepted>,
     id: ron_shard::ListenerId,
     serve: Arc<OnceLock<ServeFn>>,
+    /// The socket file of a Unix-domain listener (removed when the listener is dropped).
+    uds: Option<Arc<crate::engine::uds::SocketFile>>,
 }
 
 impl std::fmt::Debug for UringListener {
@@ -1019,6 +1034,13 @@ impl Listener for UringListener {
 
     fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn dial_target(&self) -> DialTarget {
+        match &self.uds {
+            Some(f) => DialTarget::Unix(f.path().to_path_buf()),
+            None => DialTarget::Addr(self.local),
+        }
     }
 
     async fn accept(&mut self) -> Result<Self::Conn, TransportError> {
