@@ -513,7 +513,7 @@ pub async fn dial_timeout<T: EngineUnderTest>() {
         ..DialOptions::default()
     };
     let err = expect_err(
-        within("dial", SLACK, client.engine.dial(addr.clone(), opts)).await,
+        within("dial", SLACK, client.engine.dial(addr, opts)).await,
         "dial",
     );
     let took = start.elapsed();

@@ -472,6 +472,7 @@ mod tests {
             let addr = spawn_in_thread(e, Transport::Tls, Some((c.clone(), k.clone()))).unwrap();
             let r = crate::client::run_load(&crate::client::LoadSpec {
                 target: addr,
+                uds: None,
                 tls: Some(tls.clone()),
                 conns: 3,
                 payload: 70_000,
