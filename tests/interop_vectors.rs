@@ -61,7 +61,22 @@ struct Transport {
 const TRANSPORTS: &[Transport] = &[
     Transport { name: "tcp", backend: Backend::Tcp, listen: listen_loopback, raw: raw_tcp },
     Transport { name: "tls", backend: Backend::Tls, listen: listen_loopback, raw: raw_tls },
+    Transport { name: "uds", backend: Backend::Tcp, listen: listen_unix, raw: raw_unix },
 ];
+
+fn listen_unix(dir: &Path) -> ListenTarget {
+    ListenTarget::Unix(dir.join("vectors.sock"))
+}
+
+fn raw_unix(
+    target: DialTarget,
+    _tls: TlsFixture,
+) -> Pin<Box<dyn Future<Output = Box<dyn RawStream>> + Send>> {
+    Box::pin(async move {
+        let path = target.unix_path().expect("a socket path").to_path_buf();
+        Box::new(tokio::net::UnixStream::connect(path).await.unwrap()) as Box<dyn RawStream>
+    })
+}
 
 fn listen_loopback(_dir: &Path) -> ListenTarget {
     ListenTarget::Addr(loopback())

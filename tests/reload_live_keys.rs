@@ -55,9 +55,21 @@ const ENGINE_OBSERVED: &[&str] = &[
 
 /// Live keys that act outside the socket engines: (key, test file, test function).
 const OBSERVED_ELSEWHERE: &[(&str, &str, &str)] = &[
-    ("log.level", "tests/logs_live.rs", "fn "),
-    ("log.format", "tests/logs_live.rs", "fn "),
-    ("uds.allow_uids", "tests/uds.rs", "fn "),
+    (
+        "log.level",
+        "tests/logs_live.rs",
+        "fn level_and_format_follow_config_reload",
+    ),
+    (
+        "log.format",
+        "tests/logs_live.rs",
+        "fn level_and_format_follow_config_reload",
+    ),
+    (
+        "uds.allow_uids",
+        "tests/uds.rs",
+        "fn uds_peer_cred_refuses_other_uid_until_a_live_reload_allows_it_on_both_engines",
+    ),
     (
         "arti.bootstrap_timeout",
         "tests/arti_offline.rs",
