@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use ron_transport::config::{Backend, Key, ReloadClass};

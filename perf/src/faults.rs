@@ -161,6 +161,10 @@ pub fn cmd_faults(a: FaultsArgs) -> anyhow::Result<()> {
             let backend = match t {
                 Transport::Tcp => Backend::Tcp,
                 Transport::Tls => Backend::Tls,
+                Transport::Uds => {
+                    eprintln!("[ron-perf faults] {e}/uds skipped: the fault relay speaks TCP");
+                    continue;
+                }
             };
             eprintln!("[ron-perf faults] {e}/{}", t.as_str());
             let row = match e.as_str() {

@@ -218,9 +218,11 @@ mod tests {
     use crate::ConfigHandle;
 
     fn policy(max_conns: u32, per_peer: u32) -> (Arc<Policy>, Arc<TransportMetrics>) {
-        let mut c = Config::default();
-        c.max_conns = max_conns;
-        c.per_peer_max_conns = per_peer;
+        let c = Config {
+            max_conns,
+            per_peer_max_conns: per_peer,
+            ..Config::default()
+        };
         let metrics = TransportMetrics::new();
         let handle = ConfigHandle::new(c.validate().unwrap());
         (Policy::new(handle, metrics.clone()), metrics)

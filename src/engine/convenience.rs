@@ -19,8 +19,10 @@ use crate::error::TransportError;
 use crate::metrics::TransportMetrics;
 
 fn tls_setup() -> Result<EngineSetup, TransportError> {
-    let mut cfg = Config::default();
-    cfg.backend = Backend::Tls;
+    let cfg = Config {
+        backend: Backend::Tls,
+        ..Config::default()
+    };
     let valid = cfg.validate().map_err(|e| TransportError::Unsupported {
         what: format!("default TLS config: {e}"),
     })?;

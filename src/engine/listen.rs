@@ -55,8 +55,10 @@ mod tests {
 
     #[test]
     fn configured_target_prefers_uds_then_bind_addr() {
-        let mut c = Config::default();
-        c.bind_addr = Some(([127, 0, 0, 1], 7).into());
+        let mut c = Config {
+            bind_addr: Some(([127, 0, 0, 1], 7).into()),
+            ..Config::default()
+        };
         let v = c.clone().validate().unwrap();
         assert_eq!(
             configured_target(&v).unwrap(),
