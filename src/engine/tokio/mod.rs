@@ -167,6 +167,7 @@ impl TokioEngine {
     }
 
     /// The state listeners and connections share (for engines built on this machinery).
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) fn inner(&self) -> &Arc<EngineInner> {
         &self.inner
     }

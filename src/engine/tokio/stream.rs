@@ -31,6 +31,7 @@ pub(crate) enum Stream {
     /// A Unix-domain stream socket (plain frames).
     Unix(UnixStream),
     /// Plain frames over another byte stream.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     Boxed(BoxIo),
     /// TLS 1.3 over another byte stream.
     BoxedTls(Box<TlsStream<BoxIo>>),
