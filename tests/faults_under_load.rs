@@ -336,9 +336,13 @@ async fn under_faults<T: Eut>(backend: Backend, seed: u64) {
         open_fds() <= fds_before
     })
     .await;
+    // The writer-inbox gauge is netted per shard batch on uring: it returns to 0 once the
+    // last batch of the closed connections is accounted.
+    util::wait_until("writer-inbox gauges back to 0", SLACK, || {
+        util::inbox_depth(&sm) == 0 && util::inbox_depth(&cm) == 0
+    })
+    .await;
     let settled = settle.elapsed();
-    assert_eq!(util::inbox_depth(&sm), 0);
-    assert_eq!(util::inbox_depth(&cm), 0);
 
     let ck = client_kinds.snapshot();
     let sk = server_kinds.snapshot();

@@ -65,7 +65,12 @@ const TRANSPORTS: &[Transport] = &[
 ];
 
 fn listen_unix(dir: &Path) -> ListenTarget {
-    ListenTarget::Unix(dir.join("vectors.sock"))
+    use std::os::unix::fs::PermissionsExt;
+    // `uds.path` needs a private (0700) parent directory.
+    let private = dir.join("uds");
+    std::fs::create_dir_all(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    ListenTarget::Unix(private.join("vectors.sock"))
 }
 
 fn raw_unix(

@@ -317,6 +317,11 @@ impl PortShared {
             (None, Some(p)) => p,
         };
         let mut out = lock(&self.off().out);
+        // Checked again under the lock `on_close` clears the inbox under (it sets `closed`
+        // first): a frame pushed after that clear would stay counted in the inbox gauge.
+        if self.closed.get().is_some() {
+            return Err((self.closed_error(), payload));
+        }
         if out.frames.len() >= cap {
             return Err((SendError::Busy, payload));
         }

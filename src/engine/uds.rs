@@ -343,7 +343,10 @@ mod tests {
         let p = d.path().join("s.sock");
         let (l, f) = bind(&p).unwrap();
         drop(l);
-        // Someone replaced the (now stale) socket with their own.
+        // Someone replaced the (now stale) socket with their own. A second link keeps the old
+        // inode alive, so the successor cannot be handed the same inode number (which the
+        // file system may reuse at once, and the identity check could not tell apart).
+        std::fs::hard_link(&p, d.path().join("old.sock")).unwrap();
         std::fs::remove_file(&p).unwrap();
         let (_l2, _f2) = bind(&p).unwrap();
         drop(f);

@@ -76,6 +76,10 @@ pub(crate) struct ConnCore {
     pub(crate) tcp: Option<Mutex<TcpSlot>>,
     /// Bytes written by direct writes (the close log adds them to the writer's).
     pub(crate) direct_bytes_out: AtomicU64,
+    /// Frames handed to the writer inbox and not yet written by the writer. A direct write is
+    /// taken only at 0: a frame the writer has already popped from the inbox (the inbox looks
+    /// empty) but not yet written must not be overtaken.
+    pub(crate) queued: std::sync::atomic::AtomicUsize,
     /// The reader already holds another complete frame: a reply to this one is queued for the
     /// writer (which coalesces the batch into one write) instead of written directly.
     pub(crate) reader_more: std::sync::atomic::AtomicBool,
@@ -124,6 +128,7 @@ impl ConnCore {
             terminal: OnceLock::new(),
             tcp: plain_tcp.then(|| Mutex::new(TcpSlot::default())),
             direct_bytes_out: AtomicU64::new(0),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             reader_more: std::sync::atomic::AtomicBool::new(false),
             limits_gen: AtomicU64::new(u64::MAX),
             max_frame: AtomicU64::new(0),
@@ -303,7 +308,8 @@ impl TokioSender {
         let Some(slot) = self.core.tcp.as_ref() else {
             return false;
         };
-        if self.tx.capacity() != self.tx.max_capacity()
+        if self.core.queued.load(Ordering::Acquire) != 0
+            || self.tx.capacity() != self.tx.max_capacity()
             || self.core.reader_more.load(Ordering::Relaxed)
             || self.core.rates_on()
         {
@@ -368,10 +374,12 @@ impl FrameSender for TokioSender {
         }
         drop(permit);
         self.core.inbox_depth.inc();
+        self.core.queued.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(Out::Frame(frame)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.core.inbox_depth.dec();
+                self.core.queued.fetch_sub(1, Ordering::AcqRel);
                 self.core
                     .metrics
                     .queue_dropped
@@ -382,6 +390,7 @@ impl FrameSender for TokioSender {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.core.inbox_depth.dec();
+                self.core.queued.fetch_sub(1, Ordering::AcqRel);
                 Err(self.core.closed_error())
             }
         }
@@ -395,6 +404,7 @@ impl FrameSender for TokioSender {
         match self.tx.try_reserve() {
             Ok(slot) => {
                 self.core.inbox_depth.inc();
+                self.core.queued.fetch_add(1, Ordering::AcqRel);
                 slot.send(Out::Frame(frame));
                 return Ok(());
             }
@@ -408,6 +418,7 @@ impl FrameSender for TokioSender {
             r = tokio::time::timeout(wait, self.tx.reserve()) => match r {
                 Ok(Ok(slot)) => {
                     self.core.inbox_depth.inc();
+        self.core.queued.fetch_add(1, Ordering::AcqRel);
                     slot.send(Out::Frame(frame));
                     Ok(())
                 }

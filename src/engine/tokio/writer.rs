@@ -229,6 +229,7 @@ async fn write_loop(live: &Live, wr: &mut Option<WriteHalf>, rx: &mut mpsc::Rece
             return exit;
         }
         // Take everything already queued, up to `chunk` bytes.
+        let had_first = first.is_some();
         let mut batch = match first {
             Some(f) => stage_frame(&mut stage, &mut segs, f, chunk),
             None => 0,
@@ -259,6 +260,10 @@ async fn write_loop(live: &Live, wr: &mut Option<WriteHalf>, rx: &mut mpsc::Rece
         {
             return exit;
         }
+        // Written: direct writes may go again once nothing else is queued.
+        let written = usize::from(had_first) + taken as usize;
+        core.queued
+            .fetch_sub(written, std::sync::atomic::Ordering::AcqRel);
         // Idle again: lend the plain-TCP half to the senders for direct writes.
         lend(core, wr);
     }
