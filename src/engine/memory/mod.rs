@@ -87,12 +87,9 @@ use crate::config::Backend;
 use crate::engine::admission::{self, DialAccount, Direction};
 use crate::engine::shared::EngineShared;
 use crate::engine::target::unsupported_target;
-use crate::engine::tokio::listener::log_handshake;
 use crate::engine::tokio::stream::{BoxIo, Stream};
 use crate::engine::tokio::{pq_label, TokioConn, TokioEngine};
-use crate::engine::{
-    ConnInfo, DialOptions, DialTarget, Engine, EngineKind, ListenTarget, ShutdownReport,
-};
+use crate::engine::{DialOptions, DialTarget, Engine, EngineKind, ListenTarget, ShutdownReport};
 use crate::error::{TimeoutOp, TransportError};
 use crate::metrics::PqLabel;
 use crate::readiness::{ReadyState, TransportHealth};
@@ -221,26 +218,9 @@ impl MemoryEngine {
                 Err(_) => return Err(TransportError::timeout(TimeoutOp::Dial)),
             },
         };
-        let bm = shared.metrics.backend(backend);
-        bm.handshake(pq).observe(started.elapsed().as_secs_f64());
-        if backend == Backend::Tls {
-            shared.metrics.pq_handshake_result(backend, pq, true);
-        }
-        let (alpn, resumed) = tls_facts.unwrap_or((None, false));
-        let info = ConnInfo {
-            conn_id: shared.next_conn_id(),
-            peer_addr: addr,
-            local_addr: local,
-            backend,
-            engine: EngineKind::Memory,
-            alpn,
-            pq,
-            resumed,
-        };
-        if backend == Backend::Tls {
-            log_handshake(&info, started, corr_id.as_deref());
-        }
-        Ok(inner.make_conn(stream, admitted, info, corr_id.clone()))
+        Ok(inner.dialed(
+            stream, admitted, addr, local, tls_facts, pq, started, corr_id,
+        ))
     }
 }
 

@@ -17,6 +17,7 @@ mod uds;
 mod writer;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,48 @@ impl EngineInner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+    }
+
+    /// A dialed stream (connected and, for TLS, handshaken) becomes a connection: observes the
+    /// handshake latency and the PQ result, logs the TLS handshake, and builds the connection.
+    /// Shared by every engine built on this machinery (tokio, memory).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dialed(
+        self: &Arc<Self>,
+        stream: Stream,
+        admitted: Admission,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls_facts: Option<(Option<Vec<u8>>, bool)>,
+        pq: PqLabel,
+        started: Instant,
+        corr_id: &Option<Arc<str>>,
+    ) -> TokioConn {
+        let shared = &self.shared;
+        let backend = shared.backend;
+        shared
+            .metrics
+            .backend(backend)
+            .handshake(pq)
+            .observe(started.elapsed().as_secs_f64());
+        if backend == Backend::Tls {
+            shared.metrics.pq_handshake_result(backend, pq, true);
+        }
+        let (alpn, resumed) = tls_facts.unwrap_or((None, false));
+        let info = ConnInfo {
+            conn_id: shared.next_conn_id(),
+            peer_addr: peer,
+            local_addr: local,
+            backend,
+            engine: self.kind,
+            alpn,
+            pq,
+            resumed,
+        };
+        if backend == Backend::Tls {
+            listener::log_handshake(&info, started, corr_id.as_deref());
+        }
+        self.make_conn(stream, admitted, info, corr_id.clone())
     }
 
     /// Turns an established (and, for TLS, handshaken) stream into a connection: splits it,
@@ -271,26 +314,9 @@ impl TokioEngine {
                 Err(_) => return Err(TransportError::timeout(TimeoutOp::Dial)),
             },
         };
-        let bm = shared.metrics.backend(backend);
-        bm.handshake(pq).observe(started.elapsed().as_secs_f64());
-        if backend == Backend::Tls {
-            shared.metrics.pq_handshake_result(backend, pq, true);
-        }
-        let (alpn, resumed) = tls_facts.unwrap_or((None, false));
-        let info = ConnInfo {
-            conn_id: shared.next_conn_id(),
-            peer_addr: addr,
-            local_addr: local,
-            backend,
-            engine: EngineKind::Tokio,
-            alpn,
-            pq,
-            resumed,
-        };
-        if backend == Backend::Tls {
-            listener::log_handshake(&info, started, corr_id.as_deref());
-        }
-        Ok(inner.make_conn(stream, admitted, info, corr_id.clone()))
+        Ok(inner.dialed(
+            stream, admitted, addr, local, tls_facts, pq, started, corr_id,
+        ))
     }
 }
 
