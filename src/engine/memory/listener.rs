@@ -13,12 +13,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Backend;
 use crate::engine::admission::{self, Admission, Direction};
 use crate::engine::memory::network::{MemoryNetwork, RawListener};
-use crate::engine::tokio::listener::{log_accept, tls_accept};
+use crate::engine::tokio::listener::{accepted_plain, tls_accept};
 use crate::engine::tokio::stream::{BoxIo, Stream};
 use crate::engine::tokio::{EngineInner, TokioConn};
-use crate::engine::{ConnInfo, EngineKind, Listener};
+use crate::engine::{EngineKind, Listener};
 use crate::error::TransportError;
-use crate::metrics::PqLabel;
 use crate::readiness::ReadyState;
 
 /// A bound memory listener.
@@ -143,27 +142,18 @@ impl Listener for MemoryListener {
                 drop(pipe);
                 continue;
             };
-            let shared = &self.inner.shared;
             let io: BoxIo = Box::new(pipe);
             match &self.acceptor {
                 None => {
-                    let info = ConnInfo {
-                        conn_id: shared.next_conn_id(),
-                        peer_addr: peer,
-                        local_addr: local,
-                        backend: Backend::Tcp,
-                        engine: self.inner.kind,
-                        alpn: None,
-                        pq: PqLabel::Off,
-                        resumed: false,
-                    };
-                    shared
-                        .metrics
-                        .backend(Backend::Tcp)
-                        .handshake(PqLabel::Off)
-                        .observe(started.elapsed().as_secs_f64());
-                    log_accept(&info, started);
-                    return Ok(self.inner.make_conn(Stream::Boxed(io), permit, info, None));
+                    let stream = Stream::Boxed(io);
+                    return Ok(accepted_plain(
+                        &self.inner,
+                        stream,
+                        permit,
+                        peer,
+                        local,
+                        started,
+                    ));
                 }
                 Some(acceptor) => {
                     let task = tls_accept(

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Backend;
 use crate::engine::admission::{self, Admission, Direction};
 use crate::engine::tokio::conn::TokioConn;
-use crate::engine::tokio::stream::TlsTransport;
+use crate::engine::tokio::stream::{Stream, TlsTransport};
 use crate::engine::tokio::{pq_label, EngineInner};
 use crate::engine::{events, listen, ConnInfo, DialTarget, Listener};
 use crate::error::{TimeoutOp, TransportError};
@@ -159,7 +159,6 @@ impl Listener for TokioListener {
                 drop(sock);
                 continue;
             };
-            let shared = &self.inner.shared;
             if let Err(e) = sock.set_nodelay() {
                 tracing::debug!(target: "ron_transport", event = "accept", error = %e);
                 continue;
@@ -170,23 +169,15 @@ impl Listener for TokioListener {
             };
             match &self.acceptor {
                 None => {
-                    let info = ConnInfo {
-                        conn_id: shared.next_conn_id(),
-                        peer_addr: peer,
-                        local_addr: local,
-                        backend: Backend::Tcp,
-                        engine: self.inner.kind,
-                        alpn: None,
-                        pq: PqLabel::Off,
-                        resumed: false,
-                    };
-                    shared
-                        .metrics
-                        .backend(Backend::Tcp)
-                        .handshake(PqLabel::Off)
-                        .observe(started.elapsed().as_secs_f64());
-                    log_accept(&info, started);
-                    return Ok(self.inner.make_conn(sock.into_stream(), permit, info, None));
+                    let stream = sock.into_stream();
+                    return Ok(accepted_plain(
+                        &self.inner,
+                        stream,
+                        permit,
+                        peer,
+                        local,
+                        started,
+                    ));
                 }
                 Some(acceptor) => {
                     let Some(sock) = sock.into_tcp() else {
@@ -278,6 +269,37 @@ pub(crate) async fn tls_accept<S: TlsTransport>(
             None
         }
     }
+}
+
+/// An accepted plain stream (no TLS) becomes a connection: establishment latency observed as
+/// the handshake, one `accept` event. Shared by the listeners built on this machinery (tokio
+/// TCP and Unix sockets, memory pipes).
+pub(crate) fn accepted_plain(
+    inner: &Arc<EngineInner>,
+    stream: Stream,
+    permit: Admission,
+    peer: SocketAddr,
+    local: SocketAddr,
+    started: Instant,
+) -> TokioConn {
+    let shared = &inner.shared;
+    let info = ConnInfo {
+        conn_id: shared.next_conn_id(),
+        peer_addr: peer,
+        local_addr: local,
+        backend: Backend::Tcp,
+        engine: inner.kind,
+        alpn: None,
+        pq: PqLabel::Off,
+        resumed: false,
+    };
+    shared
+        .metrics
+        .backend(Backend::Tcp)
+        .handshake(PqLabel::Off)
+        .observe(started.elapsed().as_secs_f64());
+    log_accept(&info, started);
+    inner.make_conn(stream, permit, info, None)
 }
 
 pub(crate) fn log_accept(info: &ConnInfo, started: Instant) {
