@@ -2,7 +2,9 @@
 //! I/O bookkeeping ([`ConnIo`]) that the shard loop reconciles after the callback returns.
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -10,7 +12,7 @@ use bytes::Bytes;
 use crate::conn::{ConnState, Timeouts};
 use crate::meta::{CloseReason, ConnMeta, CtxSendError, Frame, FrameSrc};
 use crate::remote::ConnRemote;
-use crate::sys::{Body, OpId, OutSeg};
+use crate::sys::{Body, OpId, OutSeg, RingPin, RingSlice};
 
 /// What a connection's receive in flight reads into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +60,40 @@ pub(crate) struct ConnIo {
     /// A wake requested by the handler itself ([`ConnCtx::wake_after`]): when, which bits.
     pub(crate) wake_at: Option<(Instant, u32)>,
     pub(crate) wake_armed: Option<Instant>,
+    /// Provided buffers held by this connection's queued output (in-place echoes), created at
+    /// the first in-place echo.
+    pub(crate) ring_pins: Option<Rc<Cell<u16>>>,
+    /// In-place echoes copied out of their receive buffer because pinning it would exceed
+    /// this connection's share of the ring (drained into the shard's stats).
+    pub(crate) pin_copies: u32,
+}
+
+impl ConnIo {
+    /// Whether an in-place echo of a frame in `slice` may keep its receive buffer held until
+    /// the send completes, and the pin that counts it (`None` when the buffer is already held
+    /// by the segment queued just before, so it is counted already).
+    ///
+    /// The provided-buffer ring is shared by every connection of the shard, and a peer that
+    /// stops reading keeps echoed frames queued: pinned buffers would then never return, and
+    /// one such peer sending one tiny frame per segment could take the whole ring (every other
+    /// connection's receives fail with ENOBUFS). So a connection may pin at most
+    /// `entries / 16` buffers (at least 1), and nobody pins while fewer than a quarter of the
+    /// ring's buffers are free; past that the frame is copied (its bytes count against the
+    /// output high-water mark, which pauses reading).
+    fn pin_ring(&mut self, slice: &RingSlice) -> Result<Option<RingPin>, ()> {
+        let bid = slice.bid();
+        if self.out.back().and_then(OutSeg::ring_bid) == Some(bid) {
+            return Ok(None);
+        }
+        let entries = slice.ring_entries();
+        let per_conn = (entries / 16).max(1);
+        let reserve = (entries / 4).max(1);
+        let pins = self.ring_pins.get_or_insert_with(Default::default);
+        if usize::from(pins.get()) >= per_conn || slice.ring_free() < reserve {
+            return Err(());
+        }
+        Ok(Some(RingPin::new(pins)))
+    }
 }
 
 /// The handler's view of its connection during a callback.
@@ -104,10 +140,17 @@ impl ConnCtx<'_> {
     }
 
     /// Queues `frame` back (echo) without copying: an in-place frame keeps its receive buffer
-    /// held until the send completes.
+    /// held until the send completes — within this connection's share of the shared receive
+    /// ring; past it (a peer that does not read its echoes) the frame is copied instead.
     pub fn send_frame(&mut self, frame: &Frame<'_>) -> Result<(), CtxSendError> {
         let body = match frame.src {
-            FrameSrc::Ring(slice, start) => Body::Ring(slice.sub(start, frame.payload.len())),
+            FrameSrc::Ring(slice, start) => match self.io.pin_ring(slice) {
+                Ok(pin) => Body::Ring(slice.sub(start, frame.payload.len()), pin),
+                Err(()) => {
+                    self.io.pin_copies += 1;
+                    Body::Bytes(Bytes::copy_from_slice(frame.payload))
+                }
+            },
             FrameSrc::Owned(b) => Body::Bytes(b.clone()),
         };
         self.push(OutSeg::frame(body))

@@ -80,6 +80,9 @@ stats! {
     aborted,
     /// Multishot receives that ran out of provided buffers (re-armed later).
     recv_no_buffers,
+    /// In-place echoes copied out of their receive buffer instead of holding it, because the
+    /// connection's share of the provided-buffer ring (or the shard's reserve) was used up.
+    echo_copied,
     /// Reads paused because queued output reached the high-water mark (the multishot
     /// receive is cancelled; it is re-armed once output drains below half of that mark).
     recv_paused,

@@ -151,8 +151,9 @@ impl SendBatch {
 pub enum Body {
     /// Owned bytes (from a handle, a copy, or a pre-framed buffer).
     Bytes(Bytes),
-    /// Bytes still sitting in a provided receive buffer (zero-copy echo).
-    Ring(RingSlice),
+    /// Bytes still sitting in a provided receive buffer (zero-copy echo); the pin, if any,
+    /// counts the buffer against its connection's share of the ring while this lives.
+    Ring(RingSlice, #[allow(dead_code)] Option<RingPin>),
     /// The first `len` bytes of a reusable buffer (a TLS connection's ciphertext send buffer,
     /// given back to it when the send completes).
     Buf(Vec<u8>, usize),
@@ -175,7 +176,7 @@ impl OutSeg {
     pub(crate) fn frame(body: Body) -> Self {
         let len = match &body {
             Body::Bytes(b) => b.len(),
-            Body::Ring(r) => r.len(),
+            Body::Ring(r, _) => r.len(),
             Body::Buf(_, n) => *n,
         };
         Self {
@@ -244,6 +245,14 @@ impl OutSeg {
         }
     }
 
+    /// The id of the provided buffer this segment's body sits in, if it does.
+    pub(crate) fn ring_bid(&self) -> Option<u16> {
+        match &self.body {
+            Body::Ring(r, _) => Some(r.bid()),
+            _ => None,
+        }
+    }
+
     /// The payload, once the segment is done with.
     pub(crate) fn into_body(self) -> Body {
         self.body
@@ -252,7 +261,7 @@ impl OutSeg {
     fn body_slice(&self) -> &[u8] {
         match &self.body {
             Body::Bytes(b) => b,
-            Body::Ring(r) => r.as_slice(),
+            Body::Ring(r, _) => r.as_slice(),
             Body::Buf(b, n) => &b[..*n],
         }
     }
@@ -826,6 +835,21 @@ impl RingSlice {
         self.len
     }
 
+    /// The buffer's id in its ring.
+    pub(crate) fn bid(&self) -> u16 {
+        self.bid
+    }
+
+    /// Buffers of this slice's ring that are free (in the kernel's ring, not held by us).
+    pub(crate) fn ring_free(&self) -> usize {
+        usize::from(self.ring.entries).saturating_sub(self.ring.held())
+    }
+
+    /// Number of buffers in this slice's ring.
+    pub(crate) fn ring_entries(&self) -> usize {
+        usize::from(self.ring.entries)
+    }
+
     /// True if this slice is the only hold on its buffer.
     pub fn is_unique(&self) -> bool {
         self.ring.holds[usize::from(self.bid)].get() == 1
@@ -872,6 +896,26 @@ impl Clone for RingSlice {
 impl Drop for RingSlice {
     fn drop(&mut self) {
         self.ring.release(self.bid);
+    }
+}
+
+/// Counts one provided buffer against a connection's share of the ring for as long as the
+/// queued output segment that carries it lives (see `ConnCtx::send_frame`): dropping the
+/// segment (sent, sealed into TLS records, or discarded at close) releases the count.
+#[derive(Debug)]
+pub struct RingPin(Rc<Cell<u16>>);
+
+impl RingPin {
+    /// Adds one to `count` until the pin is dropped.
+    pub(crate) fn new(count: &Rc<Cell<u16>>) -> Self {
+        count.set(count.get().saturating_add(1));
+        Self(count.clone())
+    }
+}
+
+impl Drop for RingPin {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -1137,7 +1181,7 @@ mod tests {
         assert_eq!(first.advance(2), 2);
         let segs = vec![
             first,
-            OutSeg::frame(Body::Ring(ring_slice.sub(5, 4))),
+            OutSeg::frame(Body::Ring(ring_slice.sub(5, 4), None)),
             OutSeg::raw(Bytes::from_static(b"RAW")),
         ];
         drop(ring_slice);

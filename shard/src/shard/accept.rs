@@ -283,6 +283,8 @@ impl Shard {
                 timer: None,
                 wake_at: None,
                 wake_armed: None,
+                ring_pins: None,
+                pin_copies: 0,
             },
         });
         ShardStats::add(&self.shared.stats.open, 1);

@@ -626,6 +626,13 @@ impl Shard {
             return;
         };
         let key_tag_gen = conn.gen;
+        if conn.io.pin_copies > 0 {
+            ShardStats::add(
+                &self.shared.stats.echo_copied,
+                u64::from(conn.io.pin_copies),
+            );
+            conn.io.pin_copies = 0;
+        }
         if let Some((reason, graceful)) = conn.io.close.clone() {
             if !graceful {
                 self.finish(idx, reason);
