@@ -37,6 +37,9 @@ pub enum CloseReason {
     /// TLS failed (handshake or record layer); the string is the pump's stable error kind
     /// ([`PumpError::kind`](crate::tls_pump::PumpError::kind)).
     Tls(&'static str),
+    /// The connection's handler (or the hook building it) panicked: the panic was contained
+    /// to this connection, which is aborted.
+    HandlerPanic,
 }
 
 impl CloseReason {
@@ -52,6 +55,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::Io(_) => "io",
             Self::Tls(_) => "tls",
+            Self::HandlerPanic => "handler_panic",
         }
     }
 

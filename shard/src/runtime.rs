@@ -458,10 +458,12 @@ impl Runtime {
         let target = self
             .shards
             .iter()
-            .find(|s| uid != 0 && s.uid == uid)
+            .find(|s| uid != 0 && s.uid == uid && !s.is_dead())
             .or_else(|| {
+                // A dead shard reports 0 open connections: never pick it.
                 self.shards
                     .iter()
+                    .filter(|s| !s.is_dead())
                     .min_by_key(|s| s.stats.open.load(Ordering::Relaxed))
             })
             .map_or(0, |s| s.id);
@@ -487,25 +489,54 @@ impl Runtime {
         self.shards.iter().map(|s| s.stats.snapshot(s.id)).collect()
     }
 
+    /// The shards whose thread died (a panic in the shard itself, outside any handler: handler
+    /// panics are contained to their connection). Nothing is routed to a dead shard; its
+    /// connections were closed. Cheap (one atomic load per shard): callers poll it for
+    /// readiness.
+    pub fn dead_shards(&self) -> Vec<usize> {
+        self.shards
+            .iter()
+            .filter(|s| s.is_dead())
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// Fault injection for tests: makes shard `shard`'s thread panic outside any handler (as
+    /// a bug in the shard itself would), to exercise dead-shard handling. Not for production.
+    #[doc(hidden)]
+    pub fn inject_shard_panic(&self, shard: usize) -> Result<(), ShardError> {
+        let s = self.shards.get(shard).ok_or(ShardError::Stopped)?;
+        s.send_cmd(Command::Panic).map_err(|e| to_shard_error(e.1))
+    }
+
     /// Stops accepting everywhere, lets connections drain for `drain`, then aborts the rest.
-    /// Wait for the outcome with [`Shutdown::wait`] or [`Shutdown::wait_async`].
+    /// Wait for the outcome with [`Shutdown::wait`] or [`Shutdown::wait_async`]. The request
+    /// reaches every shard even when its command queue is full.
     pub fn shutdown(&self, drain: Duration) -> Shutdown {
         self.shut.store(true, Ordering::Release);
         let deadline = Instant::now() + drain;
         let mut rxs = Vec::new();
         for s in self.shards.iter() {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if s.send_cmd(Command::Shutdown {
-                deadline,
-                reply: tx,
-            })
-            .is_ok()
-            {
-                rxs.push(rx);
+            if s.is_dead() {
+                continue; // its thread has exited; nothing to drain
             }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            s.request_stop((deadline, tx));
+            rxs.push(rx);
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        Shutdown { rxs, threads }
+        let on_own_shard = self.on_own_shard();
+        Shutdown {
+            rxs,
+            threads,
+            on_own_shard,
+        }
+    }
+
+    /// True when called on one of this runtime's shard threads (a consumer task or handler).
+    fn on_own_shard(&self) -> bool {
+        let uid = crate::exec::shard_uid();
+        uid != 0 && self.shards.iter().any(|s| s.uid == uid)
     }
 }
 
@@ -526,6 +557,10 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         if !self.shut.load(Ordering::Acquire) {
             self.shutdown(Duration::ZERO).wait();
+        } else if self.on_own_shard() {
+            // Dropped on one of its own shards (the last handle went away inside a task): that
+            // shard can only act on the shutdown once this returns, so joining would deadlock.
+            // The threads are detached; each exits once it has drained.
         } else {
             let threads =
                 std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
@@ -541,12 +576,26 @@ impl Drop for Runtime {
 pub struct Shutdown {
     rxs: Vec<tokio::sync::oneshot::Receiver<ShardReport>>,
     threads: Vec<JoinHandle<()>>,
+    /// Requested on one of the runtime's own shard threads.
+    on_own_shard: bool,
 }
 
 impl Shutdown {
     /// Blocks until every shard reported and exited; returns the summed report.
+    ///
+    /// On one of the runtime's own shard threads it cannot block (that shard drains only once
+    /// the current callback returns): it returns at once with an empty report and the shards
+    /// drain and exit on their own.
     pub fn wait(self) -> DrainReport {
-        let Shutdown { rxs, threads } = self;
+        let Shutdown {
+            rxs,
+            threads,
+            on_own_shard,
+        } = self;
+        if on_own_shard {
+            drop(threads);
+            return DrainReport::default();
+        }
         let report = block_on(collect(rxs));
         for t in threads {
             let _ = t.join();
@@ -557,7 +606,7 @@ impl Shutdown {
     /// Waits (asynchronously, on any executor) until every shard reported. The shard threads
     /// exit right after reporting.
     pub async fn wait_async(self) -> DrainReport {
-        let Shutdown { rxs, threads } = self;
+        let Shutdown { rxs, threads, .. } = self;
         let report = collect(rxs).await;
         drop(threads); // detached; they exit after the ring is torn down
         report

@@ -80,6 +80,11 @@ stats! {
     aborted,
     /// Multishot receives that ran out of provided buffers (re-armed later).
     recv_no_buffers,
+    /// The shard thread itself panicked (it is dead: see `Runtime::dead_shards`).
+    shard_panics,
+    /// Panics in handler callbacks or hooks, contained to their connection (which was aborted;
+    /// a panicking admission hook refuses its peer).
+    handler_panics,
     /// In-place echoes copied out of their receive buffer instead of holding it, because the
     /// connection's share of the provided-buffer ring (or the shard's reserve) was used up.
     echo_copied,

@@ -52,8 +52,11 @@ pub(crate) struct RingOptions {
 pub(crate) enum Resource {
     /// Only the socket (accept, multishot recv, shutdown).
     Fd(#[allow(dead_code)] Rc<OwnedFd>),
-    /// A vectored send: socket + segments + iovecs + msghdr.
-    Send(#[allow(dead_code)] Rc<OwnedFd>, Box<SendBatch>),
+    /// A vectored send: socket + segments + iovecs + msghdr. A zero-copy send gives its socket
+    /// up at its first completion (the kernel has taken the data and holds its own reference
+    /// to the socket); only the buffers wait for the notification, which a peer that never
+    /// opens its window could withhold forever.
+    Send(#[allow(dead_code)] Option<Rc<OwnedFd>>, Box<SendBatch>),
     /// A connect: socket + address.
     Connect(
         #[allow(dead_code)] Rc<OwnedFd>,
@@ -456,7 +459,7 @@ impl Ring {
     ) -> io::Result<OpId> {
         let fd = types::Fd(sock.as_raw_fd());
         let msg: *const libc::msghdr = &batch.msg;
-        let id = self.insert(tag, Resource::Send(sock.clone(), batch));
+        let id = self.insert(tag, Resource::Send(Some(sock.clone()), batch));
         let flags = libc::MSG_NOSIGNAL as u32;
         let e = if zero_copy {
             opcode::SendMsgZc::new(fd, msg).flags(flags).build()
@@ -566,6 +569,12 @@ impl Ring {
             // A zero-copy send's first CQE carries F_MORE; its buffers are released by the
             // notification. Every op is finished by its first CQE without F_MORE.
             let finished = !more;
+            if more && !notif {
+                if let Resource::Send(fd, _) = &mut self.ops[idx].res {
+                    // The first CQE of a zero-copy send: release the socket now.
+                    *fd = None;
+                }
+            }
             let res = if finished {
                 let mut res = self.ops.remove(idx).res;
                 if let (Resource::RecvInto(_, buf), Ok(n @ 1..)) =

@@ -13,6 +13,13 @@ use common::*;
 use ron_shard::{ConnOptions, Runtime, RuntimeConfig};
 use socket2::{Domain, Socket, Type};
 
+/// The tests here count process-wide things (open fds, shard threads): one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A one-shard runtime with a tiny provided-buffer ring (8 buffers).
 fn small_ring_runtime() -> Option<Runtime> {
     if !ron_shard::probe().usable {
@@ -59,6 +66,7 @@ fn non_reader(addr: SocketAddr) -> TcpStream {
 /// failed with ENOBUFS: the good connection below got no echo.
 #[test]
 fn non_reading_peer_cannot_pin_the_receive_ring() {
+    let _serial = serial();
     let Some(rt) = small_ring_runtime() else {
         return;
     };
@@ -100,4 +108,280 @@ fn non_reading_peer_cannot_pin_the_receive_ring() {
     );
     assert_eq!(s.open, 2, "both connections are still open: {s:?}");
     drop(attacker);
+}
+
+/// Handler that echoes, panics on the frame `panic` (in `on_frame`), and records its close.
+struct Panicky {
+    closes: Arc<std::sync::Mutex<Vec<ron_shard::CloseReason>>>,
+    /// Something the handler owns that must go away with it (e.g. a runtime handle).
+    _owned: Option<Arc<Runtime>>,
+}
+
+impl ron_shard::ConnHandler for Panicky {
+    fn on_frame(&mut self, ctx: &mut ron_shard::ConnCtx<'_>, frame: ron_shard::Frame<'_>) {
+        match frame.payload() {
+            b"panic" => panic!("handler bug (test)"),
+            b"block" => std::thread::sleep(Duration::from_millis(800)),
+            b"big" => {
+                // 4 MiB towards a peer that does not read.
+                for _ in 0..4 {
+                    ctx.send_bytes(bytes::Bytes::from(vec![1u8; 1 << 20]))
+                        .unwrap();
+                }
+            }
+            _ => ctx.send_frame(&frame).unwrap(),
+        }
+    }
+    fn on_close(&mut self, reason: &ron_shard::CloseReason) {
+        self.closes.lock().unwrap().push(reason.clone());
+    }
+}
+
+#[derive(Default)]
+struct PanickyHooks {
+    closes: Arc<std::sync::Mutex<Vec<ron_shard::CloseReason>>>,
+    opened_on: std::sync::Mutex<Vec<usize>>,
+    /// Handed to every handler built (then dropped with it, on the shard thread).
+    owned: std::sync::Mutex<Option<Arc<Runtime>>>,
+}
+
+impl ron_shard::AcceptHooks for PanickyHooks {
+    fn admit(&self, _peer: SocketAddr) -> Result<ron_shard::AdmitToken, ron_shard::Reject> {
+        Ok(ron_shard::AdmitToken::empty())
+    }
+    fn open(
+        &self,
+        _t: ron_shard::AdmitToken,
+        meta: &ron_shard::ConnMeta,
+        _r: ron_shard::ConnRemote,
+    ) -> Box<dyn ron_shard::ConnHandler> {
+        self.opened_on.lock().unwrap().push(meta.shard);
+        Box::new(Panicky {
+            closes: self.closes.clone(),
+            _owned: self.owned.lock().unwrap().take(),
+        })
+    }
+}
+
+fn runtime_with(shards: usize, f: impl FnOnce(&mut RuntimeConfig)) -> Option<Runtime> {
+    if !ron_shard::probe().usable {
+        eprintln!("skipping: io_uring unusable here");
+        return None;
+    }
+    let mut cfg = RuntimeConfig {
+        shards,
+        pin: false,
+        buf_entries: 64,
+        buf_size: 16 * 1024,
+        ..RuntimeConfig::default()
+    };
+    f(&mut cfg);
+    Some(Runtime::start(cfg).expect("runtime starts"))
+}
+
+/// Finding 2a: a panic in a handler ends its connection (aborted, reason `handler_panic`,
+/// counted), not the shard: the other connection on the same shard keeps being served.
+#[test]
+fn a_panicking_handler_ends_only_its_connection() {
+    let _serial = serial();
+    let Some(rt) = runtime_with(1, |_| {}) else {
+        return;
+    };
+    let hooks = Arc::new(PanickyHooks::default());
+    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    let mut good = connect(addr);
+    let mut bad = connect(addr);
+    write_frame(&mut good, b"before");
+    assert_eq!(read_frame(&mut good).unwrap(), b"before");
+    write_frame(&mut bad, b"panic");
+    // The panicking connection is aborted: EOF or reset, never an echo.
+    assert!(read_frame(&mut bad).is_err());
+    eventually("the panic is counted and the connection closed", || {
+        let s = total(&rt);
+        s.handler_panics == 1 && s.open == 1
+    });
+    assert_eq!(
+        hooks.closes.lock().unwrap().as_slice(),
+        [ron_shard::CloseReason::HandlerPanic]
+    );
+    assert_eq!(
+        ron_shard::CloseReason::HandlerPanic.as_str(),
+        "handler_panic"
+    );
+    for i in 0..20u32 {
+        write_frame(&mut good, &i.to_be_bytes());
+        assert_eq!(read_frame(&mut good).unwrap(), i.to_be_bytes());
+    }
+    assert!(rt.dead_shards().is_empty());
+}
+
+/// Finding 2b: a shard whose thread died is reported (`dead_shards`) and nothing is routed to
+/// it: before, it reported 0 open connections, so the balancer and dials preferred it and
+/// every hand-off to it was lost.
+#[test]
+fn a_dead_shard_attracts_no_connections() {
+    let _serial = serial();
+    let Some(rt) = runtime_with(2, |_| {}) else {
+        return;
+    };
+    let hooks = Arc::new(PanickyHooks::default());
+    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    // Load shard 0 (the accepting one) so that an empty shard 1 would be preferred.
+    let mut keep: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
+    for c in &mut keep {
+        write_frame(c, b"hi");
+        assert_eq!(read_frame(c).unwrap(), b"hi");
+    }
+    rt.inject_shard_panic(1).unwrap();
+    eventually("shard 1 is reported dead", || rt.dead_shards() == [1]);
+    let s = &rt.stats()[1];
+    assert_eq!(s.shard_panics, 1);
+    assert_eq!(s.open, 0, "its connections were closed: {s:?}");
+    hooks.opened_on.lock().unwrap().clear();
+    for i in 0..8u32 {
+        let mut c = connect(addr);
+        write_frame(&mut c, &i.to_be_bytes());
+        assert_eq!(
+            read_frame(&mut c).expect("a new connection is served"),
+            i.to_be_bytes()
+        );
+    }
+    assert!(hooks.opened_on.lock().unwrap().iter().all(|&s| s == 0));
+    // Shutdown skips the dead shard and completes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = rt.shutdown(Duration::from_millis(100)).wait();
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("shutdown with a dead shard completes");
+}
+
+/// Finding 4b: shutdown reaches a shard whose command queue is full. Before, the shutdown
+/// command was refused (`busy`) and the caller then joined a thread that never stopped.
+#[test]
+fn shutdown_reaches_a_shard_with_a_full_command_queue() {
+    let _serial = serial();
+    let Some(rt) = runtime_with(1, |c| c.command_capacity = 2) else {
+        return;
+    };
+    let hooks = Arc::new(PanickyHooks::default());
+    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    let mut c = connect(addr);
+    write_frame(&mut c, b"hi");
+    assert_eq!(read_frame(&mut c).unwrap(), b"hi");
+    // Block the shard thread in a handler, then fill its command queue with dials.
+    write_frame(&mut c, b"block");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut busy = false;
+    for _ in 0..8 {
+        let r = rt.dial(
+            addr,
+            Duration::from_secs(1),
+            ConnOptions::default(),
+            Box::new(NoDial),
+        );
+        if matches!(r, Err((ron_shard::ShardError::Busy, _))) {
+            busy = true;
+            break;
+        }
+    }
+    assert!(busy, "the command queue filled up");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = rt.shutdown(Duration::from_millis(100)).wait();
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("shutdown completes although the command queue was full");
+}
+
+struct NoDial;
+impl ron_shard::DialHooks for NoDial {
+    fn connected(
+        self: Box<Self>,
+        _meta: &ron_shard::ConnMeta,
+        _remote: ron_shard::ConnRemote,
+    ) -> Box<dyn ron_shard::ConnHandler> {
+        Box::new(ron_shard::Refuse)
+    }
+    fn failed(self: Box<Self>, _err: ron_shard::DialError) {}
+}
+
+/// Names of this process's threads that are shard threads.
+fn shard_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|n| n.starts_with("ron-shard-"))
+        .count()
+}
+
+/// Finding 4a: the last handle to a runtime dropped on one of its own shard threads (here: a
+/// handler owning it, dropped when its connection closes). Before, the drop waited for that
+/// very shard to drain — a deadlock; now the shards drain and exit on their own.
+#[test]
+fn runtime_dropped_on_its_own_shard_does_not_deadlock() {
+    let _serial = serial();
+    let before = shard_threads();
+    let Some(rt) = runtime_with(1, |_| {}) else {
+        return;
+    };
+    let rt = Arc::new(rt);
+    let hooks = Arc::new(PanickyHooks::default());
+    *hooks.owned.lock().unwrap() = Some(rt.clone());
+    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    let mut c = connect(addr);
+    write_frame(&mut c, b"hi");
+    assert_eq!(read_frame(&mut c).unwrap(), b"hi");
+    assert!(hooks.owned.lock().unwrap().is_none(), "the handler owns it");
+    drop(rt);
+    assert_eq!(shard_threads(), before + 1, "the handler keeps it alive");
+    // The connection closes: its handler (and the last runtime handle) is dropped on the shard.
+    drop(c);
+    eventually("the shard thread exits", || shard_threads() == before);
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Finding 4c: with zero-copy sends, a connection's socket is closed when the connection
+/// ends, even though a peer that never reads withholds the send's notification. Before, the
+/// send op kept the fd open until that notification.
+#[test]
+fn zero_copy_send_does_not_keep_the_socket_open() {
+    let _serial = serial();
+    let Some(rt) = runtime_with(1, |c| c.zc_threshold = Some(16 * 1024)) else {
+        return;
+    };
+    let hooks = Arc::new(PanickyHooks::default());
+    let l = small_sndbuf_listener();
+    let addr = l.local_addr().unwrap();
+    let opts = ConnOptions {
+        timeouts: ron_shard::Timeouts {
+            write: Some(Duration::from_millis(500)),
+            ..ron_shard::Timeouts::default()
+        },
+        ..ConnOptions::default()
+    };
+    rt.listen(l, opts, hooks.clone()).unwrap();
+    let base = open_fds();
+    let mut peer = non_reader(addr);
+    write_frame(&mut peer, b"big");
+    eventually("the zero-copy send went out", || total(&rt).sends_zc > 0);
+    eventually("the write deadline closes the connection", || {
+        total(&rt).timeout_write == 1 && total(&rt).open == 0
+    });
+    // Only the peer's own socket is left.
+    eventually("the server's socket is closed", || open_fds() == base + 1);
+    drop(peer);
 }

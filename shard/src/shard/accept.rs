@@ -112,34 +112,44 @@ impl Shard {
         let tls = l.tls.clone();
         let accepted_at = self.now;
         let admitted = match (peer.as_socket(), local.as_socket()) {
-            (Some(peer), Some(local)) => hooks.admit(peer).map(|t| (t, peer, local)),
+            (Some(peer), Some(local)) => contained(|| hooks.admit(peer))
+                .unwrap_or(Err(PANICKED))
+                .map(|t| (t, peer, local)),
             // A Unix-domain peer: admitted by its credentials, before any receive is armed.
             _ if local.is_unix() => match crate::unix::peer_cred(&fd) {
-                Ok(cred) => hooks.admit_unix(cred).map(|t| {
-                    (
-                        t,
-                        cred.addr(),
-                        crate::unix::uid_addr(crate::unix::current_uid()),
-                    )
-                }),
+                Ok(cred) => contained(|| hooks.admit_unix(cred))
+                    .unwrap_or(Err(PANICKED))
+                    .map(|t| {
+                        (
+                            t,
+                            cred.addr(),
+                            crate::unix::uid_addr(crate::unix::current_uid()),
+                        )
+                    }),
                 Err(_) => return, // the peer is gone already; fd closes here
             },
             _ => return,
         };
         let (token, peer, local) = match admitted {
             Ok(t) => t,
-            Err(_) => {
+            Err(r) => {
+                if r == PANICKED {
+                    ShardStats::add(&self.shared.stats.handler_panics, 1);
+                }
                 ShardStats::add(&self.shared.stats.rejected, 1);
                 return; // fd dropped: closed before any buffer or read
             }
         };
         let peers = self.peers.clone();
         let target = self.balancer.pick(|i| {
-            let s = &peers[i].stats;
-            (
-                s.open.load(Ordering::Relaxed),
-                s.adopted.load(Ordering::Relaxed),
-            )
+            let p = &peers[i];
+            // A dead shard reports 0 open connections: it must not look like the least loaded.
+            (!p.is_dead()).then(|| {
+                (
+                    p.stats.open.load(Ordering::Relaxed),
+                    p.stats.adopted.load(Ordering::Relaxed),
+                )
+            })
         });
         let adopt = Adopt {
             fd,
@@ -203,7 +213,7 @@ impl Shard {
     ) {
         ShardStats::add(&self.shared.stats.tls_handshake_failed, 1);
         let meta = self.new_meta(peer, local, outbound);
-        opener.failed(
+        let told = opener.failed(
             &meta,
             HandshakeFailure {
                 reason: CloseReason::Tls(e.kind()),
@@ -211,6 +221,9 @@ impl Shard {
                 elapsed: Duration::ZERO,
             },
         );
+        if !told {
+            ShardStats::add(&self.shared.stats.handler_panics, 1);
+        }
     }
 
     /// Facts of a new connection of this shard (a fresh id; TLS facts come at handshake end).
@@ -247,11 +260,18 @@ impl Shard {
             queued: AtomicBool::new(false),
             gone: AtomicBool::new(false),
         }));
+        let mut panicked = false;
         let (handler, opener) = match tls {
-            None => (Some(opener.open(&meta, remote.clone())), None),
+            None => match opener.open(&meta, remote.clone()) {
+                Some(h) => (Some(h), None),
+                None => {
+                    panicked = true;
+                    (Some(Box::new(Refuse) as Box<dyn ConnHandler>), None)
+                }
+            },
             Some(_) => (None, Some(opener)),
         };
-        let open_now = handler.is_some();
+        let open_now = handler.is_some() && !panicked;
         entry.insert(Conn {
             gen,
             fd: Rc::new(fd),
@@ -267,7 +287,7 @@ impl Shard {
                 read_hold: None,
                 read_hold_armed: None,
                 deferred: bytes::BytesMut::new(),
-                close: None,
+                close: panicked.then_some((CloseReason::HandlerPanic, false)),
                 remote,
                 recv_op: None,
                 recv_cancelled: false,
@@ -288,9 +308,18 @@ impl Shard {
             },
         });
         ShardStats::add(&self.shared.stats.open, 1);
+        if panicked {
+            ShardStats::add(&self.shared.stats.handler_panics, 1);
+        }
         if open_now {
             self.call(idx, |h, ctx| h.on_open(ctx));
         }
         self.service(idx);
     }
 }
+
+/// The refusal recorded when an admission hook panicked (the peer is refused, the panic
+/// counted in `handler_panics`).
+const PANICKED: Reject = Reject {
+    reason: "handler_panic",
+};

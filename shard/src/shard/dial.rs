@@ -16,7 +16,7 @@ impl Shard {
     ) {
         if self.drain.is_some() {
             ShardStats::add(&self.shared.stats.dial_failed, 1);
-            hooks.failed(DialError::Unavailable("shutdown"));
+            self.dial_failed(hooks, DialError::Unavailable("shutdown"));
             return;
         }
         let to = match &unix {
@@ -36,7 +36,7 @@ impl Shard {
             Ok(s) => s,
             Err(e) => {
                 ShardStats::add(&self.shared.stats.dial_failed, 1);
-                hooks.failed(DialError::Io(e));
+                self.dial_failed(hooks, DialError::Io(e));
                 return;
             }
         };
@@ -68,7 +68,7 @@ impl Shard {
             }
             Err(e) => {
                 ShardStats::add(&self.shared.stats.dial_failed, 1);
-                hooks.failed(DialError::Io(e));
+                self.dial_failed(hooks, DialError::Io(e));
             }
         }
     }
@@ -87,11 +87,14 @@ impl Shard {
             ShardStats::add(&st.dial_failed, 1);
             if d.timed_out {
                 ShardStats::add(&st.timeout_dial, 1);
-                hooks.failed(DialError::Timeout);
+                self.dial_failed(hooks, DialError::Timeout);
             } else if self.drain.is_some() && result == -libc::ECANCELED {
-                hooks.failed(DialError::Unavailable("shutdown"));
+                self.dial_failed(hooks, DialError::Unavailable("shutdown"));
             } else {
-                hooks.failed(DialError::Io(std::io::Error::from_raw_os_error(-result)));
+                self.dial_failed(
+                    hooks,
+                    DialError::Io(std::io::Error::from_raw_os_error(-result)),
+                );
             }
             return;
         }
@@ -109,7 +112,10 @@ impl Shard {
         };
         let Some(local) = local else {
             ShardStats::add(&st.dial_failed, 1);
-            hooks.failed(DialError::Io(std::io::Error::other("no local address")));
+            self.dial_failed(
+                hooks,
+                DialError::Io(std::io::Error::other("no local address")),
+            );
             return;
         };
         ShardStats::add(&st.dialed, 1);
@@ -117,7 +123,10 @@ impl Shard {
         let fd = match Rc::try_unwrap(d.fd) {
             Ok(fd) => fd,
             Err(_) => {
-                hooks.failed(DialError::Io(std::io::Error::other("socket still shared")));
+                self.dial_failed(
+                    hooks,
+                    DialError::Io(std::io::Error::other("socket still shared")),
+                );
                 return;
             }
         };

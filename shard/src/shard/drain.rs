@@ -60,7 +60,7 @@ impl Shard {
                 let mut d = self.dials.remove(i);
                 let _ = self.ring.cancel(d.op);
                 if let Some(h) = d.hooks.take() {
-                    h.failed(DialError::Unavailable("shutdown"));
+                    self.dial_failed(h, DialError::Unavailable("shutdown"));
                 }
             }
             self.reply(ShardReport { drained, aborted });

@@ -30,9 +30,10 @@ use crate::ctx::{ConnCtx, ConnIo, RecvKind};
 use crate::doorbell::Doorbell;
 use crate::exec::{self, ConnKey, ExecRemote, TaskWaker};
 use crate::frame::{self, Decoded};
-use crate::handler::{AcceptHooks, ConnHandler, DialHooks};
+use crate::handler::{AcceptHooks, ConnHandler, DialHooks, Refuse};
 use crate::meta::{
-    AdmitToken, CloseReason, ConnMeta, DialError, Frame, FrameSrc, HandshakeFailure, TlsFacts,
+    AdmitToken, CloseReason, ConnMeta, DialError, Frame, FrameSrc, HandshakeFailure, Reject,
+    TlsFacts,
 };
 use crate::remote::{ConnRemote, RemoteShared, WakeSink};
 use crate::stats::ShardStats;
@@ -100,11 +101,13 @@ pub(crate) enum Command {
         hooks: Box<dyn DialHooks>,
         tls: Option<TlsDial>,
     },
-    Shutdown {
-        deadline: Instant,
-        reply: tokio::sync::oneshot::Sender<ShardReport>,
-    },
+    /// Fault injection (tests): the shard thread panics outside any handler, as a bug in the
+    /// shard itself would.
+    Panic,
 }
+
+/// A shutdown request: drain until `deadline`, then report.
+pub(crate) type StopRequest = (Instant, tokio::sync::oneshot::Sender<ShardReport>);
 
 pub(crate) struct Adopt {
     fd: OwnedFd,
@@ -127,6 +130,12 @@ pub(crate) struct ShardShared {
     pub(crate) bell: Arc<Doorbell>,
     pub(crate) exec: Arc<ExecRemote>,
     pub(crate) stats: ShardStats,
+    /// The shard thread died (a panic outside any handler): nothing may be routed to it.
+    pub(crate) dead: AtomicBool,
+    /// A shutdown request, delivered beside the bounded command queue so that a full queue
+    /// can never keep a shard from shutting down (`stop_flag` says it is there).
+    stop: std::sync::Mutex<Option<StopRequest>>,
+    stop_flag: AtomicBool,
 }
 
 impl std::fmt::Debug for ShardShared {
@@ -151,6 +160,27 @@ impl ShardShared {
 
     fn doorbell(&self) {
         self.bell.ring();
+    }
+
+    /// Asks the shard to drain until `deadline` and report (never refused: not through the
+    /// bounded command queue).
+    pub(crate) fn request_stop(&self, req: StopRequest) {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(req);
+        self.stop_flag.store(true, Ordering::Release);
+        self.doorbell();
+    }
+
+    /// The pending shutdown request, if any (taken once).
+    fn take_stop(&self) -> Option<StopRequest> {
+        if !self.stop_flag.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// True once the shard thread has died.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
     }
 }
 
@@ -196,6 +226,9 @@ pub(crate) fn shared(
             bell,
             exec,
             stats: ShardStats::default(),
+            dead: AtomicBool::new(false),
+            stop: std::sync::Mutex::new(None),
+            stop_flag: AtomicBool::new(false),
         }),
         ShardQueues {
             cmd_rx,
@@ -327,15 +360,29 @@ enum Opener {
     Dial(Box<dyn DialHooks>),
 }
 
+/// Runs caller code (a handler callback or a hook) so that a panic in it ends at most the
+/// connection it belongs to, never the shard: the panic is caught here (the panic hook has
+/// already printed it) and reported as `None`; the caller closes the connection with
+/// [`CloseReason::HandlerPanic`] and counts it (`handler_panics`).
+pub(super) fn contained<R>(f: impl FnOnce() -> R) -> Option<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
 impl Opener {
-    fn open(self, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
-        match self {
+    /// Builds the handler; `None` if the hook panicked.
+    fn open(self, meta: &ConnMeta, remote: ConnRemote) -> Option<Box<dyn ConnHandler>> {
+        contained(|| match self {
             Self::Accept { hooks, token } => hooks.open(token, meta, remote),
             Self::Dial(h) => h.connected(meta, remote),
-        }
+        })
     }
 
-    fn failed(self, meta: &ConnMeta, f: HandshakeFailure) {
+    /// Tells the hook; false if it panicked.
+    fn failed(self, meta: &ConnMeta, f: HandshakeFailure) -> bool {
+        contained(|| self.failed_inner(meta, f)).is_some()
+    }
+
+    fn failed_inner(self, meta: &ConnMeta, f: HandshakeFailure) {
         match self {
             Self::Accept { hooks, token } => hooks.handshake_failed(token, meta, &f),
             Self::Dial(h) => h.failed(match f.reason {
@@ -567,8 +614,11 @@ impl Shard {
                     hooks,
                     tls,
                 } => self.dial(addr, unix, deadline, opts, hooks, tls),
-                Command::Shutdown { deadline, reply } => self.begin_drain(deadline, reply),
+                Command::Panic => panic!("ron-shard {}: injected fault (shard panic)", self.id),
             }
+        }
+        if let Some((deadline, reply)) = self.shared.take_stop() {
+            self.begin_drain(deadline, reply);
         }
     }
 
@@ -614,9 +664,19 @@ impl Shard {
                 meta: &conn.meta,
                 now,
             };
-            f(&mut *h, &mut ctx);
+            if contained(|| f(&mut *h, &mut ctx)).is_none() {
+                ctx.abort_with(CloseReason::HandlerPanic);
+                ShardStats::add(&self.shared.stats.handler_panics, 1);
+            }
         }
         conn.handler = Some(h);
+    }
+
+    /// Tells a dial's hooks that it failed (a panic in them is contained and counted).
+    fn dial_failed(&self, hooks: Box<dyn DialHooks>, e: DialError) {
+        if contained(|| hooks.failed(e)).is_none() {
+            ShardStats::add(&self.shared.stats.handler_panics, 1);
+        }
     }
 
     /// Reconciles a connection after any event: close, arm receive, submit output, re-arm timer.
@@ -704,7 +764,7 @@ impl Shard {
             let elapsed = tls.map_or(Duration::ZERO, |t| {
                 self.now.saturating_duration_since(t.started)
             });
-            opener.failed(
+            let told = opener.failed(
                 &conn.meta,
                 HandshakeFailure {
                     reason: reason.clone(),
@@ -712,6 +772,9 @@ impl Shard {
                     elapsed,
                 },
             );
+            if !told {
+                ShardStats::add(&self.shared.stats.handler_panics, 1);
+            }
         }
         let st = &self.shared.stats;
         ShardStats::sub(&st.open, 1);
@@ -732,7 +795,16 @@ impl Shard {
             }
         }
         if let Some(mut h) = conn.handler.take() {
-            h.on_close(&reason);
+            // The handler goes with its connection; a panic in `on_close` or in its drop ends
+            // nothing more.
+            if contained(move || {
+                h.on_close(&reason);
+                drop(h);
+            })
+            .is_none()
+            {
+                ShardStats::add(&self.shared.stats.handler_panics, 1);
+            }
         }
     }
 
@@ -759,6 +831,13 @@ impl Shard {
 
 impl Drop for Shard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The shard loop itself panicked (handler panics are contained before this): mark
+            // the shard dead first, so no new connection or dial is routed to it while its
+            // connections are being closed below.
+            self.shared.dead.store(true, Ordering::Release);
+            ShardStats::add(&self.shared.stats.shard_panics, 1);
+        }
         // Handlers see an explicit close before the ring (and every op's resources) goes away;
         // then the tasks go (their connection ends find their connections closed).
         self.abort_all(CloseReason::Shutdown);

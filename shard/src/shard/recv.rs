@@ -52,9 +52,17 @@ impl Shard {
         conn.state.set_paused(now, true);
         conn.state.set_paused(now, false);
         ShardStats::add(&self.shared.stats.tls_handshakes, 1);
-        let h = opener.open(&conn.meta, conn.io.remote.clone());
-        conn.handler = Some(h);
-        self.call(idx, |h, ctx| h.on_open(ctx));
+        match opener.open(&conn.meta, conn.io.remote.clone()) {
+            Some(h) => {
+                conn.handler = Some(h);
+                self.call(idx, |h, ctx| h.on_open(ctx));
+            }
+            None => {
+                conn.handler = Some(Box::new(Refuse));
+                conn.io.close = Some((CloseReason::HandlerPanic, false));
+                ShardStats::add(&self.shared.stats.handler_panics, 1);
+            }
+        }
     }
 
     pub(super) fn on_recv(&mut self, idx: usize, gen: u32, c: Completion) {
@@ -259,13 +267,11 @@ impl Shard {
         let st = &self.shared.stats;
         let conn = &mut self.conns[idx];
         if let Some(mut h) = conn.handler.take() {
-            if received > 0 {
-                h.on_received(received);
-            }
+            let mut panicked = received > 0 && contained(|| h.on_received(received)).is_none();
             let data = chunk.as_slice();
             let (mut n, mut in_place) = (0u64, 0u64);
             for d in decoded.drain(..) {
-                if conn.io.close.is_some() {
+                if conn.io.close.is_some() || panicked {
                     break;
                 }
                 let mut ctx = ConnCtx {
@@ -283,7 +289,7 @@ impl Shard {
                                 payload: &data[start..start + len],
                                 src: FrameSrc::Ring(buf, start),
                             };
-                            h.on_frame(&mut ctx, frame);
+                            panicked = contained(|| h.on_frame(&mut ctx, frame)).is_none();
                         }
                         Chunk::Owned(b) => {
                             let fb = b.slice(start..start + len);
@@ -291,7 +297,7 @@ impl Shard {
                                 payload: &fb,
                                 src: FrameSrc::Owned(&fb),
                             };
-                            h.on_frame(&mut ctx, frame);
+                            panicked = contained(|| h.on_frame(&mut ctx, frame)).is_none();
                         }
                         // Direct receives decode owned frames only.
                         Chunk::Direct { .. } => {}
@@ -301,13 +307,17 @@ impl Shard {
                             payload: &b,
                             src: FrameSrc::Owned(&b),
                         };
-                        h.on_frame(&mut ctx, frame);
+                        panicked = contained(|| h.on_frame(&mut ctx, frame)).is_none();
                         // Unless the handler kept (or queued) it, the buffer goes back.
                         frame::recycle(b);
                     }
                 }
             }
             conn.handler = Some(h);
+            if panicked {
+                conn.io.close = Some((CloseReason::HandlerPanic, false));
+                ShardStats::add(&st.handler_panics, 1);
+            }
             ShardStats::add(&st.frames_in, n);
             ShardStats::add(&st.frames_in_place, in_place);
         }

@@ -79,7 +79,10 @@ impl Shard {
             conn.state.handle_sent(self.now, plain);
             if plain > 0 {
                 if let Some(h) = conn.handler.as_mut() {
-                    h.on_sent(plain);
+                    if contained(|| h.on_sent(plain)).is_none() {
+                        conn.io.close = Some((CloseReason::HandlerPanic, false));
+                        ShardStats::add(&self.shared.stats.handler_panics, 1);
+                    }
                 }
             }
             ShardStats::add(&self.shared.stats.frames_out, frames);
@@ -96,7 +99,10 @@ impl Shard {
             conn.state.handle_sent(self.now, n);
             if n > 0 {
                 if let Some(h) = conn.handler.as_mut() {
-                    h.on_sent(n);
+                    if contained(|| h.on_sent(n)).is_none() {
+                        conn.io.close = Some((CloseReason::HandlerPanic, false));
+                        ShardStats::add(&self.shared.stats.handler_panics, 1);
+                    }
                 }
             }
             let mut rem = n;
