@@ -21,8 +21,18 @@ pub mod reasons {
     pub const SHUTDOWN: &str = "shutdown";
     /// `Degraded` while Arti bootstraps; `NotReady` once bootstrap failed or timed out.
     pub const ARTI_BOOTSTRAP: &str = "arti_bootstrap";
+    /// `Degraded` when a uring shard's thread died (a panic in the runtime itself, not in a
+    /// handler: those are contained to their connection) and the others carry on without it;
+    /// `NotReady` when every shard died.
+    pub const SHARD_DEAD: &str = "shard_dead";
     /// Every reason above, in declaration order.
-    pub const ALL: [&str; 4] = [BIND_FAILED, TLS_CONFIG_MISSING, SHUTDOWN, ARTI_BOOTSTRAP];
+    pub const ALL: [&str; 5] = [
+        BIND_FAILED,
+        TLS_CONFIG_MISSING,
+        SHUTDOWN,
+        ARTI_BOOTSTRAP,
+        SHARD_DEAD,
+    ];
 }
 
 /// The readiness of a transport instance.

@@ -11,6 +11,7 @@ use ron_shard::RuntimeConfig;
 use ron_transport::config::Backend;
 use ron_transport::engine::auto::AutoEngine;
 use ron_transport::engine::setup::EngineSetup;
+use ron_transport::engine::{Conn as _, Listener as _};
 use ron_transport::readiness::reasons;
 use ron_transport::{
     Config, Engine, Readiness, ReadyState, TransportHealth, TransportMetrics, ValidConfig,
@@ -23,13 +24,15 @@ fn readiness_reason_strings_are_frozen() {
     assert_eq!(reasons::TLS_CONFIG_MISSING, "tls_config_missing");
     assert_eq!(reasons::SHUTDOWN, "shutdown");
     assert_eq!(reasons::ARTI_BOOTSTRAP, "arti_bootstrap");
+    assert_eq!(reasons::SHARD_DEAD, "shard_dead");
     assert_eq!(
         reasons::ALL,
         [
             "bind_failed",
             "tls_config_missing",
             "shutdown",
-            "arti_bootstrap"
+            "arti_bootstrap",
+            "shard_dead"
         ]
     );
     #[cfg(feature = "arti")]
@@ -135,4 +138,50 @@ fn both_engines_make_the_same_transitions() {
     ];
     assert_eq!(by_engine[0], want, "tokio");
     assert_eq!(by_engine[1], want, "uring");
+}
+
+/// Issue 12 finding 2: a uring shard whose thread died makes the engine `Degraded("shard_dead")`
+/// (it was `Ready` before, while the dead shard still attracted connections), and the engine
+/// keeps serving on the live shard.
+#[test]
+fn a_dead_uring_shard_is_reported_degraded() {
+    util::run_multi_thread(async {
+        let readiness = Readiness::new("dead-shard", ReadyState::NotReady { reason: "starting" });
+        let engine = EngineSetup::new(ValidConfig::defaults(), TransportMetrics::new())
+            .unwrap()
+            .with_readiness(readiness.clone())
+            .build_uring_with(RuntimeConfig {
+                shards: 2,
+                pin: false,
+                buf_entries: 64,
+                ..RuntimeConfig::default()
+            })
+            .expect("uring engine (io_uring usable here)");
+        assert_eq!(engine.readiness(), ReadyState::Ready);
+        let listener = engine.listen(util::loopback()).await.unwrap();
+        let addr = listener.local_addr();
+        engine.inject_shard_panic(1).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while engine.readiness() == ReadyState::Ready {
+            assert!(std::time::Instant::now() < deadline, "still Ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            engine.readiness(),
+            ReadyState::Degraded {
+                reason: reasons::SHARD_DEAD
+            }
+        );
+        assert_eq!(readiness.readiness(), engine.readiness(), "published");
+        // Dials and accepts go to the live shard.
+        for i in 0..4u8 {
+            let conn = engine
+                .dial(addr, Default::default())
+                .await
+                .expect("dial on the live shard");
+            conn.send(bytes::Bytes::from(vec![i; 8])).await.unwrap();
+            drop(conn);
+        }
+        engine.shutdown(Duration::from_millis(100)).await;
+    });
 }

@@ -371,9 +371,31 @@ impl UringEngine {
     }
 }
 
+impl UringEngine {
+    /// Fault injection for tests: makes one shard's thread panic outside any handler (see
+    /// [`ron_shard::Runtime::inject_shard_panic`]). Not for production.
+    #[doc(hidden)]
+    pub fn inject_shard_panic(&self, shard: usize) -> Result<(), ron_shard::ShardError> {
+        self.inner.rt.inject_shard_panic(shard)
+    }
+}
+
 impl TransportHealth for UringEngine {
+    /// The published state, after folding in dead shards: one dead shard (its connections
+    /// closed, nothing routed to it) is `Degraded("shard_dead")`, all of them
+    /// `NotReady("shard_dead")`. A shutdown's `NotReady` stays.
     fn readiness(&self) -> ReadyState {
-        self.inner.readiness.readiness()
+        let r = &self.inner.readiness;
+        let dead = self.inner.rt.dead_shards().len();
+        if dead > 0 && !matches!(r.readiness(), ReadyState::NotReady { .. }) {
+            let reason = crate::readiness::reasons::SHARD_DEAD;
+            r.set(if dead == self.inner.rt.shard_count() {
+                ReadyState::NotReady { reason }
+            } else {
+                ReadyState::Degraded { reason }
+            });
+        }
+        r.readiness()
     }
 }
 
@@ -1227,6 +1249,9 @@ pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
         CloseReason::PeerClosedMidFrame => TransportError::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "peer closed inside a frame",
+        )),
+        CloseReason::HandlerPanic => TransportError::Io(std::io::Error::other(
+            "the connection's handler panicked (contained to this connection)",
         )),
         _ => TransportError::IoClosed,
     })
