@@ -4,8 +4,9 @@
 //! - outbound: a writer inbox of `inbox_capacity` (default 256) frames; [`FrameTx::try_send`]
 //!   on a full inbox is [`SendError::Busy`], [`FrameTx::send`] waits for space; after a push the
 //!   shard is woken through the connection's [`ConnRemote`] (one doorbell per batch);
-//! - inbound: a channel of `inbound_capacity` frames; when it is full the shard stops reading
-//!   the socket (backpressure reaches the peer through TCP) until the consumer catches up.
+//! - inbound: a channel of `inbound_capacity` frames holding at most `inbound_bytes` payload
+//!   bytes (plus one frame); when either is reached the shard stops reading the socket
+//!   (backpressure reaches the peer through TCP) until the consumer catches up.
 //!
 //! The queues are `tokio::sync::mpsc` channels, which are executor-agnostic for send/recv. The
 //! shard side is a [`ConnHandler`] (`Bridge`) built on the public handler API.
@@ -14,7 +15,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -42,6 +43,11 @@ const WAKE_ABORT: u32 = 1 << 3;
 pub struct HandleOptions {
     /// Inbound frames buffered for the consumer before the shard stops reading.
     pub inbound_capacity: usize,
+    /// Inbound payload bytes buffered for the consumer before the shard stops reading (ports:
+    /// whichever of this and `inbound_capacity` is reached first), so a consumer that stops
+    /// receiving holds at most this plus one frame, not `inbound_capacity` ceiling-sized
+    /// frames.
+    pub inbound_bytes: usize,
     /// Writer inbox capacity (frames); full ⇒ `Busy`.
     pub inbox_capacity: usize,
     /// The bridge moves inbox frames to the socket queue while fewer than this many bytes
@@ -53,6 +59,7 @@ impl Default for HandleOptions {
     fn default() -> Self {
         Self {
             inbound_capacity: 64,
+            inbound_bytes: 256 * 1024,
             inbox_capacity: 256,
             high_water_bytes: 256 * 1024,
         }
@@ -92,6 +99,8 @@ struct HandleShared {
     /// channel's frames, before the end).
     tail: Mutex<VecDeque<Bytes>>,
     paused: AtomicBool,
+    /// Payload bytes in the inbound channel (bounded by `HandleOptions::inbound_bytes`).
+    in_bytes: AtomicUsize,
     remote: ConnRemote,
 }
 
@@ -179,7 +188,7 @@ impl ConnHandle {
     pub async fn recv(&mut self) -> Result<Option<Bytes>, CloseReason> {
         match self.rx.recv().await {
             Some(b) => {
-                self.after_recv();
+                self.after_recv(&b);
                 Ok(Some(b))
             }
             None => match self.pop_tail() {
@@ -203,7 +212,7 @@ impl ConnHandle {
     pub fn try_recv(&mut self) -> Result<Option<Bytes>, CloseReason> {
         match self.rx.try_recv() {
             Ok(b) => {
-                self.after_recv();
+                self.after_recv(&b);
                 Ok(Some(b))
             }
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
@@ -217,9 +226,10 @@ impl ConnHandle {
         }
     }
 
-    fn after_recv(&self) {
+    fn after_recv(&self, b: &Bytes) {
+        self.tx.shared.in_bytes.fetch_sub(b.len(), Ordering::SeqCst);
         // Pairs with the bridge's store-then-retry: either we see `paused` and wake it, or its
-        // retry sees the slot we just freed.
+        // retry sees the slot (and bytes) we just freed.
         if self.tx.shared.paused.load(Ordering::SeqCst) {
             self.tx.shared.remote.wake(WAKE_RESUME);
         }
@@ -322,6 +332,7 @@ pub fn bridge_with_hooks(
         closed: OnceLock::new(),
         tail: Mutex::new(VecDeque::new()),
         paused: AtomicBool::new(false),
+        in_bytes: AtomicUsize::new(0),
         remote,
     });
     let bridge = Bridge {
@@ -331,6 +342,7 @@ pub fn bridge_with_hooks(
         shared: shared.clone(),
         closing: false,
         high_water: opts.high_water_bytes.max(1),
+        inbound_bytes: opts.inbound_bytes.max(1),
         hooks,
         held: None,
         _token: token,
@@ -353,6 +365,8 @@ struct Bridge {
     shared: Arc<HandleShared>,
     closing: bool,
     high_water: usize,
+    /// Bytes the inbound channel may hold before frames wait in `stash` (reads paused).
+    inbound_bytes: usize,
     hooks: Option<Arc<dyn OutboundHooks>>,
     /// A frame taken from the inbox and held back by pacing, and when it may go.
     held: Option<(Bytes, std::time::Instant)>,
@@ -360,11 +374,28 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// True while the inbound channel holds its byte bound.
+    fn bytes_full(&self) -> bool {
+        self.shared.in_bytes.load(Ordering::SeqCst) >= self.inbound_bytes
+    }
+
+    /// Sends one frame into the inbound channel unless it is full in frames or in bytes.
+    fn try_deliver(&self, b: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        if self.bytes_full() {
+            return Err(mpsc::error::TrySendError::Full(b));
+        }
+        let n = b.len();
+        self.shared.in_bytes.fetch_add(n, Ordering::SeqCst);
+        self.in_tx.try_send(b).inspect_err(|_| {
+            self.shared.in_bytes.fetch_sub(n, Ordering::SeqCst);
+        })
+    }
+
     /// Moves stashed inbound frames to the consumer; resumes reading once all went through.
     fn flush_stash(&mut self, ctx: &mut ConnCtx<'_>) {
         loop {
             while let Some(b) = self.stash.pop_front() {
-                match self.in_tx.try_send(b) {
+                match self.try_deliver(b) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(b)) => {
                         self.stash.push_front(b);
@@ -384,9 +415,9 @@ impl Bridge {
             }
             ctx.pause_reading();
             self.shared.paused.store(true, Ordering::SeqCst);
-            // Retry once after publishing `paused`: the consumer may have freed a slot before
-            // it could see the flag.
-            if self.in_tx.capacity() == 0 {
+            // Retry once after publishing `paused`: the consumer may have freed a slot (or
+            // bytes) before it could see the flag.
+            if self.in_tx.capacity() == 0 || self.bytes_full() {
                 return;
             }
         }
@@ -442,7 +473,7 @@ impl ConnHandler for Bridge {
             self.stash.push_back(b);
             return;
         }
-        match self.in_tx.try_send(b) {
+        match self.try_deliver(b) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(b)) => {
                 self.stash.push_back(b);

@@ -14,7 +14,9 @@
 //!   eventfd only while the shard is parked. Wakes towards other threads are deferred to the
 //!   end of the shard's completion batch (one per waiter per batch).
 //!
-//! Bounds are the same on both paths: inbound `inbound_capacity` frames before reads pause,
+//! Bounds are the same on both paths: inbound `inbound_capacity` frames or `inbound_bytes`
+//! payload bytes (whichever is reached first; a consumer that stops calling `recv` holds at
+//! most that plus one frame) before reads pause,
 //! writer inbox `inbox_capacity` frames (full ⇒ [`SendError::Busy`] from `try_send`, a wait from
 //! `send`), at most `high_water_bytes` moved into the socket queue at a time.
 #![forbid(unsafe_code)]
@@ -84,10 +86,39 @@ struct FrameQueue {
     /// The oldest frame, when the queue holds any and it is not in `rest`.
     first: Option<Bytes>,
     rest: VecDeque<Bytes>,
+    /// Payload bytes held.
+    bytes: usize,
+}
+
+/// The inbound bounds: reads pause when either is reached and resume below half of both.
+#[derive(Clone, Copy)]
+struct InBounds {
+    frames: usize,
+    bytes: usize,
+}
+
+impl InBounds {
+    fn of(opts: &HandleOptions) -> Self {
+        Self {
+            frames: opts.inbound_capacity.max(1),
+            bytes: opts.inbound_bytes.max(1),
+        }
+    }
+
+    /// Reads must pause.
+    fn full(self, frames: usize, bytes: usize) -> bool {
+        frames >= self.frames || bytes >= self.bytes
+    }
+
+    /// Paused reads may resume (hysteresis: half of both bounds).
+    fn drained(self, frames: usize, bytes: usize) -> bool {
+        frames <= self.frames / 2 && bytes <= self.bytes / 2
+    }
 }
 
 impl FrameQueue {
     fn push_back(&mut self, b: Bytes) {
+        self.bytes += b.len();
         if self.first.is_none() && self.rest.is_empty() {
             self.first = Some(b);
         } else {
@@ -96,7 +127,9 @@ impl FrameQueue {
     }
 
     fn pop_front(&mut self) -> Option<Bytes> {
-        self.first.take().or_else(|| self.rest.pop_front())
+        let b = self.first.take().or_else(|| self.rest.pop_front())?;
+        self.bytes -= b.len();
+        Some(b)
     }
 
     fn len(&self) -> usize {
@@ -138,9 +171,33 @@ struct LocalPort {
 #[derive(Default)]
 struct OffIn {
     frames: VecDeque<Bytes>,
+    /// Payload bytes in `frames`.
+    bytes: usize,
     waker: Option<Waker>,
     detach_requested: bool,
     paused: bool,
+}
+
+impl OffIn {
+    fn push(&mut self, b: Bytes) {
+        self.bytes += b.len();
+        self.frames.push_back(b);
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let b = self.frames.pop_front()?;
+        self.bytes -= b.len();
+        Some(b)
+    }
+
+    /// Puts the local half's frames in front of these (they are older).
+    fn prepend(&mut self, local: &mut FrameQueue) {
+        let mut all = VecDeque::with_capacity(local.len() + self.frames.len());
+        self.bytes += local.bytes;
+        local.drain_into(&mut all);
+        all.append(&mut self.frames);
+        self.frames = all;
+    }
 }
 
 /// The queues of the shared half.
@@ -233,13 +290,13 @@ impl PortShared {
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, CloseReason>> {
-        let cap = self.opts.inbound_capacity.max(1);
+        let bounds = InBounds::of(&self.opts);
         let local = self.with_local(|lp| {
             if lp.detached {
                 return None;
             }
             if let Some(b) = lp.inbound.pop_front() {
-                if lp.in_paused && lp.inbound.len() <= cap / 2 {
+                if lp.in_paused && bounds.drained(lp.inbound.len(), lp.inbound.bytes) {
                     lp.bits |= WAKE_RESUME;
                     if !lp.dirty {
                         lp.dirty = true;
@@ -256,8 +313,8 @@ impl PortShared {
         }
         // Off the shard (or detached, or closed): the shared half.
         let mut off = lock(&self.off().inbound);
-        if let Some(b) = off.frames.pop_front() {
-            let resume = off.paused && off.frames.len() <= cap / 2;
+        if let Some(b) = off.pop() {
+            let resume = off.paused && bounds.drained(off.frames.len(), off.bytes);
             if resume {
                 off.paused = false;
             }
@@ -284,7 +341,7 @@ impl PortShared {
     }
 
     fn poll_closed_tail(&self) -> Result<Option<Bytes>, CloseReason> {
-        match lock(&self.off().inbound).frames.pop_front() {
+        match lock(&self.off().inbound).pop() {
             Some(b) => Ok(Some(b)),
             None => self.terminal(),
         }
@@ -681,12 +738,12 @@ impl PortHandler {
     }
 
     fn resume(&mut self, ctx: &mut ConnCtx<'_>) {
-        let cap = self.shared.opts.inbound_capacity.max(1);
+        let bounds = InBounds::of(&self.shared.opts);
         let local = self.local(|lp| {
             if lp.detached {
                 return None;
             }
-            if lp.in_paused && lp.inbound.len() < cap {
+            if lp.in_paused && !bounds.full(lp.inbound.len(), lp.inbound.bytes) {
                 lp.in_paused = false;
                 return Some(true);
             }
@@ -696,7 +753,7 @@ impl PortHandler {
             Some(r) => r,
             None => {
                 let off = lock(&self.shared.off().inbound);
-                !off.paused && off.frames.len() < cap
+                !off.paused && !bounds.full(off.frames.len(), off.bytes)
             }
         };
         if resume {
@@ -719,10 +776,7 @@ impl PortHandler {
         });
         if let Some(Some((mut frames, paused, waiter))) = moved {
             let mut off = lock(&self.shared.off().inbound);
-            let mut all = VecDeque::with_capacity(frames.len() + off.frames.len());
-            frames.drain_into(&mut all);
-            all.append(&mut off.frames);
-            off.frames = all;
+            off.prepend(&mut frames);
             off.paused = paused;
             let w = off.waker.take();
             drop(off);
@@ -745,7 +799,7 @@ impl ConnHandler for PortHandler {
     }
 
     fn on_frame(&mut self, ctx: &mut ConnCtx<'_>, frame: Frame<'_>) {
-        let cap = self.shared.opts.inbound_capacity.max(1);
+        let bounds = InBounds::of(&self.shared.opts);
         let mut b = Some(frame.to_bytes());
         let local = self.local(|lp| {
             if lp.detached {
@@ -754,7 +808,7 @@ impl ConnHandler for PortHandler {
             if let Some(b) = b.take() {
                 lp.inbound.push_back(b);
             }
-            if lp.inbound.len() >= cap && !lp.in_paused {
+            if bounds.full(lp.inbound.len(), lp.inbound.bytes) && !lp.in_paused {
                 lp.in_paused = true;
                 ctx.pause_reading();
             }
@@ -768,8 +822,8 @@ impl ConnHandler for PortHandler {
         }
         let Some(b) = b else { return };
         let mut off = lock(&self.shared.off().inbound);
-        off.frames.push_back(b);
-        if off.frames.len() >= cap && !off.paused {
+        off.push(b);
+        if bounds.full(off.frames.len(), off.bytes) && !off.paused {
             off.paused = true;
             ctx.pause_reading();
         }
@@ -850,11 +904,7 @@ impl ConnHandler for PortHandler {
         };
         if let Some(mut lp) = local {
             if let Some(h) = off_half.filter(|_| tail) {
-                let mut off = lock(&h.inbound);
-                let mut all = VecDeque::with_capacity(lp.inbound.len() + off.frames.len());
-                lp.inbound.drain_into(&mut all);
-                all.append(&mut off.frames);
-                off.frames = all;
+                lock(&h.inbound).prepend(&mut lp.inbound);
             }
             undelivered += lp.out.len();
             pushed = lp.pushed;

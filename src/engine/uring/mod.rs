@@ -66,6 +66,8 @@ use crate::readiness::{Readiness, ReadyState, TransportHealth};
 
 /// Frames buffered towards a consumer before the shard stops reading that socket.
 const INBOUND_CAPACITY: usize = 64;
+/// Inbound bytes buffered per connection before reads pause, in `chunk_bytes`.
+const INBOUND_CHUNKS: usize = 4;
 /// Admitted connections waiting in a listener's accept queue.
 const ACCEPT_BACKLOG: usize = 1024;
 
@@ -218,6 +220,11 @@ impl Inner {
         let cfg = self.cfg();
         HandleOptions {
             inbound_capacity: INBOUND_CAPACITY,
+            // A consumer that stops receiving holds at most this plus one frame (not 64
+            // ceiling-sized frames).
+            inbound_bytes: usize::try_from(cfg.chunk_bytes)
+                .unwrap_or(64 * 1024)
+                .saturating_mul(INBOUND_CHUNKS),
             inbox_capacity: WRITER_INBOX_CAPACITY,
             high_water_bytes: usize::try_from(cfg.chunk_bytes)
                 .unwrap_or(64 * 1024)
