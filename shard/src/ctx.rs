@@ -237,10 +237,17 @@ impl ConnCtx<'_> {
         }
     }
 
-    /// Calls [`ConnHandler::on_wake`] with `bits` after `delay` (on this shard's timer). A
-    /// later request replaces an earlier pending one (for pacing).
+    /// Calls [`ConnHandler::on_wake`] with `bits` after `delay` (on this shard's timer).
+    /// Requests merge: one wake is pending per connection, at the earliest time asked for,
+    /// carrying every bit asked for — so two users of it (e.g. egress pacing and a handler's
+    /// own timer) never lose each other's wake. A handler woken before its own time simply
+    /// asks again.
     pub fn wake_after(&mut self, delay: std::time::Duration, bits: u32) {
-        self.io.wake_at = Some((self.now + delay, bits));
+        let at = self.now + delay;
+        self.io.wake_at = Some(match self.io.wake_at {
+            Some((t, b)) => (t.min(at), b | bits),
+            None => (at, bits),
+        });
     }
 
     /// A `Send` doorbell for this connection.

@@ -385,3 +385,62 @@ fn zero_copy_send_does_not_keep_the_socket_open() {
     eventually("the server's socket is closed", || open_fds() == base + 1);
     drop(peer);
 }
+
+/// Records the bits of every `on_wake`.
+struct Waker2 {
+    wakes: Arc<std::sync::Mutex<Vec<u32>>>,
+}
+
+impl ron_shard::ConnHandler for Waker2 {
+    fn on_open(&mut self, ctx: &mut ron_shard::ConnCtx<'_>) {
+        // Two users of the one wake slot: a slow one and a fast one.
+        ctx.wake_after(Duration::from_millis(300), 1);
+        ctx.wake_after(Duration::from_millis(20), 2);
+    }
+    fn on_frame(&mut self, _ctx: &mut ron_shard::ConnCtx<'_>, _frame: ron_shard::Frame<'_>) {}
+    fn on_wake(&mut self, _ctx: &mut ron_shard::ConnCtx<'_>, bits: u32) {
+        self.wakes.lock().unwrap().push(bits);
+    }
+    fn on_close(&mut self, _reason: &ron_shard::CloseReason) {}
+}
+
+struct WakeHooks(Arc<std::sync::Mutex<Vec<u32>>>);
+
+impl ron_shard::AcceptHooks for WakeHooks {
+    fn admit(&self, _peer: SocketAddr) -> Result<ron_shard::AdmitToken, ron_shard::Reject> {
+        Ok(ron_shard::AdmitToken::empty())
+    }
+    fn open(
+        &self,
+        _t: ron_shard::AdmitToken,
+        _meta: &ron_shard::ConnMeta,
+        _r: ron_shard::ConnRemote,
+    ) -> Box<dyn ron_shard::ConnHandler> {
+        Box::new(Waker2 {
+            wakes: self.0.clone(),
+        })
+    }
+}
+
+/// Finding 5 (shared `wake_after`): two wake requests on one connection merge (earliest time,
+/// both bits). Before, the later call replaced the earlier one and its bits were never
+/// delivered (e.g. egress pacing's wake lost to another timer: a stalled writer).
+#[test]
+fn wake_requests_merge_instead_of_replacing_each_other() {
+    let _serial = serial();
+    let Some(rt) = runtime_with(1, |_| {}) else {
+        return;
+    };
+    let wakes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(
+        l,
+        ConnOptions::default(),
+        Arc::new(WakeHooks(wakes.clone())),
+    )
+    .unwrap();
+    let _c = connect(addr);
+    eventually("a wake arrives", || !wakes.lock().unwrap().is_empty());
+    assert_eq!(wakes.lock().unwrap()[0], 1 | 2, "both requests' bits");
+}
