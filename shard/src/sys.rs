@@ -277,7 +277,11 @@ pub(crate) struct Ring {
     next_gen: u32,
     bufs: Option<Rc<BufRing>>,
     defer_taskrun: bool,
+    /// Completions to hand out next: the reap buffer of `complete`, which `push` also fills
+    /// when the completion queue must be emptied before it can submit.
     scratch: Vec<cqueue::Entry>,
+    /// Cancels that could not be queued yet (queued again before the next submit).
+    cancel_retry: Vec<OpId>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -319,9 +323,13 @@ impl Ring {
             bufs: None,
             defer_taskrun: defer,
             scratch: Vec::with_capacity(256),
+            cancel_retry: Vec::new(),
         };
-        // Registering the ring fd saves an fdget per enter; best effort.
-        let _ = ring.uring.submitter().register_ring_fd();
+        // No `register_ring_fd`: the io-uring crate keeps the registered index in the
+        // `Submitter`, and `IoUring::submitter()` builds a fresh one per call, so the index would
+        // be lost at once (every enter would still pass the raw fd) while the kernel-side
+        // registration kept the ring alive until the thread exits — one leaked ring per
+        // `probe()`, and the thread's 16 slots used up.
         Ok(ring)
     }
 
@@ -376,15 +384,30 @@ impl Ring {
     /// # Safety
     /// Every pointer in `entry` must stay valid until the kernel posts the final completion for
     /// its `user_data` (callers guarantee it by storing the pointees in the op table first).
+    ///
+    /// A full submission queue is submitted first. `EINTR` from that submit is retried; `EBUSY`
+    /// / `EAGAIN` (the completion queue is full, or the kernel is short of request memory)
+    /// reap the waiting completions into `scratch` (handed out first by the next
+    /// [`complete`](Self::complete)) and retry; only a failure that reaping cannot cure is
+    /// returned.
     unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: forwarded from this function's contract.
             let pushed = unsafe { self.uring.submission().push(entry) };
-            match pushed {
-                Ok(()) => return Ok(()),
-                Err(_) => {
-                    self.uring.submit()?;
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            match self.uring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    let before = self.scratch.len();
+                    self.scratch.extend(self.uring.completion());
+                    if self.scratch.len() == before {
+                        return Err(e);
+                    }
                 }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -504,10 +527,22 @@ impl Ring {
 
     /// Asks the kernel to cancel `op`. Its completion (`-ECANCELED` or its normal result) still
     /// arrives through [`Ring::complete`]; resources are released only then.
+    ///
+    /// A cancel that cannot be queued now is kept and queued again before the next submit (a
+    /// lost cancel would leave, e.g., a finished connection's multishot receive holding its
+    /// socket and ring buffers).
     pub fn cancel(&mut self, op: OpId) -> io::Result<()> {
         if self.lookup(op.0).is_none() {
             return Ok(());
         }
+        if let Err(e) = self.push_cancel(op) {
+            self.cancel_retry.push(op);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn push_cancel(&mut self, op: OpId) -> io::Result<()> {
         let e = opcode::AsyncCancel::new(op.0)
             .build()
             .user_data(CANCEL_USER_DATA);
@@ -515,8 +550,27 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
+    /// Queues the cancels that could not be queued before (their ops may have finished since).
+    fn retry_cancels(&mut self) {
+        if self.cancel_retry.is_empty() {
+            return;
+        }
+        for op in std::mem::take(&mut self.cancel_retry) {
+            if self.lookup(op.0).is_some() && self.push_cancel(op).is_err() {
+                self.cancel_retry.push(op);
+            }
+        }
+    }
+
+    /// Cancels waiting to be queued again (see [`cancel`](Self::cancel)).
+    #[cfg(test)]
+    pub fn cancels_pending(&self) -> usize {
+        self.cancel_retry.len()
+    }
+
     /// Submits queued SQEs without waiting.
     pub fn submit(&mut self) -> io::Result<()> {
+        self.retry_cancels();
         match self.uring.submit() {
             Ok(_) => Ok(()),
             Err(e) if is_transient(&e) => Ok(()),
@@ -526,7 +580,8 @@ impl Ring {
 
     /// Submits and waits for at least one completion, or until `timeout` passes.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if !self.uring.completion().is_empty() {
+        self.retry_cancels();
+        if !self.uring.completion().is_empty() || !self.scratch.is_empty() {
             return self.submit();
         }
         let res = match timeout {
@@ -1053,6 +1108,83 @@ mod tests {
                 None
             }
         }
+    }
+
+    /// Finding 6: `Ring::new` used to register the ring fd on a temporary `Submitter`: the
+    /// index was lost and the kernel-side registration kept every ring alive until its thread
+    /// exited, using up the thread's 16 slots. After 20 rings, one can still be registered.
+    #[test]
+    fn rings_do_not_leak_registered_ring_fds() {
+        std::thread::spawn(|| {
+            for _ in 0..20 {
+                let Some(r) = ring(false) else { return };
+                drop(r);
+            }
+            let Some(r) = ring(false) else { return };
+            r.uring
+                .submitter()
+                .register_ring_fd()
+                .expect("a registered-ring slot is free");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Finding 6: pushing more SQEs than the completion queue holds, without reaping, does not
+    /// fail: `push` reaps into the backlog when the kernel says the queue is full (`EBUSY`),
+    /// and every completion is still handed out, in order. (On Linux 6.18 with
+    /// `IORING_FEAT_NODROP` the kernel keeps overflowed completions and never returned `EBUSY`
+    /// here, so this passes without the reaping too: the claim did not reproduce on this
+    /// kernel; the path stays for kernels that do return it.)
+    #[test]
+    fn push_survives_a_full_completion_queue() {
+        let Ok(mut r) = Ring::new(RingOptions {
+            entries: 4,
+            defer_taskrun: false,
+        }) else {
+            return;
+        };
+        let n = 2000u64;
+        for i in 0..n {
+            let id = r.insert(
+                i,
+                Resource::Fd(Rc::new(OwnedFd::from(
+                    std::fs::File::open("/dev/null").unwrap(),
+                ))),
+            );
+            let e = opcode::Nop::new().build();
+            r.push_owned(e, id)
+                .expect("push never fails on a full completion queue");
+        }
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (out.len() as u64) < n && std::time::Instant::now() < deadline {
+            r.submit_and_wait(Some(Duration::from_millis(20))).unwrap();
+            r.complete(&mut out);
+        }
+        assert_eq!(out.len() as u64, n);
+        let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, (0..n).collect::<Vec<_>>(), "in submission order");
+        assert_eq!(r.in_flight(), 0);
+    }
+
+    /// A cancel that could not be queued is kept and queued before the next submit.
+    #[test]
+    fn a_cancel_that_cannot_be_queued_is_retried() {
+        let Some(mut r) = ring(false) else { return };
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = Rc::new(OwnedFd::from(a));
+        let op = r
+            .recv_into(&fd, BytesMut::with_capacity(64), 64, 7)
+            .unwrap();
+        r.submit().unwrap();
+        // As if the push had failed: the cancel waits in the retry list.
+        r.cancel_retry.push(op);
+        assert_eq!(r.cancels_pending(), 1);
+        let done = wait_for(&mut r, 1);
+        assert_eq!(r.cancels_pending(), 0);
+        assert_eq!(done[0].tag, 7);
+        assert_eq!(done[0].result, -libc::ECANCELED);
     }
 
     fn wait_for(r: &mut Ring, n: usize) -> Vec<Completion> {
