@@ -233,3 +233,38 @@ fn handshake_timeout_and_failure_are_reported_to_the_hooks() {
     assert!(rec.closes.lock().unwrap().is_empty());
     eventually("nothing open", || total(&rt).open == 0);
 }
+
+/// Issue 12 finding 6: a TLS handshake that completes while the runtime drains opens no
+/// handler; the hooks hear `handshake_failed(Shutdown)`. Before, `open` ran during the drain.
+#[test]
+fn a_handshake_completing_during_drain_opens_no_handler() {
+    let Some(rt) = runtime(1) else { return };
+    let pki = Pki::new();
+    let rec = Arc::new(Record::default());
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen_tls(
+        l,
+        ConnOptions::default(),
+        server_config(&pki, Prov::AwsHybrid, &[b"ron/1"]),
+        Arc::new(Hooks(rec.clone())),
+    )
+    .unwrap();
+    // Connected (and admitted) before the drain, handshake only after it began.
+    let mut c = tls_client(&pki, addr);
+    eventually("accepted", || total(&rt).accepted == 1);
+    let shutdown = rt.shutdown(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = c.write_all(&[0, 0, 0, 1, 7]);
+    let _ = c.flush();
+    let mut buf = [0u8; 8];
+    let _ = c.read(&mut buf);
+    shutdown.wait();
+    assert!(
+        rec.facts.lock().unwrap().is_empty(),
+        "no handler was opened during the drain"
+    );
+    let failures = rec.failures.lock().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].reason, CloseReason::Shutdown);
+}

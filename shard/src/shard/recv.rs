@@ -258,7 +258,15 @@ impl Shard {
                 .handle_recv(now, chunk.as_slice(), |d| decoded.push(d));
         }
         if handshake_completed && conn.opener.is_some() {
-            if conn.io.close.is_none() && late_close.is_none() {
+            if self.drain.is_some() && conn.io.close.is_none() {
+                // The runtime is shutting down: a handshake that completes now opens no
+                // handler (it would only be aborted at the deadline); the hooks hear
+                // `handshake_failed(Shutdown)` as for one that was still running.
+                conn.io.close = Some((CloseReason::Shutdown, false));
+                if let Some(t) = conn.tls.as_mut() {
+                    t.hs_deadline = None;
+                }
+            } else if conn.io.close.is_none() && late_close.is_none() {
                 self.handshake_done(idx);
             } else if let Some(t) = conn.tls.as_mut() {
                 t.hs_deadline = None;
