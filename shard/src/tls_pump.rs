@@ -361,6 +361,14 @@ const IDLE_TX_CAPACITY: usize = 1024;
 /// handshake flight plus tickets needs, it only turns a rustls livelock into an error.
 const MAX_TRANSITIONS_PER_STEP: usize = 1024;
 
+/// rustls steps over complete records a handshake may take before the pump refuses it as
+/// [`PumpError::HandshakeFragmented`]. A full handshake (with tickets, client certificates,
+/// HelloRetryRequest) takes a few dozen; each fragment record of a handshake message costs
+/// about two, and every call re-walks the fragments retained so far, so this also bounds that
+/// quadratic work (to well under a millisecond). Bytes of one record arriving separately do
+/// not count.
+pub const MAX_HANDSHAKE_TRANSITIONS: u64 = 1024;
+
 enum Conn {
     Server(Box<UnbufferedServerConnection>),
     Client(Box<UnbufferedClientConnection>),
@@ -391,6 +399,8 @@ struct Inner {
     failed: Option<PumpError>,
     handshake_done: bool,
     handshake_edge: bool,
+    /// rustls steps over complete records before the handshake completed.
+    handshake_record_steps: u64,
     peer_closed: bool,
     close_queued: bool,
     closed: bool,
@@ -508,6 +518,14 @@ fn handle<C: Driver>(
                 return Err(st.fail(PumpError::Internal("pump_stalled")));
             }
             st.stats.transitions += 1;
+            if !st.handshake_done && record.is_some() {
+                // A step over a complete record (steps waiting for more bytes of a record
+                // split across receives do not count: TCP may deliver a byte at a time).
+                st.handshake_record_steps += 1;
+                if st.handshake_record_steps > MAX_HANDSHAKE_TRANSITIONS {
+                    return Err(st.fail(PumpError::HandshakeFragmented));
+                }
+            }
             // Can this step's plaintext be yielded in place? Only for a TLS 1.3 application-data
             // record fed alone, with nothing retained before it.
             let in_place_layout = match record {

@@ -29,6 +29,11 @@ pub enum PumpError {
     EarlyData,
     /// The sending keys are exhausted and cannot be refreshed; the connection must close.
     EncryptExhausted,
+    /// The peer split its handshake into so many records that processing it would cost
+    /// quadratic time (rustls re-walks every retained fragment per call: a 32 KiB ClientHello
+    /// in one-byte records took 118 ms of shard CPU); a real handshake needs a few dozen
+    /// rustls steps, this refuses past [`MAX_HANDSHAKE_TRANSITIONS`](crate::tls_pump::MAX_HANDSHAKE_TRANSITIONS).
+    HandshakeFragmented,
     /// TLS failure reported by rustls: a peer protocol violation, a bad record, an alert from
     /// the peer, a certificate that does not verify, or a configuration mismatch.
     Tls(rustls::Error),
@@ -49,6 +54,7 @@ impl PumpError {
             Self::Closed => "closed",
             Self::EarlyData => "early_data",
             Self::EncryptExhausted => "encrypt_exhausted",
+            Self::HandshakeFragmented => "handshake_fragmented",
             Self::Tls(e) => tls_kind(e),
             Self::Internal(_) => "internal",
         }
@@ -96,6 +102,7 @@ impl fmt::Display for PumpError {
             Self::Closed => f.write_str("tls connection closed for sending"),
             Self::EarlyData => f.write_str("peer sent 0-RTT early data, which is not accepted"),
             Self::EncryptExhausted => f.write_str("tls sending keys exhausted"),
+            Self::HandshakeFragmented => f.write_str("tls handshake split into too many records"),
             Self::Tls(e) => write!(f, "tls: {e}"),
             Self::Internal(what) => write!(f, "tls pump internal error: {what}"),
         }
