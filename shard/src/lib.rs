@@ -49,10 +49,12 @@ mod remote;
 pub mod runtime;
 mod shard;
 pub mod stats;
+mod sync;
 mod sys;
 mod tls_conn;
 pub mod tls_pump;
 pub mod unix;
+mod wake;
 
 pub use conn::{ConnState, TimeoutKind, Timeouts};
 pub use exec::{is_shard_thread, spawn_local};

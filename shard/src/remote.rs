@@ -3,12 +3,13 @@
 //! shard takes it; the shard's [`Doorbell`] is rung only while it is parked.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
 use crate::doorbell::Doorbell;
+use crate::wake::WakeWord;
 
 /// Where a shard takes wakes of its connections from (shared by every [`ConnRemote`] of it).
 #[derive(Debug)]
@@ -38,8 +39,7 @@ pub struct ConnRemote(pub(crate) Arc<RemoteShared>);
 pub(crate) struct RemoteShared {
     pub(crate) shard: Arc<WakeSink>,
     pub(crate) key: (u32, u32),
-    pub(crate) bits: AtomicU32,
-    pub(crate) queued: AtomicBool,
+    pub(crate) word: WakeWord,
     pub(crate) gone: AtomicBool,
 }
 
@@ -51,8 +51,7 @@ impl ConnRemote {
         if r.gone.load(Ordering::Acquire) {
             return false;
         }
-        r.bits.fetch_or(bits, Ordering::AcqRel);
-        if !r.queued.swap(true, Ordering::AcqRel) {
+        if r.word.post(bits) {
             r.shard.post(self.0.clone());
         }
         true

@@ -136,6 +136,16 @@ impl ShardStats {
         );
     }
 
+    /// [`add`](Self::add), published with Release (for a reader that loads this cell with
+    /// Acquire before others the owner wrote earlier).
+    #[inline]
+    pub(crate) fn add_release(cell: &AtomicU64, n: u64) {
+        cell.store(
+            cell.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Release,
+        );
+    }
+
     /// Sets `cell` to `v` (a counter kept elsewhere on the owning shard).
     #[inline]
     pub(crate) fn set(cell: &AtomicU64, v: u64) {

@@ -145,10 +145,9 @@ impl Shard {
             let p = &peers[i];
             // A dead shard reports 0 open connections: it must not look like the least loaded.
             (!p.is_dead()).then(|| {
-                (
-                    p.stats.open.load(Ordering::Relaxed),
-                    p.stats.adopted.load(Ordering::Relaxed),
-                )
+                // `adopted` first (see `adopt`).
+                let adopted = p.stats.adopted.load(Ordering::Acquire);
+                (p.stats.open.load(Ordering::Relaxed), adopted)
             })
         });
         let adopt = Adopt {
@@ -174,7 +173,16 @@ impl Shard {
     }
 
     pub(super) fn adopt(&mut self, a: Adopt) {
-        ShardStats::add(&self.shared.stats.adopted, 1);
+        self.adopt_inner(a);
+        // Published after `open` counted the connection (in `install`), with Release; the
+        // balancer reads `adopted` (Acquire) before `open`, so a hand-off is always seen in
+        // transit or open, never in neither (found by the loom model `balancer_hand_off_books_balance`:
+        // counted the other way round, a connection between the two counters made its shard
+        // look emptier than it was).
+        ShardStats::add_release(&self.shared.stats.adopted, 1);
+    }
+
+    fn adopt_inner(&mut self, a: Adopt) {
         if self.drain.is_some() {
             return; // shutting down: refuse (fd closes here)
         }
@@ -256,8 +264,7 @@ impl Shard {
         let remote = ConnRemote(Arc::new(RemoteShared {
             shard: self.shared.wakes.clone(),
             key: (idx as u32, gen),
-            bits: AtomicU32::new(0),
-            queued: AtomicBool::new(false),
+            word: crate::wake::WakeWord::default(),
             gone: AtomicBool::new(false),
         }));
         let mut panicked = false;

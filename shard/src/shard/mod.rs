@@ -17,7 +17,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -624,8 +624,7 @@ impl Shard {
 
     fn process_wakes(&mut self) {
         while let Ok(r) = self.queues.wake_rx.try_recv() {
-            r.queued.store(false, Ordering::Release);
-            let bits = r.bits.swap(0, Ordering::AcqRel);
+            let bits = r.word.take();
             let (idx, gen) = (r.key.0 as usize, r.key.1);
             if self.conns.get(idx).is_some_and(|c| c.gen == gen) {
                 self.call(idx, |h, ctx| h.on_wake(ctx, bits));
