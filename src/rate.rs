@@ -644,10 +644,8 @@ mod loom_models {
                     })
                 })
                 .collect();
-            let spends: Vec<(u64, u64)> = owners
-                .into_iter()
-                .flat_map(|h| h.join().unwrap())
-                .collect();
+            let spends: Vec<(u64, u64)> =
+                owners.into_iter().flat_map(|h| h.join().unwrap()).collect();
             check_spends(&spends);
             let spent: u64 = spends.iter().map(|s| s.0).sum();
             assert_eq!(
