@@ -7,13 +7,22 @@
 //! | bucket | rate key | direction |
 //! |---|---|---|
 //! | per connection | `rates.per_conn_bytes_per_sec` | one bucket per direction, owned by [`ConnPermit`] |
-//! | per peer (IP) | `rates.per_peer_bytes_per_sec` | one bucket per direction, shared by the peer's connections |
+//! | per peer ([`peer_key`]) | `rates.per_peer_bytes_per_sec` | one bucket per direction, shared by the peer's connections |
 //! | global ingress | `rates.global_ingress_bytes_per_sec` | reads |
 //! | global egress | `rates.global_egress_bytes_per_sec` | writes |
 //!
 //! A rate of 0 disables its bucket. Every bucket's burst is [`default_burst`]: 100 ms of traffic
 //! (`rate / 10`) but at least one maximum frame (`limits.max_frame_bytes`), so a single full frame
 //! never has to wait for a full bucket.
+//!
+//! # Admission
+//!
+//! [`Policy::admit`] checks, in order: the global cap (`max_conns`), then for the peer's key
+//! ([`peer_key`]: IPv4 address, IPv4-mapped IPv6 as IPv4, otherwise the IPv6 /64) the per-peer
+//! cap (`per_peer.max_conns`) and the per-peer ingress debt. A refusal is `PeerLimit` or
+//! `RateLimited`. The *global* ingress debt is deliberately not an admission check: one heavy
+//! reader would otherwise lock every new connection out; newcomers are admitted and their reads
+//! wait behind the debt (pacing).
 //!
 //! # Live reload
 //!
@@ -46,7 +55,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -82,6 +91,42 @@ impl<T> Deref for Padded<T> {
         &self.0
     }
 }
+
+/// The key a peer address is counted under for per-peer caps and per-peer rate buckets:
+///
+/// - IPv4: the full address;
+/// - IPv4-mapped IPv6 (`::ffff:a.b.c.d`, a dual-stack listener's IPv4 peer): that IPv4 address,
+///   so one host is one peer whichever socket family it arrived on;
+/// - other IPv6: the /64 prefix (the low 64 bits zeroed). A single subscriber or host is
+///   routinely given a whole /64 and picks interface identifiers at will, so keying on the full
+///   address would let one /64 walk around every per-peer limit;
+/// - except the crate's own synthetic addresses, which stay exact: Unix-domain peers
+///   (`100::<uid>`, in the RFC 6666 discard-only prefix `100::/64`, which no real peer has;
+///   [`crate::engine::uds::uid_addr`]) and Arti name targets (`fd00:7274::<64-bit hash>`, the
+///   pseudo address of a host name). Each of those encodes its identity in the low 64 bits.
+///
+/// Only the admission key changes: the permit, `ConnInfo`, metrics and logs keep the real
+/// address ([`ConnPermit::peer`]).
+pub fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let bits = u128::from(v6);
+            let prefix = bits >> 64;
+            if SYNTHETIC_V6_PREFIXES.contains(&prefix) {
+                return ip;
+            }
+            IpAddr::V6(Ipv6Addr::from(bits & !u128::from(u64::MAX)))
+        }
+    }
+}
+
+/// Upper 64 bits of the /64s whose addresses are synthetic identities kept exact by
+/// [`peer_key`]: `100::/64` (Unix peers by uid) and `fd00:7274::/64` (Arti name targets).
+const SYNTHETIC_V6_PREFIXES: [u128; 2] = [0x0100_0000_0000_0000, 0xfd00_7274_0000_0000];
 
 /// Monotonic nanoseconds since the first call in this process (the clock fed to buckets).
 pub fn now_ns() -> u64 {
@@ -157,6 +202,7 @@ pub struct Policy {
     metrics: Arc<TransportMetrics>,
     /// Live connections (all peers). Written on every admission: padded.
     conns: Padded<AtomicU32>,
+    /// Per-peer state by [`peer_key`].
     peers: Padded<Mutex<HashMap<IpAddr, Arc<PeerState>>>>,
     /// Written once per lease renewal: padded off the lines pacing reads.
     global_ingress: Padded<TokenBucket>,
@@ -230,14 +276,14 @@ impl Policy {
         self.conns.load(Ordering::Relaxed)
     }
 
-    /// Live connections from `peer`.
+    /// Live connections counted under `peer`'s key ([`peer_key`]: its /64 for IPv6).
     pub fn peer_conn_count(&self, peer: IpAddr) -> u32 {
         lock(&self.peers)
-            .get(&peer)
+            .get(&peer_key(peer))
             .map_or(0, |p| p.conns.load(Ordering::Relaxed))
     }
 
-    /// Number of per-peer entries (equals the number of peers with a live connection).
+    /// Number of per-peer entries (equals the number of peer keys with a live connection).
     pub fn tracked_peers(&self) -> usize {
         lock(&self.peers).len()
     }
@@ -412,9 +458,14 @@ impl Policy {
             .unwrap_or(0)
     }
 
-    /// Admits one connection from `peer`: global cap, per-peer cap, per-peer and global
-    /// ingress rate state. On refusal returns `PeerLimit` or `RateLimited` and has already
-    /// counted `rejected_total{reason}`. The permit releases the caps when dropped.
+    /// Admits one connection from `peer`: global cap, then the per-peer cap and the per-peer
+    /// ingress debt of `peer`'s key ([`peer_key`]). On refusal returns `PeerLimit` or
+    /// `RateLimited` and has already counted `rejected_total{reason}`. The permit releases the
+    /// caps when dropped.
+    ///
+    /// A debt of the *global* ingress bucket never refuses: it is shared by every connection,
+    /// so refusing on it would let one heavy reader lock every newcomer out; the newcomer's
+    /// reads are paced behind the debt instead. A per-peer debt refuses only that peer key.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnPermit, TransportError> {
         self.admit_at(peer, now_ns())
     }
@@ -458,14 +509,13 @@ impl Policy {
             self.conns.fetch_sub(1, Ordering::AcqRel);
             Err(e)
         };
-        if self.global_ingress.debt(now_ns) > Duration::ZERO {
-            return refuse(TransportError::RateLimited);
-        }
+        // No global-ingress debt check here: see `admit`.
+        let key = peer_key(peer);
         let per_peer_max = cfg.per_peer_max_conns;
         let state = {
             let mut peers = lock(&self.peers);
             let state = peers
-                .entry(peer)
+                .entry(key)
                 .or_insert_with(|| {
                     let rate = self.per_peer_rate.load(Ordering::Relaxed);
                     let burst = self.per_peer_burst.load(Ordering::Relaxed);
@@ -486,7 +536,7 @@ impl Policy {
             };
             if let Some(e) = verdict {
                 if live == 0 {
-                    peers.remove(&peer);
+                    peers.remove(&key);
                 }
                 drop(peers);
                 return refuse(e);
@@ -504,6 +554,7 @@ impl Policy {
         Ok(ConnPermit {
             policy: Arc::clone(self),
             peer,
+            key,
             state,
             conn_in: TokenBucket::new(rate, burst),
             conn_out: TokenBucket::new(rate, burst),
@@ -512,13 +563,13 @@ impl Policy {
         })
     }
 
-    fn release(&self, peer: IpAddr, state: &Arc<PeerState>) {
+    fn release(&self, key: IpAddr, state: &Arc<PeerState>) {
         {
             let mut peers = lock(&self.peers);
             let left = state.conns.load(Ordering::Relaxed).saturating_sub(1);
             state.conns.store(left, Ordering::Relaxed);
-            if left == 0 && peers.get(&peer).is_some_and(|s| Arc::ptr_eq(s, state)) {
-                peers.remove(&peer);
+            if left == 0 && peers.get(&key).is_some_and(|s| Arc::ptr_eq(s, state)) {
+                peers.remove(&key);
             }
         }
         self.conns.fetch_sub(1, Ordering::AcqRel);
@@ -531,7 +582,10 @@ impl Policy {
 #[derive(Debug)]
 pub struct ConnPermit {
     policy: Arc<Policy>,
+    /// The real peer address (reported in `ConnInfo`, metrics and logs).
     peer: IpAddr,
+    /// The per-peer admission key ([`peer_key`] of `peer`).
+    key: IpAddr,
     state: Arc<PeerState>,
     conn_in: TokenBucket,
     conn_out: TokenBucket,
@@ -584,6 +638,12 @@ impl ConnPermit {
     /// The admitted peer address.
     pub fn peer(&self) -> IpAddr {
         self.peer
+    }
+
+    /// The key this permit counts under for per-peer caps and buckets ([`peer_key`] of
+    /// [`peer`](Self::peer)).
+    pub fn peer_key(&self) -> IpAddr {
+        self.key
     }
 
     /// The policy this permit belongs to.
@@ -740,7 +800,7 @@ impl ConnPermit {
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        self.policy.release(self.peer, &self.state);
+        self.policy.release(self.key, &self.state);
     }
 }
 
