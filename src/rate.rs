@@ -53,7 +53,8 @@ use std::time::Duration;
 use self::sync::{AtomicU64, Ordering};
 
 /// The atomics the buckets are built on: `std`'s, or loom's in the loom model build
-/// (`cfg(all(loom, test))`, see the `loom` module at the end of this file and `.ci/loom`).
+/// (`cfg(all(loom, test))`: the harness crate `tests/loom`, run by `.ci/loom`, compiles this
+/// file alone with `--cfg loom`; see `loom_models` at the end of this file).
 mod sync {
     #[cfg(all(loom, test))]
     pub(super) use loom::sync::atomic::{AtomicU64, Ordering};
