@@ -19,8 +19,9 @@
 //!   count in all).
 //! - `hot_peer`: one connection writing 4 KiB echo frames paced at 10× the per-peer limit,
 //!   reading its echoes.
-//! - `non_reader`: 4 connections sending 1-byte-payload frames, one write (one segment,
-//!   TCP_NODELAY) each, 10,000 frames/s in all, never reading their echoes.
+//! - `non_reader`: 4 connections (4 KiB receive buffer) sending 1-byte-payload frames, one
+//!   write (one segment, TCP_NODELAY) each, 10,000 frames/s in all, never reading their
+//!   echoes.
 //! - `handshake_flood`: 32 loops each opening a connection, sending garbage (TLS: bytes that
 //!   are no TLS record; TCP: a length prefix above `max_frame_bytes`), waiting ≤ 2 s for the
 //!   server to close it, and opening the next (at most 100,000 connections per attack).
@@ -834,7 +835,7 @@ fn start(a: Attack, ctx: AttackCtx, core: Option<usize>) -> anyhow::Result<Runni
             s.hot_factor
         ),
         Attack::NonReader => format!(
-            "{} connections from {ATTACKER}, 1-byte-payload frames one write each (TCP_NODELAY), {} frames/s in all, never reading",
+            "{} connections from {ATTACKER} (4 KiB SO_RCVBUF), 1-byte-payload frames one write each (TCP_NODELAY), {} frames/s in all, never reading",
             s.non_reader_conns, s.non_reader_fps
         ),
         Attack::HandshakeFlood => format!(
@@ -1076,6 +1077,25 @@ async fn hot_peer(ctx: AttackCtx, c: Arc<Counters>, stop: CancellationToken) {
     }
 }
 
+/// The non-reader's connection: from [`ATTACKER`], TCP_NODELAY, and a 4 KiB receive buffer
+/// (set before connecting, so the advertised window stays small): the echoes it never reads
+/// back up into the server after a few KiB instead of after the kernel's autotuned megabytes.
+async fn connect_small_rcvbuf(ctx: &AttackCtx) -> anyhow::Result<Box<dyn client::Stream>> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    sock.bind(SocketAddr::new(ATTACKER, 0))?;
+    let tcp = sock.connect(ctx.target).await?;
+    tcp.set_nodelay(true)?;
+    match &ctx.tls {
+        None => Ok(Box::new(tcp)),
+        Some(cfg) => Ok(Box::new(
+            tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(tlsutil::server_name(ctx.target), tcp)
+                .await?,
+        )),
+    }
+}
+
 async fn non_reader(ctx: AttackCtx, c: Arc<Counters>, stop: CancellationToken) {
     let per_conn = (ctx.sizes.non_reader_fps / ctx.sizes.non_reader_conns.max(1) as u64).max(1);
     let tick = Duration::from_millis(2);
@@ -1086,7 +1106,7 @@ async fn non_reader(ctx: AttackCtx, c: Arc<Counters>, stop: CancellationToken) {
         reconnects += 1;
         let s = match tokio::time::timeout(
             Duration::from_secs(5),
-            client::connect_from(ctx.target, ATTACKER, ctx.tls.as_ref()),
+            connect_small_rcvbuf(&ctx),
         )
         .await
         {
