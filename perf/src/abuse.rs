@@ -6,8 +6,9 @@
 //! `idle_timeout` 60 s), a per-peer rate limit (`rates.per_peer_bytes_per_sec`, default
 //! 4 MiB/s) and its metrics endpoint on (`server::scrape`). For each attack, against that same
 //! process: a **baseline** window of the well-behaved load alone, then the attack starts, and
-//! after a ramp an **attacked** window of the same load. `good_fraction` = attacked frames/s ÷
-//! baseline frames/s of the well-behaved connections (goal, reported and never asserted:
+//! after a ramp an **attacked** window of the same load; the attack stops, and after 1.5 s a
+//! second baseline window. `good_fraction` = attacked frames/s ÷ the mean of the two baseline
+//! windows' frames/s of the well-behaved connections (goal, reported and never asserted:
 //! ≥ 0.9). The well-behaved connections (64, 1 KiB echo, closed loop, 1 in flight) come from
 //! 127.0.1.1–127.0.1.64, one loopback address each, so a per-peer (per-IP) limit sees each as a
 //! peer of its own; the attackers come from 127.0.0.2 (the flood from 127.0.2.1–250).
@@ -186,8 +187,14 @@ pub struct AbuseRow {
     /// Attacked ÷ baseline frames/s of the well-behaved connections (null if the baseline
     /// moved no frame).
     pub good_fraction: Option<f64>,
-    /// Well-behaved frames/s without the attack.
+    /// Well-behaved frames/s without the attack: the mean of the window before the attack and
+    /// the window after it (the two bracket the attacked window, so a machine whose load
+    /// drifts during the row moves both sides alike).
     pub good_fps_baseline: f64,
+    /// Well-behaved frames/s in the window before the attack.
+    pub good_fps_baseline_before: f64,
+    /// Well-behaved frames/s in the window after the attack stopped (and 1.5 s of settling).
+    pub good_fps_baseline_after: f64,
     /// Well-behaved frames/s under the attack.
     pub good_fps_attack: f64,
     /// Well-behaved p99 round trip without the attack, µs.
@@ -430,6 +437,13 @@ fn one(
     // Let the server finish closing what the attacker left, then read its counters again.
     std::thread::sleep(Duration::from_millis(1500));
     let r2 = rejected(srv);
+    progress(&format!(
+        "abuse {} {} {}: baseline window after the attack",
+        a.name(),
+        e.name(),
+        t.as_str()
+    ));
+    let after = client::run_load(&spec).context("baseline window after the attack")?;
     let mut row = row(
         a,
         e,
@@ -441,6 +455,11 @@ fn one(
         detail,
     );
     row.rejected_after_stop = r1.zip(r2).map(|(b, a)| counter_delta(&b, &a));
+    row.good_fps_baseline_before = base.fps();
+    row.good_fps_baseline_after = after.fps();
+    row.good_fps_baseline = (base.fps() + after.fps()) / 2.0;
+    row.good_fraction = good_fraction(row.good_fps_baseline, row.good_fps_attack);
+    row.good_errors += after.errors;
     Ok(row)
 }
 
@@ -463,6 +482,8 @@ fn row(
         transport: t.as_str().to_owned(),
         good_fraction: good_fraction(fb, fa),
         good_fps_baseline: fb,
+        good_fps_baseline_before: fb,
+        good_fps_baseline_after: fb,
         good_fps_attack: fa,
         good_p99_us_baseline: base.pct(0.99),
         good_p99_us_attack: under.pct(0.99),
@@ -1104,11 +1125,7 @@ async fn non_reader(ctx: AttackCtx, c: Arc<Counters>, stop: CancellationToken) {
     let mut reconnects = 0;
     while !stop.is_cancelled() && reconnects < 20 {
         reconnects += 1;
-        let s = match tokio::time::timeout(
-            Duration::from_secs(5),
-            connect_small_rcvbuf(&ctx),
-        )
-        .await
+        let s = match tokio::time::timeout(Duration::from_secs(5), connect_small_rcvbuf(&ctx)).await
         {
             Ok(Ok(s)) => s,
             _ => {
