@@ -47,6 +47,10 @@ pub struct LoadSpec {
     /// The server's cores (with `cores`, the cores whose idle share is sampled; both empty =
     /// the whole machine).
     pub server_cores: Vec<usize>,
+    /// Local (source) addresses to bind the connections to, round robin (empty = the kernel
+    /// picks): `ron-perf run --scenarios abuse` spreads the well-behaved connections over
+    /// loopback addresses so per-peer (per-IP) limits see each as its own peer.
+    pub sources: Vec<std::net::IpAddr>,
 }
 
 /// What one load run measured.
@@ -149,15 +153,52 @@ pub async fn connect(
     }
 }
 
-/// Connects one connection of `spec`: to its socket path if it has one, else as [`connect`].
-async fn connect_spec(spec: &LoadSpec) -> anyhow::Result<Box<dyn Stream>> {
-    match &spec.uds {
-        Some(path) => Ok(Box::new(
+/// Connects one client connection from the local address `source` (port chosen by the
+/// kernel), then as [`connect`].
+pub async fn connect_from(
+    target: SocketAddr,
+    source: std::net::IpAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    let sock = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("bind {source}"))?;
+    let tcp = sock
+        .connect(target)
+        .await
+        .with_context(|| format!("connect {target} from {source}"))?;
+    tcp.set_nodelay(true)?;
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(cfg) => {
+            let c = tokio_rustls::TlsConnector::from(cfg.clone());
+            let s = c
+                .connect(crate::tlsutil::server_name(target), tcp)
+                .await
+                .context("tls handshake")?;
+            Ok(Box::new(s))
+        }
+    }
+}
+
+/// Connects connection number `i` of `spec`: to its socket path if it has one, else from its
+/// source address (round robin over `spec.sources`) as [`connect_from`], else as [`connect`].
+async fn connect_spec(spec: &LoadSpec, i: usize) -> anyhow::Result<Box<dyn Stream>> {
+    match (&spec.uds, spec.sources.is_empty()) {
+        (Some(path), _) => Ok(Box::new(
             tokio::net::UnixStream::connect(path)
                 .await
                 .with_context(|| format!("connect {}", path.display()))?,
         )),
-        None => connect(spec.target, spec.tls.as_ref()).await,
+        (None, true) => connect(spec.target, spec.tls.as_ref()).await,
+        (None, false) => {
+            let src = spec.sources[i % spec.sources.len()];
+            connect_from(spec.target, src, spec.tls.as_ref()).await
+        }
     }
 }
 
@@ -176,8 +217,9 @@ pub fn run_load(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         let barrier = barrier.clone();
         let window = window.clone();
         let core = spec.cores.get(i).copied();
+        let first = conns_per[..i].iter().sum::<usize>();
         handles.push(std::thread::spawn(move || {
-            client_thread(&spec, n, threads, core, &barrier, &window)
+            client_thread(&spec, n, first, threads, core, &barrier, &window)
         }));
     }
     // Everyone connected (or failed connecting) → fix the window and release the threads.
@@ -243,6 +285,7 @@ pub fn watched_cores(client: &[usize], server: &[usize]) -> Vec<usize> {
 fn client_thread(
     spec: &LoadSpec,
     n: usize,
+    first: usize,
     threads: usize,
     core: Option<usize>,
     barrier: &Barrier,
@@ -257,8 +300,8 @@ fn client_thread(
     // Connect everything first (bounded by a 10 s deadline per connection).
     let conns = rt.block_on(async {
         let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let c = tokio::time::timeout(Duration::from_secs(10), connect_spec(spec))
+        for i in 0..n {
+            let c = tokio::time::timeout(Duration::from_secs(10), connect_spec(spec, first + i))
                 .await
                 .map_err(|_| anyhow!("connect timed out"))
                 .and_then(|r| r);

@@ -5,10 +5,12 @@
 //! `perf-out/report-<date>.json` plus an SVG chart beside it. Subcommands: `serve` (echo
 //! server of one engine), `load` (the load client), `run` (the suite), `check` (regression
 //! gates), `chart` and `table` (render a report), `faults` (cancellation latency under
-//! injected faults). See `docs/perf.md`.
+//! injected faults), `soak` (RSS and open fds of the servers under a long mixed load). The
+//! suite's flags also work without `run` (`ron-perf --scenarios abuse`). See `docs/perf.md`.
 
 #![deny(unsafe_code)]
 
+mod abuse;
 mod chart;
 mod check;
 mod client;
@@ -17,6 +19,7 @@ mod limits;
 mod report;
 mod run;
 mod server;
+mod soak;
 mod sys;
 mod table;
 mod tlsutil;
@@ -34,10 +37,18 @@ use crate::run::{RunOpts, Scenario};
 use crate::server::{EngineId, ServeOpts, Transport};
 
 #[derive(Debug, Parser)]
-#[command(name = "ron-perf", version, about = "Perf-lab rig for ron-transport")]
+#[command(
+    name = "ron-perf",
+    version,
+    about = "Perf-lab rig for ron-transport",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    /// Without a subcommand: the suite (`run`) with these flags.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +107,9 @@ enum Cmd {
     /// Cancellation latency and quiesce time of the tokio and uring engines under a
     /// fault-injecting relay, against the spec's 100 ms (report field `faults`).
     Faults(faults::FaultsArgs),
+    /// RSS and open fds of one server per engine and transport (all at once) under a bounded
+    /// mixed load (small and 64 KiB echo, connection churn), sampled every `--sample-every`.
+    Soak(soak::SoakArgs),
 }
 
 /// The default engine list of the suite (tokio-framed first: the baseline of the ratios and of
@@ -104,8 +118,19 @@ const DEFAULT_ENGINES: &str = "tokio-framed,tokio,uring,uring-raw,monoio,tokio-u
 
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {
+    /// Scenarios: small,pipelined,stream,handshake,idle (the default) and abuse (run on its
+    /// own: `--scenarios abuse`; attacks the tokio and uring engines, see `--attacks`).
     #[arg(long, default_value = "small,pipelined,stream,handshake,idle")]
     scenarios: String,
+    /// abuse: the attacks to run.
+    #[arg(long, default_value = "slowloris,hot_peer,non_reader,handshake_flood")]
+    attacks: String,
+    /// abuse: `rates.per_peer_bytes_per_sec` of the attacked servers (bytes/s).
+    #[arg(long, default_value_t = 4 << 20)]
+    peer_bps: u64,
+    /// abuse: tiny attacks and windows (a smoke run of the machinery, not a measurement).
+    #[arg(long)]
+    abuse_tiny: bool,
     #[arg(long, default_value = "tcp,tls")]
     transports: String,
     #[arg(
@@ -184,15 +209,7 @@ fn split_list<T>(s: &str, f: impl Fn(&str) -> anyhow::Result<T>) -> anyhow::Resu
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        None => cmd_run(RunArgs {
-            scenarios: "small,pipelined,stream,handshake,idle".into(),
-            transports: "tcp,tls".into(),
-            engines: DEFAULT_ENGINES.into(),
-            server_cores: "0".into(),
-            client_cores: "1".into(),
-            framed_flavour: "current-thread".into(),
-            ..RunArgs::default()
-        }),
+        None => cmd_run(cli.run),
         Some(Cmd::Serve {
             engine,
             transport,
@@ -243,6 +260,7 @@ fn main() {
             Ok(())
         })(),
         Some(Cmd::Faults(a)) => faults::cmd_faults(a),
+        Some(Cmd::Soak(a)) => soak::cmd_soak(a),
     };
     if let Err(e) = r {
         eprintln!("ron-perf: {e:#}");
@@ -346,6 +364,7 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
         cores: parse_cores(&a.client_cores)?,
         server_pid: a.server_pid,
         server_cores: Vec::new(),
+        sources: Vec::new(),
     };
     let r = client::run_load(&spec)?;
     let mut row = run::load_row(scenario, t, &a.engine_label, &spec, &r);
@@ -404,8 +423,19 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
+    let mut names: Vec<&str> = a
+        .scenarios
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .collect();
+    let want_abuse = names.contains(&"abuse");
+    names.retain(|n| *n != "abuse");
     let opts = RunOpts {
-        scenarios: split_list(&a.scenarios, Scenario::parse)?,
+        scenarios: names
+            .iter()
+            .map(|n| Scenario::parse(n))
+            .collect::<anyhow::Result<_>>()?,
         transports: split_list(&a.transports, Transport::parse)?,
         engines: split_list(&a.engines, EngineId::parse)?,
         duration,
@@ -421,17 +451,77 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
             out_dir
         },
     };
-    if opts.engines.is_empty() || opts.transports.is_empty() || opts.scenarios.is_empty() {
+    if opts.engines.is_empty()
+        || opts.transports.is_empty()
+        || (opts.scenarios.is_empty() && !want_abuse)
+    {
         return Err(anyhow!("nothing to run"));
     }
-    let rep = run::run(&opts)?;
+    let rep = if opts.scenarios.is_empty() {
+        report::Report {
+            commit: report::git_commit(),
+            date: date.clone(),
+            machine: report::Machine {
+                cpus: sys::cpus(),
+                kernel: sys::kernel(),
+            },
+            limits: report::Limits::default(),
+            results: Vec::new(),
+        }
+    } else {
+        run::run(&opts)?
+    };
     rep.save(&json)?;
     let svg = a.svg.unwrap_or_else(|| json.with_extension("svg"));
-    if let Err(e) = chart::write_svg(&rep, &svg) {
-        eprintln!("[ron-perf] chart: {e:#}");
+    if !rep.results.is_empty() {
+        if let Err(e) = chart::write_svg(&rep, &svg) {
+            eprintln!("[ron-perf] chart: {e:#}");
+        }
+        println!("{}", table::render(&rep));
+        eprintln!("[ron-perf] wrote {} and {}", json.display(), svg.display());
     }
-    println!("{}", table::render(&rep));
-    eprintln!("[ron-perf] wrote {} and {}", json.display(), svg.display());
+    if want_abuse {
+        let tiny = a.abuse_tiny;
+        let window = a.duration.unwrap_or(if tiny {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        });
+        let sizes = if tiny {
+            abuse::Sizes {
+                slowloris_conns: 40,
+                slowloris_every: Duration::from_millis(200),
+                non_reader_conns: 1,
+                non_reader_fps: 500,
+                flood_loops: 4,
+                flood_max: 200,
+                hot_factor: 10,
+                ramp: Duration::from_millis(300),
+            }
+        } else {
+            abuse::Sizes::default()
+        };
+        let sec = abuse::run(&abuse::AbuseOpts {
+            engines: opts.engines.clone(),
+            transports: opts.transports.clone(),
+            attacks: split_list(&a.attacks, abuse::Attack::parse)?,
+            window,
+            warmup: (window / 4).min(Duration::from_secs(1)),
+            server_cores: opts.server_cores.clone(),
+            client_cores: opts.client_cores.clone(),
+            shards: opts.shards,
+            peer_bps: a.peer_bps,
+            sizes,
+            out_dir: opts.out_dir.clone(),
+        })?;
+        abuse::save_into(&json, &sec)?;
+        let asvg = json.with_extension("abuse.svg");
+        if let Err(e) = abuse::write_svg(&sec, &rep.commit, &asvg) {
+            eprintln!("[ron-perf] abuse chart: {e:#}");
+        }
+        println!("{}", abuse::table(&sec));
+        eprintln!("[ron-perf] wrote {} and {}", json.display(), asvg.display());
+    }
     Ok(())
 }
 

@@ -102,6 +102,8 @@ pub struct ServerProc {
     pub addr: SocketAddr,
     /// Its socket path (transport `uds`).
     pub path: Option<PathBuf>,
+    /// Its metrics endpoint, when started with `RON_PERF_METRICS=1` (`server::scrape`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Drop for ServerProc {
@@ -122,6 +124,20 @@ pub fn spawn_server(
     cores: &[usize],
     shards: usize,
     flavour: crate::server::framed::Flavour,
+) -> anyhow::Result<ServerProc> {
+    spawn_server_env(engine, transport, tls, cores, shards, flavour, &[])
+}
+
+/// [`spawn_server`] with extra environment variables for the server process (they win over
+/// the inherited environment), e.g. `RON_TRANSPORT_READ_TIMEOUT` or `RON_PERF_METRICS`.
+pub fn spawn_server_env(
+    engine: EngineId,
+    transport: Transport,
+    tls: Option<(&PathBuf, &PathBuf)>,
+    cores: &[usize],
+    shards: usize,
+    flavour: crate::server::framed::Flavour,
+    env: &[(&str, String)],
 ) -> anyhow::Result<ServerProc> {
     let exe = std::env::current_exe().context("current_exe")?;
     // `uds`: a socket in a private (0700) directory of this run.
@@ -158,6 +174,9 @@ pub fn spawn_server(
     if let Some((c, k)) = tls {
         cmd.arg("--cert").arg(c).arg("--key").arg(k);
     }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .stdin(Stdio::null());
@@ -167,11 +186,14 @@ pub fn spawn_server(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
+        let mut metrics = None;
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if !sent {
-                if let Some((addr, _)) = crate::server::parse_ready_line(&line) {
-                    let _ = tx.send(addr);
+                if let Some(m) = crate::server::scrape::parse_metrics_line(&line) {
+                    metrics = Some(m);
+                } else if let Some((addr, _)) = crate::server::parse_ready_line(&line) {
+                    let _ = tx.send((addr, metrics));
                     sent = true;
                 }
             }
@@ -182,10 +204,12 @@ pub fn spawn_server(
         pid,
         addr: "0.0.0.0:0".parse().expect("static addr"),
         path,
+        metrics: None,
     };
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(a) => {
+        Ok((a, m)) => {
             proc_.addr = a;
+            proc_.metrics = m;
             Ok(proc_)
         }
         Err(_) => {
@@ -198,7 +222,7 @@ pub fn spawn_server(
     }
 }
 
-fn join(cores: &[usize]) -> String {
+pub(crate) fn join(cores: &[usize]) -> String {
     cores
         .iter()
         .map(|c| c.to_string())
@@ -206,7 +230,7 @@ fn join(cores: &[usize]) -> String {
         .join(",")
 }
 
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     eprintln!("[ron-perf] {msg}");
 }
 
@@ -477,6 +501,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                 cores: o.client_cores.clone(),
                 server_pid: Some(srv.pid),
                 server_cores: o.server_cores.clone(),
+                sources: Vec::new(),
             };
             let go = |sc: Scenario, spec: LoadSpec, rows: &mut Vec<Row>| -> Option<Row> {
                 match client::run_load(&spec) {

@@ -148,8 +148,10 @@ pub fn serve_tokio(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> 
             .enable_all()
             .build()?
     };
+    let metrics = TransportMetrics::new();
+    super::scrape::maybe_export(&metrics)?;
     rt.block_on(async {
-        let engine = EngineSetup::new(cfg, TransportMetrics::new())
+        let engine = EngineSetup::new(cfg, metrics)
             .and_then(|s| s.build_tokio())
             .map_err(|e| anyhow!("tokio engine: {e}"))?;
         serve_generic(&engine, opts, ready).await
@@ -167,8 +169,10 @@ pub fn serve_uring(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let metrics = TransportMetrics::new();
+    super::scrape::maybe_export(&metrics)?;
     rt.block_on(async {
-        let engine = EngineSetup::new(cfg, TransportMetrics::new())
+        let engine = EngineSetup::new(cfg, metrics)
             .and_then(|s| s.build_uring_with(shard_runtime(opts)))
             .map_err(|e| anyhow!("uring engine: {e}"))?;
         serve_generic(&engine, opts, ready).await

@@ -14,12 +14,16 @@
 //!   ron-transport's engine, only the reference that shows what the engine's policy costs.
 //! - `monoio`, `tokio-uring`: plain TCP echo servers on those runtimes (feature `peers`).
 //! - `bare-uring`: the smallest honest io_uring echo, the overhead floor (plain TCP).
+//!
+//! With `RON_PERF_METRICS=1`, `tokio` and `uring` also expose their Prometheus metrics on a
+//! loopback port announced by a `METRICS` line before `READY` ([`scrape`]).
 
 pub mod adapter;
 pub mod bare;
 pub mod framed;
 #[cfg(feature = "peers")]
 pub mod peers;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -425,6 +429,7 @@ mod tests {
             cores: vec![],
             server_pid: Some(std::process::id()),
             server_cores: vec![],
+            sources: Vec::new(),
         };
         let r = crate::client::run_load(&spec).unwrap();
         assert_eq!(r.errors, 0, "{:?}", r.first_error);
@@ -483,6 +488,7 @@ mod tests {
                 cores: vec![],
                 server_pid: None,
                 server_cores: vec![],
+                sources: Vec::new(),
             })
             .unwrap();
             assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
