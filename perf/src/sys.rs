@@ -32,6 +32,18 @@ pub fn pin_to(cores: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// Lowers the calling thread's CPU priority to `nice` (Linux: `setpriority(PRIO_PROCESS, 0)`
+/// applies to the calling thread only).
+#[allow(unsafe_code)]
+pub fn nice_thread(nice: i32) -> io::Result<()> {
+    // SAFETY: plain syscall wrapper with integer arguments; who = 0 is the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Raises RLIMIT_NOFILE's soft limit to `min(want, hard)`; returns the new soft limit.
 #[allow(unsafe_code)]
 pub fn raise_nofile(want: u64) -> io::Result<u64> {
