@@ -294,3 +294,47 @@ async fn frames_stashed_by_backpressure_survive_the_peer_closing() {
     assert_eq!(h.recv().await, Ok(None));
     assert_eq!(h.close_reason(), Some(CloseReason::PeerClosed));
 }
+
+/// Issue 12 finding 3 on the bridge: a consumer that never receives holds at most
+/// `inbound_bytes` (plus one frame) of 1 MiB frames, not `inbound_capacity` of them; once it
+/// receives, every frame arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_inbound_is_bounded_in_bytes() {
+    let Some(rt) = runtime(1) else { return };
+    let (hooks, mut accepted) = handle_listener(
+        |_peer| Ok(AdmitToken::empty()),
+        16,
+        HandleOptions {
+            inbound_capacity: 64,
+            inbound_bytes: 256 * 1024,
+            ..HandleOptions::default()
+        },
+    );
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, ConnOptions::default(), hooks).unwrap();
+    const N: u32 = 24;
+    let client = std::thread::spawn(move || {
+        let mut c = connect(addr);
+        for i in 0..N {
+            let mut p = vec![i as u8; (1 << 20) - 16];
+            p[..4].copy_from_slice(&i.to_be_bytes());
+            write_frame(&mut c, &p);
+        }
+        c
+    });
+    let mut h = accepted.accept().await.unwrap();
+    // The client writes until TCP pushes back; the bridge stops reading at its byte bound.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = total(&rt);
+    assert!(
+        s.frames_in <= 3,
+        "the shard took {} frames of 1 MiB for a consumer that does not receive",
+        s.frames_in
+    );
+    for i in 0..N {
+        let f = h.recv().await.unwrap().unwrap();
+        assert_eq!(&f[..4], i.to_be_bytes(), "frame {i}");
+    }
+    drop(client.join().unwrap());
+}
