@@ -124,6 +124,11 @@ stats! {
     task_panics,
     /// Eventfd writes made to wake this shard (by any thread).
     doorbell_rings,
+    /// Entries on the shard's deadline heap (gauge; entries of closed connections are dropped
+    /// lazily, bounded by compaction).
+    timers,
+    /// Compactions of the deadline heap (entries of closed connections dropped at once).
+    timer_compactions,
 }
 
 impl ShardStats {

@@ -444,3 +444,42 @@ fn wake_requests_merge_instead_of_replacing_each_other() {
     eventually("a wake arrives", || !wakes.lock().unwrap().is_empty());
     assert_eq!(wakes.lock().unwrap()[0], 1 | 2, "both requests' bits");
 }
+
+/// Found by the 30-minute soak: every closed connection left its deadline on the shard's heap
+/// until that deadline came (an hour with `idle = 3600s`), so churn grew the heap — and RSS —
+/// without bound for an idle timeout. Now the heap is compacted once stale entries outnumber
+/// the live ones.
+#[test]
+fn closed_connections_do_not_accumulate_timers() {
+    let _serial = serial();
+    let Some(rt) = runtime_with(1, |_| {}) else {
+        return;
+    };
+    let hooks = Arc::new(EchoHooks::default());
+    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let opts = ConnOptions {
+        timeouts: ron_shard::Timeouts {
+            idle: Some(Duration::from_secs(3600)),
+            ..ron_shard::Timeouts::default()
+        },
+        ..ConnOptions::default()
+    };
+    rt.listen(l, opts, hooks).unwrap();
+    for i in 0..3000u32 {
+        let mut c = connect(addr);
+        write_frame(&mut c, &i.to_be_bytes());
+        assert_eq!(read_frame(&mut c).unwrap(), i.to_be_bytes());
+    }
+    eventually("every churned connection closed", || {
+        let s = total(&rt);
+        s.closed == 3000 && s.open == 0
+    });
+    let s = total(&rt);
+    assert!(
+        s.timers <= 1100,
+        "{} deadline entries for 0 open connections after 3000 churned",
+        s.timers
+    );
+    assert!(s.timer_compactions >= 1, "{s:?}");
+}

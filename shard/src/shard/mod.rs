@@ -571,6 +571,8 @@ impl Shard {
             }
             self.comps = comps;
             self.fire_timers();
+            self.compact_timers();
+            ShardStats::set(&self.shared.stats.timers, self.timers.len() as u64);
         }
     }
 
