@@ -76,6 +76,8 @@ struct Input {
     /// A byte of the handshake stream to flip: (offset, xor).
     hs_flip: Option<(u16, u8)>,
     frames: Vec<FrameSpec>,
+    /// The peer ends with close_notify after its frames.
+    peer_close: bool,
     chunk: u16,
     budget: u32,
     tampers: Vec<Tamper>,
@@ -124,7 +126,8 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Takes one receive's result; true if the connection is now failed.
+    /// Takes one receive's result; true if the connection is now failed or closed by the peer
+    /// (the shard stops reading either way).
     fn absorb(&mut self, r: RecvResult) -> bool {
         assert!(
             r.frame_error.is_none() || r.tls_error.is_none(),
@@ -133,6 +136,10 @@ impl Outcome {
         self.frames.extend(r.frames);
         self.handshake_completed |= r.handshake_completed;
         self.peer_closed |= r.peer_closed;
+        if r.peer_closed {
+            assert!(r.frame_error.is_none() && r.tls_error.is_none());
+            return true;
+        }
         if let Some(e) = r.frame_error {
             self.frame_error = Some(e);
             return true;
@@ -239,7 +246,13 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
     }
     let chunk = usize::from(input.chunk).max(1);
     let budget = (input.budget as usize % (1 << 20)).max(1);
-    let wire = p.send(&frames, chunk, budget).expect("peer send");
+    let mut wire = p.send(&frames, chunk, budget).expect("peer send");
+    let data_len = wire.len();
+    if input.peer_close {
+        p.close().expect("peer close_notify");
+        wire.extend(p.send(&[], chunk, budget).expect("peer close send"));
+        assert!(wire.len() > data_len, "close_notify not sent");
+    }
 
     // Records and their plaintext sizes.
     let mut recs = Vec::new();
@@ -256,9 +269,18 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
         off = end;
     }
     let plain_total: usize = frames.iter().map(|f| 4 + f.len()).sum();
+    // Records after the data carry the close_notify alert (no application data).
+    let is_close = |i: usize| recs[i].0.start >= data_len;
     let rec_plain: Vec<usize> = recs
         .iter()
-        .map(|(r, _)| r.len().saturating_sub(RECORD_HEADER + RECORD_OVERHEAD))
+        .enumerate()
+        .map(|(i, (r, _))| {
+            if is_close(i) {
+                0
+            } else {
+                r.len().saturating_sub(RECORD_HEADER + RECORD_OVERHEAD)
+            }
+        })
         .collect();
     // The sizes are exact when every record is application data and they add up.
     let exact = recs
@@ -353,6 +375,9 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
         Fail,
         /// Garbage after `seq` good records: at least those are delivered.
         Unknown,
+        /// The close_notify record came in sequence after `seq - 1` good records: the rest is
+        /// ignored, no TLS error.
+        Closed,
     }
     let mut seq = 0usize;
     let mut expect = Expect::Clean;
@@ -365,7 +390,13 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
             break;
         }
         match pc {
-            Piece::Record { i, flipped } if *i == seq && !*flipped => seq += 1,
+            Piece::Record { i, flipped } if *i == seq && !*flipped => {
+                seq += 1;
+                if is_close(*i) {
+                    expect = Expect::Closed;
+                    break;
+                }
+            }
             Piece::Record { .. } => {
                 expect = Expect::Fail;
                 break;
@@ -376,7 +407,8 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
             }
         }
     }
-    let untouched = pieces.len() == n && flips.is_empty() && expect == Expect::Clean;
+    let untouched =
+        pieces.len() == n && flips.is_empty() && matches!(expect, Expect::Clean | Expect::Closed);
 
     let mut out = Outcome::default();
     feed(&mut t, &stream, &input.cuts, &mut out);
@@ -414,7 +446,7 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
             assert!(out.frames.len() >= lower, "frames of good records missing");
         }
         match expect {
-            Expect::Clean if out.frame_error.is_none() => {
+            Expect::Clean | Expect::Closed if out.frame_error.is_none() => {
                 assert!(
                     out.tls_error.is_none(),
                     "clean records failed: {:?}",
@@ -434,6 +466,16 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
         }
     } else if expect == Expect::Fail && out.frame_error.is_none() {
         assert!(out.tls_error.is_some(), "a tampered record was accepted");
+    }
+    if expect == Expect::Closed && out.frame_error.is_none() {
+        assert!(out.peer_closed, "close_notify in sequence not reported");
+    }
+    if out.peer_closed {
+        assert!(out.tls_error.is_none() && out.frame_error.is_none());
+        assert!(
+            matches!(expect, Expect::Closed | Expect::Unknown) || !exact,
+            "peer_closed without a close_notify in sequence"
+        );
     }
     if untouched && input.truncate.is_none() && oversize.is_none() {
         assert!(out.tls_error.is_none() && out.frame_error.is_none());
