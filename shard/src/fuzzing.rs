@@ -1,7 +1,7 @@
 //! Entry points for the fuzz crate (`fuzz/`, feature `fuzzing`, hidden from the docs): thin
 //! wrappers that let a fuzz target drive private modules the way the shard loop does.
 //!
-//! Owns only the glue: [`TlsConnDriver`] is a connection's TLS state ([`crate::tls_conn`]) plus
+//! Owns only the glue: [`TlsConnDriver`] is a connection's TLS state (`tls_conn`) plus
 //! its framing state ([`ConnState`]), fed received ciphertext and asked for ciphertext to send,
 //! exactly as `shard/recv.rs` and `shard/send.rs` do it, without a ring or a socket. It adds no
 //! behaviour and no checks of its own; the fuzz targets assert. Not a stable API.
