@@ -40,6 +40,9 @@ mod ctx;
 mod doorbell;
 mod exec;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handle;
 pub mod handler;
 mod meta;
