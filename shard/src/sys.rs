@@ -381,15 +381,15 @@ impl Ring {
 
     /// Pushes `entry`; submits first if the submission queue is full.
     ///
-    /// # Safety
-    /// Every pointer in `entry` must stay valid until the kernel posts the final completion for
-    /// its `user_data` (callers guarantee it by storing the pointees in the op table first).
+    /// `EINTR` from that submit is retried; `EBUSY` / `EAGAIN` (the completion queue is full,
+    /// or the kernel is short of request memory) reap the waiting completions into `scratch`
+    /// (handed out first by the next [`complete`](Self::complete)) and retry; only a failure
+    /// that reaping cannot cure is returned.
     ///
-    /// A full submission queue is submitted first. `EINTR` from that submit is retried; `EBUSY`
-    /// / `EAGAIN` (the completion queue is full, or the kernel is short of request memory)
-    /// reap the waiting completions into `scratch` (handed out first by the next
-    /// [`complete`](Self::complete)) and retry; only a failure that reaping cannot cure is
-    /// returned.
+    /// # Safety
+    /// SAFETY: every pointer in `entry` must stay valid until the kernel posts the final
+    /// completion for its `user_data` (callers guarantee it by storing the pointees in the op
+    /// table first).
     unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: forwarded from this function's contract.

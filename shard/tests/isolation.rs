@@ -163,6 +163,14 @@ impl ron_shard::AcceptHooks for PanickyHooks {
     }
 }
 
+/// Listens on a fresh loopback port with `hooks`; returns the address.
+fn listen(rt: &Runtime, opts: ConnOptions, hooks: Arc<dyn ron_shard::AcceptHooks>) -> SocketAddr {
+    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.listen(l, opts, hooks).unwrap();
+    addr
+}
+
 fn runtime_with(shards: usize, f: impl FnOnce(&mut RuntimeConfig)) -> Option<Runtime> {
     if !ron_shard::probe().usable {
         eprintln!("skipping: io_uring unusable here");
@@ -188,9 +196,7 @@ fn a_panicking_handler_ends_only_its_connection() {
         return;
     };
     let hooks = Arc::new(PanickyHooks::default());
-    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    let addr = listen(&rt, ConnOptions::default(), hooks.clone());
     let mut good = connect(addr);
     let mut bad = connect(addr);
     write_frame(&mut good, b"before");
@@ -227,9 +233,7 @@ fn a_dead_shard_attracts_no_connections() {
         return;
     };
     let hooks = Arc::new(PanickyHooks::default());
-    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    let addr = listen(&rt, ConnOptions::default(), hooks.clone());
     // Load shard 0 (the accepting one) so that an empty shard 1 would be preferred.
     let mut keep: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
     for c in &mut keep {
@@ -270,9 +274,7 @@ fn shutdown_reaches_a_shard_with_a_full_command_queue() {
         return;
     };
     let hooks = Arc::new(PanickyHooks::default());
-    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    let addr = listen(&rt, ConnOptions::default(), hooks.clone());
     let mut c = connect(addr);
     write_frame(&mut c, b"hi");
     assert_eq!(read_frame(&mut c).unwrap(), b"hi");
@@ -336,9 +338,7 @@ fn runtime_dropped_on_its_own_shard_does_not_deadlock() {
     let rt = Arc::new(rt);
     let hooks = Arc::new(PanickyHooks::default());
     *hooks.owned.lock().unwrap() = Some(rt.clone());
-    let l = ron_shard::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    rt.listen(l, ConnOptions::default(), hooks.clone()).unwrap();
+    let addr = listen(&rt, ConnOptions::default(), hooks.clone());
     let mut c = connect(addr);
     write_frame(&mut c, b"hi");
     assert_eq!(read_frame(&mut c).unwrap(), b"hi");
