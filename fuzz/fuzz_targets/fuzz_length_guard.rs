@@ -6,57 +6,13 @@
 //! wrapping global allocator).
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use bytes::BytesMut;
 use ron_transport::limits::{FrameDecoder, FRAME_HEADER_LEN, MAX_FRAME_CEILING};
 use ron_transport::TransportError;
 
-/// `bytes` allocates a small fixed header (`Shared`, 40 bytes on 64-bit) the first time a
-/// vector-backed `BytesMut` is split; that is bookkeeping, not buffer memory.
-const BOOKKEEPING: usize = 64;
-
-/// Records allocations while armed (the fuzz loop is single-threaded).
-struct Observing;
-
-static ARMED: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-fn note(size: usize) {
-    if ARMED.load(Ordering::Relaxed) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        LARGEST.fetch_max(size, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is exactly `System`'s; `note` only touches atomics (no allocation).
-unsafe impl GlobalAlloc for Observing {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded verbatim; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded verbatim; the caller upholds `alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: forwarded verbatim; `ptr` was allocated by `System` via this wrapper.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded verbatim; `ptr` was allocated by `System` via this wrapper.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Observing = Observing;
+#[path = "common/alloc.rs"]
+mod alloc_observer;
+use alloc_observer::BOOKKEEPING;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // Bytes 0..3: ceiling (mod 1 MiB + 1); byte 3: split-size seed; then the stream.
@@ -77,13 +33,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         stream = &stream[n..];
         loop {
             let cap = buf.capacity();
-            ALLOCS.store(0, Ordering::Relaxed);
-            LARGEST.store(0, Ordering::Relaxed);
-            ARMED.store(true, Ordering::Relaxed);
-            let r = d.decode(&mut buf);
-            ARMED.store(false, Ordering::Relaxed);
-            let allocs = ALLOCS.load(Ordering::Relaxed);
-            let largest = LARGEST.load(Ordering::Relaxed);
+            let (r, allocs, largest) = alloc_observer::observed(|| d.decode(&mut buf));
             assert!(allocs <= 1, "{allocs} allocations in one decode");
             assert!(
                 largest <= (FRAME_HEADER_LEN + max as usize).max(BOOKKEEPING),

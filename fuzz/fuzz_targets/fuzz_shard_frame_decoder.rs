@@ -13,62 +13,20 @@
 //! pooled buffers are reused by later frames.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use ron_shard::frame::{self, Decoded, FrameDecoder, FrameError, HEADER_LEN};
 
-/// `bytes` allocates a small fixed header (`Shared`) when a vector-backed buffer is first
-/// frozen or split; bookkeeping, not frame memory.
-const BOOKKEEPING: usize = 64;
-
-struct Observing;
-
-static ARMED: AtomicBool = AtomicBool::new(false);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-fn note(size: usize) {
-    if ARMED.load(Ordering::Relaxed) {
-        LARGEST.fetch_max(size, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is exactly `System`'s; `note` only touches atomics (no allocation).
-unsafe impl GlobalAlloc for Observing {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded verbatim; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded verbatim; the caller upholds `alloc_zeroed`'s contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: forwarded verbatim; `ptr` was allocated by `System` via this wrapper.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded verbatim; `ptr` was allocated by `System` via this wrapper.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Observing = Observing;
+#[path = "common/alloc.rs"]
+mod alloc_observer;
+use alloc_observer::{ARMED, BOOKKEEPING};
 
 /// Runs `f` with the allocation observer armed; returns its result and the largest allocation.
 fn observed<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    LARGEST.store(0, Ordering::Relaxed);
-    ARMED.store(true, Ordering::Relaxed);
-    let r = f();
-    ARMED.store(false, Ordering::Relaxed);
-    (r, LARGEST.load(Ordering::Relaxed))
+    let (r, _, largest) = alloc_observer::observed(f);
+    (r, largest)
 }
 
 /// Collects a frame from inside a decoder callback without counting the copy.
