@@ -697,11 +697,7 @@ pub fn write_svg(s: &AbuseSection, commit: &str, path: &Path) -> anyhow::Result<
                     .iter()
                     .position(|g| *g == format!("{} {}", r.attack, r.transport))?;
                 let v = r.good_fraction?;
-                let x0 = gi as f64 + 0.1 + ei as f64 * w;
-                Some(Rectangle::new(
-                    [(x0, 0.0), (x0 + w * 0.9, v)],
-                    color.filled(),
-                ))
+                Some(crate::chart::group_bar(gi, ei, w, v, color))
             })
             .collect();
         if bars.is_empty() {
@@ -711,7 +707,7 @@ pub fn write_svg(s: &AbuseSection, commit: &str, path: &Path) -> anyhow::Result<
             .draw_series(bars)
             .map_err(|e| anyhow!("{e:?}"))?
             .label(*e)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            .legend(crate::chart::legend_box(color));
     }
     let goal = s.goal_good_fraction;
     chart

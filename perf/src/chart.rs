@@ -27,6 +27,17 @@ const ENGINES: [&str; 7] = [
 /// The engines the ratios are taken against, in order of preference.
 const BASELINES: [&str; 2] = ["tokio-framed", "tokio"];
 
+/// Bar `ei` of group `gi` (groups one unit wide, bars `w` wide), from 0 up to `v`.
+pub fn group_bar(gi: usize, ei: usize, w: f64, v: f64, color: RGBAColor) -> Rectangle<(f64, f64)> {
+    let x0 = gi as f64 + 0.1 + ei as f64 * w;
+    Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v)], color.filled())
+}
+
+/// The legend swatch of a series drawn in `color`.
+pub fn legend_box(color: RGBAColor) -> impl Fn((i32, i32)) -> Rectangle<(i32, i32)> {
+    move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+}
+
 fn short(r: &Row) -> String {
     let p = r
         .payload
@@ -163,11 +174,7 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
                 .enumerate()
                 .filter_map(|(gi, m)| {
                     let v = *m.get(e)?;
-                    let x0 = gi as f64 + 0.1 + ei as f64 * w;
-                    Some(Rectangle::new(
-                        [(x0, 0.0), (x0 + w * 0.9, v)],
-                        color.filled(),
-                    ))
+                    Some(group_bar(gi, ei, w, v, color))
                 })
                 .collect();
             if bars.is_empty() {
@@ -177,9 +184,7 @@ pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
                 .draw_series(bars)
                 .map_err(|e| anyhow!("{e:?}"))?
                 .label(*e)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-                });
+                .legend(legend_box(color));
         }
         chart
             .configure_series_labels()

@@ -608,9 +608,7 @@ pub fn write_svg(s: &SoakSection, commit: &str, path: &Path) -> anyhow::Result<(
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(|e| anyhow!("{e:?}"))?
                 .label(format!("{} {}", v.engine, v.transport))
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-                });
+                .legend(crate::chart::legend_box(color));
         }
         chart
             .configure_series_labels()
