@@ -56,6 +56,7 @@ mod sync;
 mod sys;
 mod tls_conn;
 pub mod tls_pump;
+pub mod tls_record;
 pub mod unix;
 mod wake;
 

@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod kernel;
 mod provider;
 
 use std::fmt;
@@ -49,6 +50,7 @@ use rustls::unbuffered::{
 use rustls::{ClientConfig, CommonState, HandshakeKind, NamedGroup, ProtocolVersion, ServerConfig};
 
 pub use error::PumpError;
+use kernel::{HandshakeInfo, KernelSide, KernelTls};
 pub use provider::composite_provider;
 
 /// A TLS connection driven without I/O: bytes in, bytes out, plaintext as ranges of the caller's
@@ -83,6 +85,11 @@ pub use provider::composite_provider;
 pub struct TlsPump {
     conn: Conn,
     st: Inner,
+    /// The config allows secret extraction: hand the connection to the own record layer once
+    /// the handshake is done.
+    hand_off: bool,
+    /// Records per sending key asked for with [`TlsPump::set_key_update_interval`].
+    rekey_every: Option<u64>,
 }
 
 /// What one [`TlsPump::handle_ciphertext`] call did.
@@ -144,26 +151,43 @@ pub struct PumpStats {
     /// Application-data records the pump had to copy into the buffer (see the module notes on
     /// in-place verification).
     pub records_copied: u64,
+    /// Application-data records sealed by the own record layer.
+    pub records_sealed: u64,
+    /// KeyUpdates sent (on request of the peer, on [`TlsPump::queue_key_update`], or before
+    /// the confidentiality limit).
+    pub key_updates_sent: u64,
+    /// KeyUpdates received.
+    pub key_updates_received: u64,
 }
 
 impl TlsPump {
     /// A server-side pump for one accepted connection.
+    ///
+    /// With `config.enable_secret_extraction` set, the connection moves to the own record layer
+    /// ([`crate::tls_record`]) once the handshake is done (TLS 1.3 only); otherwise rustls
+    /// protects every record.
     pub fn server(config: Arc<ServerConfig>) -> Result<Self, PumpError> {
+        let hand_off = config.enable_secret_extraction;
         let conn = UnbufferedServerConnection::new(config)?;
-        Ok(Self::start(Conn::Server(Box::new(conn))))
+        Ok(Self::start(Conn::Server(Box::new(conn)), hand_off))
     }
 
     /// A client-side pump dialing `name`; the ClientHello is queued at once
     /// ([`wants_write`](Self::wants_write) is true).
+    ///
+    /// The record layer is chosen as for [`server`](Self::server).
     pub fn client(config: Arc<ClientConfig>, name: ServerName<'static>) -> Result<Self, PumpError> {
+        let hand_off = config.enable_secret_extraction;
         let conn = UnbufferedClientConnection::new(config, name)?;
-        Ok(Self::start(Conn::Client(Box::new(conn))))
+        Ok(Self::start(Conn::Client(Box::new(conn)), hand_off))
     }
 
-    fn start(conn: Conn) -> Self {
+    fn start(conn: Conn, hand_off: bool) -> Self {
         let mut pump = Self {
             conn,
             st: Inner::default(),
+            hand_off,
+            rekey_every: None,
         };
         // Runs rustls once with no input: a client queues its ClientHello, a server does
         // nothing. Errors are kept in the pump and returned by the next call.
@@ -177,9 +201,66 @@ impl TlsPump {
     /// `incoming` is the whole unconsumed receive buffer: the bytes left by the previous call
     /// (not discarded), followed by new ciphertext. See the type docs for the call order.
     pub fn handle_ciphertext(&mut self, incoming: &mut [u8]) -> Result<Progress, PumpError> {
-        match &mut self.conn {
+        let r = match &mut self.conn {
+            Conn::Kernel(k) => return k.handle(&mut self.st, incoming),
             Conn::Server(c) => handle(&mut **c, &mut self.st, incoming),
             Conn::Client(c) => handle(&mut **c, &mut self.st, incoming),
+            Conn::Gone => Err(self.st.fail(PumpError::Internal("hand_off_failed"))),
+        };
+        if r.is_ok() {
+            self.hand_off();
+        }
+        r
+    }
+
+    /// Moves a finished TLS 1.3 handshake to the own record layer: rustls hands over the
+    /// traffic secrets and sequence numbers, and keeps only its post-handshake half. Done at
+    /// the first moment rustls holds nothing: no retained handshake bytes, nothing buffered to
+    /// send (the pump's transmit queue is its own and goes out first, in order).
+    fn hand_off(&mut self) {
+        let st = &self.st;
+        if !self.hand_off
+            || !st.handshake_done
+            || st.retained > 0
+            || st.failed.is_some()
+            || st.peer_closed
+            || st.close_queued
+            || st.closed
+            || matches!(self.conn, Conn::Kernel(_) | Conn::Gone)
+        {
+            return;
+        }
+        let Some(common) = self.common() else { return };
+        if common.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+            self.hand_off = false;
+            return;
+        }
+        let info = HandshakeInfo::capture(common);
+        let done = match std::mem::replace(&mut self.conn, Conn::Gone) {
+            Conn::Server(c) => c
+                .dangerous_into_kernel_connection()
+                .map(|(s, k)| (s, KernelSide::Server(k))),
+            Conn::Client(c) => c
+                .dangerous_into_kernel_connection()
+                .map(|(s, k)| (s, KernelSide::Client(k))),
+            other => {
+                self.conn = other;
+                return;
+            }
+        };
+        let kernel = done
+            .map_err(PumpError::from)
+            .and_then(|(secrets, side)| KernelTls::new(side, secrets, info));
+        match kernel {
+            Ok(mut k) => {
+                if let Some(n) = self.rekey_every {
+                    k.set_rekey_every(n);
+                }
+                self.conn = Conn::Kernel(Box::new(k));
+            }
+            Err(e) => {
+                self.st.fail(e);
+            }
         }
     }
 
@@ -212,8 +293,87 @@ impl TlsPump {
     /// [`PumpError::InsufficientSize`] and leaves `out` untouched.
     pub fn encrypt(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, PumpError> {
         match &mut self.conn {
+            Conn::Kernel(k) => {
+                self.st.check_send()?;
+                k.encrypt(&mut self.st, plaintext, out)
+            }
             Conn::Server(c) => encrypt(&mut **c, &mut self.st, plaintext, out),
             Conn::Client(c) => encrypt(&mut **c, &mut self.st, plaintext, out),
+            Conn::Gone => Err(PumpError::Internal("hand_off_failed")),
+        }
+    }
+
+    /// The connection runs on the own record layer, so [`seal_in_place`](Self::seal_in_place)
+    /// and [`queue_key_update`](Self::queue_key_update) are available (false during the
+    /// handshake, and for configs without `enable_secret_extraction` or TLS 1.2).
+    pub fn seals_in_place(&self) -> bool {
+        matches!(self.conn, Conn::Kernel(_))
+    }
+
+    /// The AEAD of the own record layer, once the connection runs on it.
+    pub fn record_aead(&self) -> Option<crate::tls_record::AeadAlgorithm> {
+        match &self.conn {
+            Conn::Kernel(k) => Some(k.algorithm()),
+            _ => None,
+        }
+    }
+
+    /// Seals one application-data record in place, around plaintext the caller already wrote
+    /// into its send buffer: `record` holds [`HEADER_LEN`](crate::tls_record::HEADER_LEN) bytes
+    /// of room, then the `plain_len` bytes of plaintext (at most 16 KiB), then at least 17 bytes
+    /// of room. Returns the record's length, `plain_len +`
+    /// [`SEAL_OVERHEAD`](crate::tls_record::SEAL_OVERHEAD).
+    ///
+    /// Records sealed here must be sent after what [`poll_transmit`](Self::poll_transmit) has
+    /// yielded so far and before what it yields next; call
+    /// [`reserve_records`](Self::reserve_records) before polling for a batch. Returns
+    /// [`PumpError::Internal`] unless [`seals_in_place`](Self::seals_in_place).
+    pub fn seal_in_place(
+        &mut self,
+        record: &mut [u8],
+        plain_len: usize,
+    ) -> Result<usize, PumpError> {
+        self.st.check_send()?;
+        match &mut self.conn {
+            Conn::Kernel(k) => k.seal_app_data(&mut self.st, record, plain_len),
+            _ => Err(PumpError::Internal("seal_in_place_before_hand_off")),
+        }
+    }
+
+    /// Announces that up to `records` records will be sealed with
+    /// [`seal_in_place`](Self::seal_in_place) before the next `poll_transmit`; if that would
+    /// pass the point where the sending key must change, a KeyUpdate is queued now (so
+    /// `wants_write` turns true). A no-op before the hand-off.
+    pub fn reserve_records(&mut self, records: u64) -> Result<(), PumpError> {
+        match &mut self.conn {
+            Conn::Kernel(k) if self.st.failed.is_none() && !self.st.close_queued => {
+                k.reserve(&mut self.st, records)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues a KeyUpdate (read it with [`poll_transmit`](Self::poll_transmit)) and switches
+    /// to the next sending key; with `request_peer` the peer is asked to update its key too.
+    /// Available once [`seals_in_place`](Self::seals_in_place).
+    pub fn queue_key_update(&mut self, request_peer: bool) -> Result<(), PumpError> {
+        self.st.check_send()?;
+        if self.is_handshaking() {
+            return Err(PumpError::HandshakeNotComplete);
+        }
+        match &mut self.conn {
+            Conn::Kernel(k) => k.queue_key_update(&mut self.st, request_peer),
+            _ => Err(PumpError::Internal("key_update_before_hand_off")),
+        }
+    }
+
+    /// Sends a KeyUpdate every `records` records (at least 1; at most the suite's
+    /// confidentiality limit less a margin of 2^16, which is the default: 2^24 − 2^16 for
+    /// AES-GCM). Meant for tests and for operators who want keys rotated more often.
+    pub fn set_key_update_interval(&mut self, records: u64) {
+        self.rekey_every = Some(records);
+        if let Conn::Kernel(k) = &mut self.conn {
+            k.set_rekey_every(records);
         }
     }
 
@@ -224,8 +384,18 @@ impl TlsPump {
     /// connection then).
     pub fn queue_close_notify(&mut self) -> Result<(), PumpError> {
         match &mut self.conn {
+            Conn::Kernel(k) => {
+                if let Some(e) = &self.st.failed {
+                    return Err(e.clone());
+                }
+                if self.st.close_queued || self.st.closed {
+                    return Ok(());
+                }
+                k.close(&mut self.st)
+            }
             Conn::Server(c) => close(&mut **c, &mut self.st),
             Conn::Client(c) => close(&mut **c, &mut self.st),
+            Conn::Gone => Err(PumpError::Internal("hand_off_failed")),
         }
     }
 
@@ -236,22 +406,27 @@ impl TlsPump {
 
     /// The handshake has not finished yet.
     pub fn is_handshaking(&self) -> bool {
-        self.common().is_handshaking()
+        self.common().is_some_and(|c| c.is_handshaking())
     }
 
     /// Server or client.
     pub fn side(&self) -> Side {
-        match self.conn {
+        match &self.conn {
             Conn::Server(_) => Side::Server,
-            Conn::Client(_) => Side::Client,
+            Conn::Client(_) | Conn::Gone => Side::Client,
+            Conn::Kernel(k) => k.side(),
         }
     }
 
     /// The key exchange group the handshake used (known once the ServerHello is processed).
     pub fn negotiated_group(&self) -> Option<NamedGroup> {
-        self.common()
-            .negotiated_key_exchange_group()
-            .map(|g| g.name())
+        match self.info() {
+            Some(i) => i.group,
+            None => self
+                .common()?
+                .negotiated_key_exchange_group()
+                .map(|g| g.name()),
+        }
     }
 
     /// The handshake used a hybrid post-quantum group (X25519MLKEM768 or SecP256r1MLKEM768).
@@ -264,12 +439,18 @@ impl TlsPump {
 
     /// The ALPN protocol both sides agreed on, if any.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.common().alpn_protocol()
+        match self.info() {
+            Some(i) => i.alpn.as_deref(),
+            None => self.common()?.alpn_protocol(),
+        }
     }
 
     /// Full, full with HelloRetryRequest, or resumed; `None` during the handshake.
     pub fn handshake_kind(&self) -> Option<HandshakeKind> {
-        self.common().handshake_kind()
+        match self.info() {
+            Some(i) => i.kind,
+            None => self.common()?.handshake_kind(),
+        }
     }
 
     /// The handshake resumed an earlier session (ticket/PSK).
@@ -279,17 +460,26 @@ impl TlsPump {
 
     /// The negotiated cipher suite.
     pub fn cipher_suite(&self) -> Option<rustls::CipherSuite> {
-        self.common().negotiated_cipher_suite().map(|s| s.suite())
+        match self.info() {
+            Some(i) => i.suite,
+            None => self.common()?.negotiated_cipher_suite().map(|s| s.suite()),
+        }
     }
 
     /// The negotiated protocol version (TLS 1.3 unless the config also allows 1.2).
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.common().protocol_version()
+        match self.info() {
+            Some(i) => i.version,
+            None => self.common()?.protocol_version(),
+        }
     }
 
     /// The peer's certificate chain, end entity first (for caller-side pinning hooks).
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        self.common().peer_certificates()
+        match self.info() {
+            Some(i) => i.peer_certificates.as_deref(),
+            None => self.common()?.peer_certificates(),
+        }
     }
 
     /// The peer sent close_notify.
@@ -307,10 +497,20 @@ impl TlsPump {
         self.st.stats
     }
 
-    fn common(&self) -> &CommonState {
+    /// What the handshake negotiated, once the connection runs on the own record layer.
+    fn info(&self) -> Option<&HandshakeInfo> {
         match &self.conn {
-            Conn::Server(c) => c.common(),
-            Conn::Client(c) => c.common(),
+            Conn::Kernel(k) => Some(&k.info),
+            _ => None,
+        }
+    }
+
+    /// rustls's state, while rustls runs the connection.
+    fn common(&self) -> Option<&CommonState> {
+        match &self.conn {
+            Conn::Server(c) => Some(c.common()),
+            Conn::Client(c) => Some(c.common()),
+            Conn::Kernel(_) | Conn::Gone => None,
         }
     }
 }
@@ -372,6 +572,10 @@ pub const MAX_HANDSHAKE_TRANSITIONS: u64 = 1024;
 enum Conn {
     Server(Box<UnbufferedServerConnection>),
     Client(Box<UnbufferedClientConnection>),
+    /// After the handshake, on the own record layer.
+    Kernel(Box<KernelTls>),
+    /// rustls's connection was consumed by a hand-off that failed (the pump is failed).
+    Gone,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -409,6 +613,17 @@ struct Inner {
 }
 
 impl Inner {
+    /// The checks every send makes first: failed, closed.
+    fn check_send(&self) -> Result<(), PumpError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.close_queued || self.closed {
+            return Err(PumpError::Closed);
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, e: PumpError) -> PumpError {
         if e.is_fatal() && self.failed.is_none() {
             self.failed = Some(e.clone());

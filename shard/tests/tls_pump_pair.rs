@@ -5,13 +5,26 @@
 mod util;
 
 use ron_shard::tls_pump::{PumpError, Status, TlsPump};
-use util::{client_config, drive, localhost, pair, server_config, Peer, Pki, Prov, Rng};
+use util::{
+    client_config, drive, localhost, pair, rustls_records_client, rustls_records_server,
+    server_config, Peer, Pki, Prov, Rng,
+};
 
 fn default_pair(pki: &Pki) -> (Peer, Peer) {
     pair(
         client_config(&pki.ca_der, Prov::CompositeHybrid, &[]),
         server_config(pki, Prov::CompositeHybrid, &[]),
     )
+}
+
+/// A pair on which rustls protects every record (configs without secret extraction).
+fn rustls_records_pair(pki: &Pki) -> (Peer, Peer) {
+    let (c, s) = pair(
+        rustls_records_client(&client_config(&pki.ca_der, Prov::CompositeHybrid, &[])),
+        rustls_records_server(&server_config(pki, Prov::CompositeHybrid, &[])),
+    );
+    assert!(!c.pump.seals_in_place() && !s.pump.seals_in_place());
+    (c, s)
 }
 
 /// Seals `data` on `from`, delivers it to `to` in random pieces, checks it arrived intact.
@@ -203,9 +216,29 @@ fn pending_tickets_go_before_app_data() {
 }
 
 #[test]
-fn drive_loop_never_spins_on_write_traffic() {
+fn default_pairs_run_on_the_own_record_layer() {
     let pki = Pki::new();
     let (mut c, mut s) = default_pair(&pki);
+    assert!(c.pump.seals_in_place() && s.pump.seals_in_place());
+    // No rustls step per record any more, either way.
+    let before = (c.pump.stats().transitions, s.pump.stats().transitions);
+    let mut rng = Rng::new(3);
+    for i in 0..50usize {
+        transfer(&mut c, &mut s, &rng.bytes(1 + i * 333), &mut rng, 4096);
+        transfer(&mut s, &mut c, &rng.bytes(1 + i * 77), &mut rng, 4096);
+    }
+    assert_eq!(
+        (c.pump.stats().transitions, s.pump.stats().transitions),
+        before
+    );
+    assert!(s.pump.stats().records_in_place >= 50);
+    assert!(c.pump.stats().records_sealed >= 50);
+}
+
+#[test]
+fn drive_loop_never_spins_on_write_traffic() {
+    let pki = Pki::new();
+    let (mut c, mut s) = rustls_records_pair(&pki);
     // Idle calls: exactly one rustls transition each (WriteTraffic), and NeedsInput.
     for _ in 0..100 {
         let before = s.pump.stats().transitions;
@@ -290,11 +323,12 @@ fn poll_transmit_partial_writes() {
 #[test]
 fn fragmented_handshake_messages_and_encrypt_while_bytes_are_retained() {
     let pki = Pki::new();
-    let mut scfg = (*server_config(&pki, Prov::CompositeHybrid, &[])).clone();
+    let mut scfg =
+        (*rustls_records_server(&server_config(&pki, Prov::CompositeHybrid, &[]))).clone();
     // 64-byte records: every handshake message, tickets included, spans several records.
     scfg.max_fragment_size = Some(64);
     let scfg = std::sync::Arc::new(scfg);
-    let ccfg = client_config(&pki.ca_der, Prov::CompositeHybrid, &[]);
+    let ccfg = rustls_records_client(&client_config(&pki.ca_der, Prov::CompositeHybrid, &[]));
     let mut rng = Rng::new(64);
     let mut c = Peer::client(ccfg.clone());
     let mut s = Peer::server(scfg.clone());
@@ -332,4 +366,42 @@ fn fragmented_handshake_messages_and_encrypt_while_bytes_are_retained() {
     // Those fragmented tickets were good: the next handshake resumes.
     let (c2, s2) = pair(ccfg, scfg);
     assert!(c2.pump.is_resumed() && s2.pump.is_resumed());
+}
+
+#[test]
+fn tickets_split_across_records_reach_rustls_from_the_record_layer() {
+    let pki = Pki::new();
+    let mut scfg = (*server_config(&pki, Prov::CompositeHybrid, &[])).clone();
+    // 64-byte records: every ticket spans several records.
+    scfg.max_fragment_size = Some(64);
+    let scfg = std::sync::Arc::new(scfg);
+    let ccfg = client_config(&pki.ca_der, Prov::CompositeHybrid, &[]);
+    let mut rng = Rng::new(65);
+    let mut c = Peer::client(ccfg.clone());
+    let mut s = Peer::server(scfg.clone());
+    s.feed(&c.take_transmit()).unwrap();
+    c.feed_chunked(&s.take_transmit(), &mut rng, 50).unwrap();
+    assert!(
+        c.pump.seals_in_place(),
+        "the client hands off at its Finished"
+    );
+    s.feed(&c.take_transmit()).unwrap();
+    assert!(s.pump.seals_in_place());
+    let tickets = s.take_transmit();
+    let first_len = 5 + usize::from(u16::from_be_bytes([tickets[3], tickets[4]]));
+    assert!(tickets.len() > first_len);
+    // The first fragment is held by the record layer, not by the caller's buffer.
+    c.feed(&tickets[..first_len]).unwrap();
+    assert!(c.rx.is_empty());
+    let ct = c.seal(b"between fragments").unwrap();
+    s.feed(&ct).unwrap();
+    assert_eq!(s.received, b"between fragments");
+    c.feed_chunked(&tickets[first_len..], &mut rng, 9).unwrap();
+    let ct = s.seal(b"after tickets").unwrap();
+    c.feed_chunked(&ct, &mut rng, 7).unwrap();
+    assert_eq!(c.received, b"after tickets");
+    // rustls stored the tickets: the next handshake resumes, and runs on the record layer too.
+    let (mut c2, mut s2) = pair(ccfg, scfg);
+    assert!(c2.pump.is_resumed() && s2.pump.is_resumed());
+    transfer(&mut c2, &mut s2, b"resumed", &mut rng, 3);
 }

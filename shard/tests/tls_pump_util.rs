@@ -99,6 +99,8 @@ pub fn server_config(pki: &Pki, prov: Prov, alpn: &[&[u8]]) -> Arc<ServerConfig>
         .with_single_cert(pki.chain.clone(), pki.key())
         .expect("server cert");
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // The production setting: after the handshake the pump runs the own record layer.
+    cfg.enable_secret_extraction = true;
     Arc::new(cfg)
 }
 
@@ -123,7 +125,25 @@ pub fn client_config_with(
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.enable_secret_extraction = true;
     Arc::new(cfg)
+}
+
+/// The same server config with rustls protecting every record (no hand-off to the own record
+/// layer), to keep that path tested.
+#[allow(dead_code)]
+pub fn rustls_records_server(cfg: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut c = (**cfg).clone();
+    c.enable_secret_extraction = false;
+    Arc::new(c)
+}
+
+/// The client counterpart of [`rustls_records_server`].
+#[allow(dead_code)]
+pub fn rustls_records_client(cfg: &Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut c = (**cfg).clone();
+    c.enable_secret_extraction = false;
+    Arc::new(c)
 }
 
 pub fn localhost() -> ServerName<'static> {

@@ -37,6 +37,10 @@ pub enum PumpError {
     /// TLS failure reported by rustls: a peer protocol violation, a bad record, an alert from
     /// the peer, a certificate that does not verify, or a configuration mismatch.
     Tls(rustls::Error),
+    /// A record failed on the own record layer (after the handshake): it did not authenticate,
+    /// its header or length is not TLS 1.3's, or it has no valid inner content type. Nothing
+    /// from the record was delivered.
+    Record(crate::tls_record::RecordError),
     /// The rustls state machine did something the pump does not expect (a bug, never a peer's
     /// doing); the string is a stable detail.
     Internal(&'static str),
@@ -56,6 +60,7 @@ impl PumpError {
             Self::EncryptExhausted => "encrypt_exhausted",
             Self::HandshakeFragmented => "handshake_fragmented",
             Self::Tls(e) => tls_kind(e),
+            Self::Record(e) => e.kind(),
             Self::Internal(_) => "internal",
         }
     }
@@ -104,6 +109,7 @@ impl fmt::Display for PumpError {
             Self::EncryptExhausted => f.write_str("tls sending keys exhausted"),
             Self::HandshakeFragmented => f.write_str("tls handshake split into too many records"),
             Self::Tls(e) => write!(f, "tls: {e}"),
+            Self::Record(e) => write!(f, "tls record: {e}"),
             Self::Internal(what) => write!(f, "tls pump internal error: {what}"),
         }
     }
@@ -113,6 +119,7 @@ impl std::error::Error for PumpError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Tls(e) => Some(e),
+            Self::Record(e) => Some(e),
             _ => None,
         }
     }
