@@ -81,6 +81,53 @@ pub fn tls_open_seal_gbps(provider: Provider, dur: Duration) -> anyhow::Result<f
     Ok(bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
 }
 
+/// Gb/s of the shards' own TLS 1.3 record layer (`ron_shard::tls_record`, the AEAD backend
+/// it prefers) for 64 KiB writes: each write copied once into the record slots of a send
+/// buffer and sealed in place as four 16 KiB records (what a uring shard does), then opened in
+/// place (what the receiving shard does). AES-256-GCM, the suite the library's configs
+/// negotiate first. In memory, single thread, for `dur`.
+pub fn record_layer_open_seal_gbps(dur: Duration) -> anyhow::Result<f64> {
+    use ron_shard::tls_record::{
+        AeadAlgorithm, RecordOpener, RecordSealer, HEADER_LEN, MAX_PLAINTEXT, SEAL_OVERHEAD,
+    };
+    let key = [0x42u8; 32];
+    let alg = AeadAlgorithm::Aes256Gcm;
+    let mut sealer = RecordSealer::from_key(alg, &key, [9; 12], 0, None)
+        .map_err(|e| anyhow!("record sealer: {e}"))?;
+    let mut opener = RecordOpener::from_key(alg, &key, [9; 12], 0, None)
+        .map_err(|e| anyhow!("record opener: {e}"))?;
+    let plain = vec![0x5au8; CHUNK];
+    let records = CHUNK.div_ceil(MAX_PLAINTEXT);
+    let mut wire = vec![0u8; CHUNK + records * SEAL_OVERHEAD];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < dur {
+        for _ in 0..16 {
+            let mut at = 0;
+            for chunk in plain.chunks(MAX_PLAINTEXT) {
+                wire[at + HEADER_LEN..at + HEADER_LEN + chunk.len()].copy_from_slice(chunk);
+                at += sealer
+                    .seal_in_place(
+                        &mut wire[at..],
+                        chunk.len(),
+                        ron_shard::tls_record::ContentType::ApplicationData,
+                    )
+                    .map_err(|e| anyhow!("seal: {e}"))?;
+            }
+            let mut pos = 0;
+            while pos < at {
+                let op = opener
+                    .open_in_place(&mut wire[pos..at])
+                    .map_err(|e| anyhow!("open: {e}"))?
+                    .ok_or_else(|| anyhow!("open: incomplete record"))?;
+                bytes += op.plaintext.len() as u64;
+                pos += op.record_len;
+            }
+        }
+    }
+    Ok(bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
+}
+
 /// Gb/s of one loopback TCP stream, sender and receiver threads both pinned to `core`.
 pub fn loopback_tcp_gbps(core: Option<usize>, dur: Duration) -> anyhow::Result<f64> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

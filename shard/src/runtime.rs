@@ -88,6 +88,10 @@ pub struct RuntimeConfig {
     /// switch the connection to direct receives (straight into the frame's buffer, see the
     /// module docs); `None` keeps every receive on the provided-buffer ring.
     pub direct_recv_min: Option<usize>,
+    /// TLS connections on the own record layer send a KeyUpdate every this many records
+    /// (`None`: just before the suite's confidentiality limit, 2^24 − 2^16 records for
+    /// AES-GCM). For operators who want keys rotated more often, and for interop tests.
+    pub tls_key_update_records: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
@@ -103,6 +107,7 @@ impl Default for RuntimeConfig {
             zc_threshold: None,
             command_capacity: 4096,
             direct_recv_min: Some(DIRECT_RECV_MIN),
+            tls_key_update_records: None,
         }
     }
 }
@@ -227,6 +232,7 @@ impl Runtime {
             zc_threshold: cfg.zc_threshold,
             command_capacity: cfg.command_capacity,
             direct_recv_min: cfg.direct_recv_min,
+            tls_key_update_records: cfg.tls_key_update_records,
             // Reading pauses at this much queued output and resumes below half of it. 16 chunks
             // (1 MiB at the 64 KiB default): at 4 chunks a peer pipelining four 64 KiB frames
             // sat exactly on the mark, and every frame cancelled and re-armed the multishot

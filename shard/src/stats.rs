@@ -114,8 +114,15 @@ stats! {
     tls_records_in_place,
     /// Receive completions whose bytes had to be assembled (a record spanning buffers).
     tls_assembled,
-    /// TLS encrypt passes (each seals up to `chunk_bytes` of plaintext).
+    /// TLS encrypt passes (rustls records: each seals up to `chunk_bytes` of plaintext; own
+    /// record layer: one per record sealed in place).
     tls_encrypt_passes,
+    /// TLS connections whose handshake handed the records to the own record layer.
+    tls_record_layer,
+    /// TLS KeyUpdates sent (answers to the peer, or before the confidentiality limit).
+    tls_key_updates_sent,
+    /// TLS KeyUpdates received.
+    tls_key_updates_received,
     /// Tasks spawned on this shard's executor.
     tasks_spawned,
     /// Task polls made by this shard's executor.

@@ -26,6 +26,7 @@ use crate::conn::ConnState;
 use crate::frame::{Decoded, FrameError};
 use crate::sys::OutSeg;
 use crate::tls_pump::{PumpError, Status, TlsPump};
+use crate::tls_record::SEAL_OVERHEAD;
 
 /// TLS record header length.
 const RECORD_HEADER: usize = 5;
@@ -56,6 +57,8 @@ pub(crate) struct TlsConn {
     pub(crate) hs_deadline: Option<Instant>,
     pub(crate) close_notify: bool,
     pub(crate) error: Option<PumpError>,
+    /// KeyUpdate counts (sent, received) already reported to the shard's stats.
+    key_updates_seen: (u64, u64),
 }
 
 #[derive(Default, Clone, Copy, Debug)]
@@ -123,7 +126,16 @@ impl TlsConn {
             hs_deadline,
             close_notify: false,
             error: None,
+            key_updates_seen: (0, 0),
         }
+    }
+
+    /// KeyUpdates (sent, received) since the last call, for the shard's counters.
+    pub(crate) fn key_update_deltas(&mut self) -> (u64, u64) {
+        let s = self.pump.stats();
+        let (sent, recv) = self.key_updates_seen;
+        self.key_updates_seen = (s.key_updates_sent, s.key_updates_received);
+        (s.key_updates_sent - sent, s.key_updates_received - recv)
     }
 
     /// True while ciphertext is waiting to be written (pump queue or a partial segment).
@@ -226,6 +238,12 @@ impl TlsConn {
         if buf.len() < want {
             buf.resize(want, 0);
         }
+        let can_encrypt = !self.pump.is_handshaking() && !self.close_notify && self.error.is_none();
+        let in_place = can_encrypt && self.pump.seals_in_place();
+        if in_place {
+            // A KeyUpdate due within this batch goes out before it.
+            self.pump.reserve_records((plain / MAX_RECORD + 2) as u64)?;
+        }
         let mut n = 0;
         while self.pump.wants_write() {
             if n == buf.len() {
@@ -235,8 +253,11 @@ impl TlsConn {
         }
         let mut flight = Flight::default();
         let mut passes = 0;
-        let can_encrypt = !self.pump.is_handshaking() && !self.close_notify && self.error.is_none();
-        while can_encrypt && flight.plain < budget && !out.is_empty() {
+        if in_place {
+            (n, passes) =
+                self.seal_frames_in_place(out, &mut buf, n, queued, budget, &mut flight)?;
+        }
+        while can_encrypt && !in_place && flight.plain < budget && !out.is_empty() {
             // Stage small frames (and the head of a large one) up to `chunk` bytes.
             self.stage.clear();
             let mut direct: Option<Range<usize>> = None;
@@ -305,6 +326,67 @@ impl TlsConn {
         flight.cipher = n;
         self.flight = flight;
         Ok(Some((OutSeg::buf(buf, n), passes)))
+    }
+
+    /// The own record layer's send path: frames are copied once, straight into the record's
+    /// plaintext slot in `buf` (after `at` bytes already there), and each record is sealed in
+    /// place (`header | plaintext | type | tag`). Records are filled to 16 KiB with whatever is
+    /// queued. A batch stops at `budget` plaintext bytes, except that it finishes a frame it
+    /// started when the rest fits one record (else a 64 KiB frame would leave its last few
+    /// bytes for a send of their own). Returns the bytes in `buf` and the records sealed.
+    fn seal_frames_in_place(
+        &mut self,
+        out: &mut VecDeque<OutSeg>,
+        buf: &mut Vec<u8>,
+        mut at: usize,
+        queued: usize,
+        budget: usize,
+        flight: &mut Flight,
+    ) -> Result<(usize, u64), PumpError> {
+        let mut records = 0;
+        while let Some(front) = out.front() {
+            if flight.plain >= budget {
+                let started = front.remaining() < front.wire_len();
+                if !(started && front.remaining() <= MAX_RECORD) {
+                    break;
+                }
+            }
+            let est = queued.saturating_sub(flight.plain).clamp(1, MAX_RECORD);
+            let need = at + SEAL_OVERHEAD + est;
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            let cap = (buf.len() - at - SEAL_OVERHEAD).min(MAX_RECORD);
+            let slot = &mut buf[at + RECORD_HEADER..at + RECORD_HEADER + cap];
+            let mut filled = 0;
+            while filled < cap {
+                let Some(seg) = out.front_mut() else { break };
+                let (hdr, body) = seg.parts();
+                let h = hdr.len().min(cap - filled);
+                slot[filled..filled + h].copy_from_slice(&hdr[..h]);
+                filled += h;
+                let b = if h == hdr.len() {
+                    let b = body.len().min(cap - filled);
+                    slot[filled..filled + b].copy_from_slice(&body[..b]);
+                    filled += b;
+                    b
+                } else {
+                    0
+                };
+                seg.advance(h + b);
+                if seg.remaining() == 0 {
+                    out.pop_front();
+                    flight.frames += 1;
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            at += self.pump.seal_in_place(&mut buf[at..], filled)?;
+            flight.plain += filled;
+            records += 1;
+        }
+        Ok((at, records))
     }
 
     /// Takes the send buffer back after its send completed (kept if small or still busy).

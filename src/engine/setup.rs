@@ -60,14 +60,18 @@ impl EngineSetup {
     }
 
     /// Uses `cfg` as the TLS server config instead of loading `tls.cert_path`/`tls.key_path`.
+    ///
+    /// The engine sets `enable_secret_extraction` on (a copy of) it, so that the uring shards
+    /// can run their own record layer after the handshake.
     pub fn with_tls_server(mut self, cfg: Arc<ServerConfig>) -> Self {
-        self.tls_server = Some(cfg);
+        self.tls_server = Some(server_with_record_layer(cfg));
         self
     }
 
-    /// Uses `cfg` as the TLS client config instead of building one from `tls_client.*`.
+    /// Uses `cfg` as the TLS client config instead of building one from `tls_client.*`
+    /// (`enable_secret_extraction` is set as for [`with_tls_server`](Self::with_tls_server)).
     pub fn with_tls_client(mut self, cfg: Arc<ClientConfig>) -> Self {
-        self.tls_client = Some(cfg);
+        self.tls_client = Some(client_with_record_layer(cfg));
         self
     }
 
@@ -155,6 +159,28 @@ impl EngineSetup {
 #[cfg(feature = "tls")]
 fn load_server_config(cfg: &ValidConfig) -> Result<Arc<ServerConfig>, TransportError> {
     crate::tls::server_config(cfg)
+}
+
+/// `cfg` with `enable_secret_extraction` set: after the handshake rustls hands the traffic
+/// secrets to the shard's own TLS record layer (the tokio engine ignores the flag). Copies the
+/// config only when the flag is off.
+pub(crate) fn server_with_record_layer(cfg: Arc<ServerConfig>) -> Arc<ServerConfig> {
+    if cfg.enable_secret_extraction {
+        return cfg;
+    }
+    let mut c = (*cfg).clone();
+    c.enable_secret_extraction = true;
+    Arc::new(c)
+}
+
+/// The client counterpart of [`server_with_record_layer`].
+pub(crate) fn client_with_record_layer(cfg: Arc<ClientConfig>) -> Arc<ClientConfig> {
+    if cfg.enable_secret_extraction {
+        return cfg;
+    }
+    let mut c = (*cfg).clone();
+    c.enable_secret_extraction = true;
+    Arc::new(c)
 }
 
 /// The caller's client config, else one built from `tls_client.*` at the first TLS dial (on a

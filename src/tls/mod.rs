@@ -216,6 +216,8 @@ fn server_config_from_der(
     config.session_storage = ServerSessionMemoryCache::new(SERVER_SESSION_CACHE_SIZE);
     config.alpn_protocols = alpn;
     config.max_early_data_size = 0;
+    // The uring shards take the record layer over after the handshake (ron_shard::tls_record).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -276,6 +278,7 @@ pub fn client_config_with_roots(
     config.resumption = Resumption::in_memory_sessions(CLIENT_SESSION_CACHE_SIZE);
     config.alpn_protocols = alpn;
     config.enable_early_data = false;
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

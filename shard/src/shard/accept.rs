@@ -198,7 +198,12 @@ impl Shard {
             Some(cfg) => {
                 let deadline = a.opts.timeouts.read.map(|d| a.accepted_at + d);
                 match TlsPump::server(cfg) {
-                    Ok(p) => Some(TlsConn::new(p, a.accepted_at, deadline)),
+                    Ok(mut p) => {
+                        if let Some(n) = self.cfg.tls_key_update_records {
+                            p.set_key_update_interval(n);
+                        }
+                        Some(TlsConn::new(p, a.accepted_at, deadline))
+                    }
                     Err(e) => {
                         self.fail_before_install(a.peer, a.local, false, opener, &e);
                         return;

@@ -135,7 +135,12 @@ impl Shard {
             None => None,
             Some(t) => match TlsPump::client(t.config, t.server_name) {
                 // The dial deadline bounds connect and handshake together.
-                Ok(p) => Some(TlsConn::new(p, d.started, Some(d.deadline))),
+                Ok(mut p) => {
+                    if let Some(n) = self.cfg.tls_key_update_records {
+                        p.set_key_update_interval(n);
+                    }
+                    Some(TlsConn::new(p, d.started, Some(d.deadline)))
+                }
                 Err(e) => {
                     drop(fd);
                     self.fail_before_install(peer, local, true, opener, &e);

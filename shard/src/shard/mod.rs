@@ -196,6 +196,7 @@ pub(crate) struct ShardConfig {
     pub command_capacity: usize,
     pub out_high_water: usize,
     pub direct_recv_min: Option<usize>,
+    pub tls_key_update_records: Option<u64>,
 }
 
 /// Creates the shared half of a shard and the receivers its thread needs.

@@ -224,6 +224,12 @@ impl Shard {
             self.flush_now |= handshaking;
             received = oc.plaintext;
             ShardStats::add(&st.tls_records_in_place, oc.records_in_place);
+            if oc.handshake_completed && tls.pump.seals_in_place() {
+                ShardStats::add(&st.tls_record_layer, 1);
+            }
+            let (ku_sent, ku_recv) = tls.key_update_deltas();
+            ShardStats::add(&st.tls_key_updates_sent, ku_sent);
+            ShardStats::add(&st.tls_key_updates_received, ku_recv);
             if oc.assembled {
                 ShardStats::add(&st.tls_assembled, 1);
             }

@@ -355,9 +355,13 @@ impl KernelTls {
         Ok(n)
     }
 
-    /// Sends a KeyUpdate now if sealing `records` more would pass the rekey point.
+    /// Sends a KeyUpdate now if the current key has sealed its share of records, or if
+    /// sealing `records` more would pass the suite's confidentiality limit. (Checked per
+    /// batch: a batch may take a key past its share, never past the limit.)
     pub(super) fn reserve(&mut self, st: &mut Inner, records: u64) -> Result<(), PumpError> {
-        if self.sealer.seq().saturating_add(records) > self.rekey_at {
+        let seq = self.sealer.seq();
+        let limit = self.sealer.algorithm().confidentiality_limit();
+        if seq >= self.rekey_at || seq.saturating_add(records) > limit {
             self.queue_key_update(st, false)?;
         }
         Ok(())
