@@ -28,6 +28,11 @@ pub static CONFIGS: LazyLock<Configs> = LazyLock::new(|| {
         .with_no_client_auth()
         .with_single_cert(vec![ck.cert.der().clone()], key)
         .expect("server config");
+    // After the handshake the server runs the own record layer (ron_shard::tls_record), as in
+    // production; so does the hybrid client, while the classical client keeps rustls's
+    // records: both paths, and the pairing of the two, are fuzzed.
+    let mut server = server;
+    server.enable_secret_extraction = true;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ck.cert.der().clone()).expect("root");
     let client = |hybrid: bool| {
@@ -37,6 +42,7 @@ pub static CONFIGS: LazyLock<Configs> = LazyLock::new(|| {
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
         c.resumption = Resumption::disabled();
+        c.enable_secret_extraction = hybrid;
         Arc::new(c)
     };
     Configs {
