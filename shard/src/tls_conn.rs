@@ -3,17 +3,19 @@
 //! ciphertext send buffer, and the handshake deadline. Pure bookkeeping over byte slices (no
 //! socket, no ring): the shard loop feeds it and submits what it produces.
 //!
-//! Copies per byte:
-//! - receive: a record that arrived whole in one provided buffer is decrypted in place there
-//!   and its frames are handed out in place (0 copies by the shard; rustls 0.23 makes one
-//!   internal copy, see [`crate::tls_pump`]). A record that spans buffers is assembled once in
-//!   the connection's buffer (1 copy), and the frames inside it are copied out once more.
-//! - send: small plaintext frames are staged (1 copy, up to `chunk_bytes` per pass) and
-//!   sealed into the send buffer by the pump (rustls 0.23's unbuffered `encrypt`: 2 internal
-//!   copies, into its own record buffer, sealed in place, then into ours), which the kernel
-//!   reads directly. Of a body of 16 KiB or more only the
-//!   part that fills the staged plaintext to a record boundary is staged (with the frame
-//!   header); whole records of the rest are sealed straight from the caller's bytes.
+//! Copies per byte (after the handshake, on the own record layer, [`crate::tls_record`]):
+//! - receive: a record that arrived whole in one provided buffer is opened in place there and
+//!   its frames are handed out in place (0 copies by the shard). A record that spans buffers is
+//!   assembled once in the connection's buffer (1 copy), and the frames inside it are copied out
+//!   once more; a frame longer than a record is assembled in its frame buffer (1 copy).
+//! - send: each queued frame's bytes are written once, straight into the plaintext slot of a
+//!   record in the send buffer (`header | plaintext | type | tag`), and the record is sealed
+//!   there in place; the kernel reads that buffer. Records are filled to 16 KiB with whatever
+//!   is queued.
+//!
+//! While rustls still protects the records (during the handshake, or for a config without
+//! `enable_secret_extraction`), sends stage small frames and seal through rustls's unbuffered
+//! `encrypt` (two internal copies), as documented in [`crate::tls_pump`].
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -230,7 +232,7 @@ impl TlsConn {
             return Ok(Some((seg, 0)));
         }
         let chunk = chunk.max(1);
-        let mut buf = self.tx.take().unwrap_or_default();
+        let mut buf = self.tx.take().unwrap_or_else(take_tx_buf);
         // Sized for what is queued (small for request/response traffic): plaintext, plus a
         // record header and tag per 16 KiB record, plus room for handshake/ticket bytes.
         let plain = queued.min(budget);
@@ -393,8 +395,40 @@ impl TlsConn {
     pub(crate) fn put_back(&mut self, buf: Vec<u8>, idle: bool) {
         if !idle || buf.capacity() <= KEEP_TX_CAPACITY {
             self.tx = Some(buf);
+        } else {
+            recycle_tx_buf(buf);
         }
     }
+}
+
+/// Large send buffers released by idle connections, kept per shard thread for the next batch
+/// of any connection: a 64 KiB echo goes idle after every frame, and a fresh buffer each time
+/// cost page faults and zero-filling (≈ 2 % of a TLS stream server's CPU). They stay
+/// initialized (`len == capacity`), so reuse does not zero them again.
+const TX_POOL_MAX_BUFS: usize = 16;
+/// Largest buffer the pool keeps (a batch is at most `chunk_bytes` plus record overhead).
+const TX_POOL_MAX_BUF: usize = 1 << 20;
+
+thread_local! {
+    static TX_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_tx_buf() -> Vec<u8> {
+    TX_POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+}
+
+fn recycle_tx_buf(mut buf: Vec<u8>) {
+    if buf.capacity() > TX_POOL_MAX_BUF {
+        return;
+    }
+    // The bytes are initialized up to `len`; extend to the capacity once (a no-op on reuse).
+    buf.resize(buf.capacity(), 0);
+    TX_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < TX_POOL_MAX_BUFS {
+            p.push(buf);
+        }
+    });
 }
 
 /// Seals `plain` into `buf[at..]`, growing `buf` as the pump asks.

@@ -15,6 +15,17 @@
 //! that touches it stays in this module, behind the narrow method vocabulary of [`TlsPump`], so a
 //! port touches nothing else.
 //!
+//! # After the handshake: the own record layer
+//!
+//! With `enable_secret_extraction` on the config (and TLS 1.3), the pump hands the connection
+//! to [`crate::tls_record`] as soon as rustls holds nothing after the handshake (see
+//! `kernel.rs`): every later record is sealed and opened in place by it, with no rustls copy,
+//! and rustls keeps only what it must (`KernelConnection`: KeyUpdate secrets, tickets). The
+//! method vocabulary does not change; [`TlsPump::seals_in_place`] tells which layer runs, and
+//! [`TlsPump::seal_in_place`] seals a record around plaintext the caller wrote into its own
+//! send buffer. The notes below are about the records rustls protects (the handshake, and
+//! configs without secret extraction).
+//!
 //! # Copies per byte (rustls 0.23.46)
 //!
 //! - Receive: the kernel copies into the caller's receive buffer; rustls opens each record in
