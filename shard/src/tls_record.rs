@@ -212,7 +212,8 @@ impl std::error::Error for RecordError {}
 
 /// One AEAD key.
 enum Key {
-    Ring(ring::aead::LessSafeKey),
+    /// Boxed: ring's key schedule is inline (544 bytes), aws-lc-rs's is behind a pointer.
+    Ring(Box<ring::aead::LessSafeKey>),
     AwsLc(aws_lc_rs::aead::LessSafeKey),
 }
 
@@ -230,7 +231,7 @@ impl Key {
                     AeadAlgorithm::Chacha20Poly1305 => &a::CHACHA20_POLY1305,
                 };
                 let k = a::UnboundKey::new(alg, key).map_err(|_| RecordError::BadKey)?;
-                Self::Ring(a::LessSafeKey::new(k))
+                Self::Ring(Box::new(a::LessSafeKey::new(k)))
             }
             AeadBackend::AwsLc => {
                 use aws_lc_rs::aead as a;
