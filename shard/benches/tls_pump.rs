@@ -108,9 +108,22 @@ fn handshakes(c: &mut Criterion) {
         ("resumed_hybrid", Prov::AwsHybrid, true),
         ("resumed_hybrid", Prov::CompositeHybrid, true),
     ];
-    for (name, prov, resume) in cases {
-        let ccfg = client_cfg(&pki, prov, None, resume);
-        let scfg = server_config(&pki, prov, &[]);
+    // The same handshakes with rustls protecting the records afterwards (no hand-off to the
+    // own record layer): the hand-off's cost per connection is the difference.
+    let cases = cases
+        .into_iter()
+        .map(|(n, p, r)| (n, p, r, false))
+        .chain([
+            ("resumed_classical_rustls_records", Prov::AwsClassical, true, true),
+            ("full_classical_rustls_records", Prov::AwsClassical, false, true),
+        ]);
+    for (name, prov, resume, rustls_records) in cases {
+        let mut ccfg = client_cfg(&pki, prov, None, resume);
+        let mut scfg = server_config(&pki, prov, &[]);
+        if rustls_records {
+            ccfg = util::rustls_records_client(&ccfg);
+            scfg = util::rustls_records_server(&scfg);
+        }
         let hybrid = matches!(prov, Prov::AwsHybrid | Prov::CompositeHybrid);
         let connect = || {
             let mut cl = Peer::client(ccfg.clone());
