@@ -495,3 +495,119 @@ fn uring_engine_initiates_key_updates_with_openssl() {
         e.shutdown(Duration::from_secs(2)).await;
     });
 }
+
+// ------------------------------------------------------------------ tampered records
+
+/// A rustls client over a plain socket sends a good frame, then the next record with one bit
+/// flipped (or the first record again, replayed): the engine's connection fails with kind `tls`
+/// (the handler's `recv` says so), the client gets a `bad_record_mac` alert, and nothing from
+/// the tampered record reaches the handler.
+async fn tampered_record_fails_the_connection<K: EngineKind>() {
+    use std::io::{Read, Write};
+    let m = material();
+    let server = engine::<K>(&m);
+    let listener = server.listen(loopback()).await.unwrap();
+    let addr = listener.local_addr();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
+    let serving = server.serve(listener, move |mut conn: <K::E as Engine>::Conn| {
+        let tx = tx.clone();
+        async move {
+            loop {
+                match conn.recv().await {
+                    Ok(Some(f)) => {
+                        let _ = tx.send(Ok(f.to_vec()));
+                        if conn.send(f).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.kind().to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let serving = tokio::spawn(async move {
+        let _ = serving.await;
+    });
+    for tamper in ["flip", "replay"] {
+        let client_cfg = m.fixture.client.clone();
+        let alert = tokio::task::spawn_blocking(move || {
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(SLACK)).unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = rustls::ClientConnection::new(client_cfg, name).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut sock).unwrap();
+            }
+            // A good frame first, echoed.
+            let seal = |tls: &mut rustls::ClientConnection, payload: &[u8]| {
+                tls.writer().write_all(&wire_frame(payload)).unwrap();
+                let mut rec = Vec::new();
+                while tls.wants_write() {
+                    tls.write_tls(&mut rec).unwrap();
+                }
+                rec
+            };
+            let good = seal(&mut tls, b"good frame");
+            sock.write_all(&good).unwrap();
+            let mut echoed = Vec::new();
+            while echoed.len() < 14 {
+                tls.complete_io(&mut sock).unwrap();
+                let mut buf = [0u8; 64];
+                if let Ok(n) = tls.reader().read(&mut buf) {
+                    echoed.extend_from_slice(&buf[..n]);
+                }
+            }
+            let bad = match tamper {
+                "flip" => {
+                    let mut rec = seal(&mut tls, b"tampered frame");
+                    let mid = rec.len() / 2;
+                    rec[mid] ^= 0x04;
+                    rec
+                }
+                _ => good,
+            };
+            sock.write_all(&bad).unwrap();
+            // The server answers with a fatal alert and closes.
+            let mut wire = Vec::new();
+            let _ = sock.read_to_end(&mut wire);
+            let mut rd = &wire[..];
+            let mut err = None;
+            while !rd.is_empty() && err.is_none() {
+                if tls.read_tls(&mut rd).is_err() {
+                    break;
+                }
+                err = tls.process_new_packets().err();
+            }
+            err
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            alert,
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadRecordMac
+            )),
+            "{tamper}: the client must get bad_record_mac"
+        );
+        let first = within("good frame", SLACK, rx.recv()).await.unwrap();
+        assert_eq!(first.unwrap(), wire_frame(b"good frame")[4..].to_vec());
+        let second = within("failure", SLACK, rx.recv()).await.unwrap();
+        assert_eq!(second, Err("tls".to_string()), "{tamper}");
+    }
+    serving.abort();
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+#[test]
+fn tokio_engine_fails_tampered_records() {
+    run_multi_thread(tampered_record_fails_the_connection::<TokioEng>());
+}
+
+#[test]
+fn uring_engine_fails_tampered_records() {
+    run_multi_thread(tampered_record_fails_the_connection::<UringEng>());
+}
