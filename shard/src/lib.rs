@@ -34,7 +34,6 @@
 //! No config schema, metric names or policy live here: those belong to `ron-transport`.
 #![deny(missing_docs)]
 
-mod aead_stream;
 pub mod balance;
 pub mod conn;
 mod ctx;

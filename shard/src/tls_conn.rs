@@ -36,9 +36,6 @@ const RECORD_HEADER: usize = 5;
 const MAX_RECORD: usize = 16 * 1024;
 /// Header, inner content type and AEAD tag of one TLS 1.3 record (with slack).
 const RECORD_OVERHEAD: usize = 32;
-/// Most plaintext pieces (frame headers and bodies) one record is sealed from in one pass; a
-/// record that would take more (many small frames) is copied and sealed in place instead.
-const GATHER_PIECES: usize = 8;
 /// A send buffer above this capacity is released once the connection has nothing to send.
 const KEEP_TX_CAPACITY: usize = 20 * 1024;
 /// Bound on pump steps without progress in one call (turns a livelock into an error).
@@ -362,51 +359,6 @@ impl TlsConn {
                 buf.resize(need, 0);
             }
             let cap = (buf.len() - at - SEAL_OVERHEAD).min(MAX_RECORD);
-            // Plan the record: the pieces of the front segments it takes, up to `cap` bytes.
-            let mut pieces: [&[u8]; GATHER_PIECES] = [&[]; GATHER_PIECES];
-            let mut n_pieces = 0;
-            let mut planned = 0;
-            let mut gather = true;
-            'plan: for seg in out.iter() {
-                let (hdr, body) = seg.parts();
-                for part in [hdr, body] {
-                    if planned == cap {
-                        break 'plan;
-                    }
-                    if part.is_empty() {
-                        continue;
-                    }
-                    if n_pieces == GATHER_PIECES {
-                        // Many small frames: copying them is cheaper than feeding the cipher
-                        // piece by piece.
-                        gather = false;
-                        break 'plan;
-                    }
-                    let take = part.len().min(cap - planned);
-                    pieces[n_pieces] = &part[..take];
-                    n_pieces += 1;
-                    planned += take;
-                }
-            }
-            if gather {
-                if planned == 0 {
-                    break;
-                }
-                // One pass: the frames' bytes are encrypted straight into the record slot.
-                at += self.pump.seal_gather(&mut buf[at..], &pieces[..n_pieces])?;
-                let mut left = planned;
-                while left > 0 {
-                    let Some(seg) = out.front_mut() else { break };
-                    left -= seg.advance(left);
-                    if seg.remaining() == 0 {
-                        out.pop_front();
-                        flight.frames += 1;
-                    }
-                }
-                flight.plain += planned;
-                records += 1;
-                continue;
-            }
             let slot = &mut buf[at + RECORD_HEADER..at + RECORD_HEADER + cap];
             let mut filled = 0;
             while filled < cap {

@@ -351,20 +351,6 @@ impl TlsPump {
         }
     }
 
-    /// Seals one application-data record whose plaintext is the concatenation of `pieces` (at
-    /// most 16 KiB together), read where they lie: with AES-GCM they are encrypted straight
-    /// into `record[HEADER_LEN..]` in one pass (no copy before the cipher), otherwise copied
-    /// there and sealed in place. `record` needs room for the pieces plus
-    /// [`SEAL_OVERHEAD`](crate::tls_record::SEAL_OVERHEAD); ordering and availability as for
-    /// [`seal_in_place`](Self::seal_in_place).
-    pub fn seal_gather(&mut self, record: &mut [u8], pieces: &[&[u8]]) -> Result<usize, PumpError> {
-        self.st.check_send()?;
-        match &mut self.conn {
-            Conn::Kernel(k) => k.seal_app_data_gather(&mut self.st, record, pieces),
-            _ => Err(PumpError::Internal("seal_in_place_before_hand_off")),
-        }
-    }
-
     /// Announces that up to `records` records will be sealed with
     /// [`seal_in_place`](Self::seal_in_place) before the next `poll_transmit`; if that would
     /// pass the point where the sending key must change, a KeyUpdate is queued now (so

@@ -32,8 +32,6 @@ use std::ops::Range;
 use rustls::ConnectionTrafficSecrets;
 use zeroize::Zeroize;
 
-use crate::aead_stream::GcmStream;
-
 /// Record header: outer content type (1), legacy version (2), length (2). It is the AAD.
 pub const HEADER_LEN: usize = 5;
 /// AEAD tag length of every TLS 1.3 suite this layer supports.
@@ -321,9 +319,6 @@ struct Direction {
     alg: AeadAlgorithm,
     backend: AeadBackend,
     key: Key,
-    /// The same key as an incremental AES-GCM context (sealers on aws-lc-rs only), for records
-    /// sealed from scattered plaintext ([`RecordSealer::seal_gather`]).
-    stream: Option<GcmStream>,
     iv: [u8; NONCE_LEN],
     seq: u64,
 }
@@ -333,7 +328,6 @@ impl Direction {
         secrets: &ConnectionTrafficSecrets,
         seq: u64,
         backend: Option<AeadBackend>,
-        stream: bool,
     ) -> Result<Self, RecordError> {
         let (alg, key, iv) = match secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (AeadAlgorithm::Aes128Gcm, key, iv),
@@ -345,7 +339,7 @@ impl Direction {
             _ => return Err(RecordError::BadKey),
         };
         let iv: [u8; NONCE_LEN] = iv.as_ref().try_into().map_err(|_| RecordError::BadKey)?;
-        Self::new(alg, key.as_ref(), iv, seq, backend, stream)
+        Self::new(alg, key.as_ref(), iv, seq, backend)
     }
 
     fn new(
@@ -354,20 +348,12 @@ impl Direction {
         iv: [u8; NONCE_LEN],
         seq: u64,
         backend: Option<AeadBackend>,
-        stream: bool,
     ) -> Result<Self, RecordError> {
         let backend = backend.unwrap_or_else(|| AeadBackend::preferred(alg));
-        let key_ = Key::new(backend, alg, key)?;
-        let stream = if stream && backend == AeadBackend::AwsLc {
-            GcmStream::new(alg, key)
-        } else {
-            None
-        };
         Ok(Self {
             alg,
             backend,
-            key: key_,
-            stream,
+            key: Key::new(backend, alg, key)?,
             iv,
             seq,
         })
@@ -422,7 +408,7 @@ impl RecordSealer {
         backend: Option<AeadBackend>,
     ) -> Result<Self, RecordError> {
         Ok(Self {
-            dir: Direction::from_secrets(secrets, seq, backend, true)?,
+            dir: Direction::from_secrets(secrets, seq, backend)?,
         })
     }
 
@@ -436,7 +422,7 @@ impl RecordSealer {
         backend: Option<AeadBackend>,
     ) -> Result<Self, RecordError> {
         Ok(Self {
-            dir: Direction::new(alg, key, iv, seq, backend, true)?,
+            dir: Direction::new(alg, key, iv, seq, backend)?,
         })
     }
 
@@ -458,7 +444,15 @@ impl RecordSealer {
             return Err(RecordError::InsufficientSize { required: total });
         }
         let nonce = self.dir.next_nonce()?;
-        let header = record_header(plain_len + 1 + TAG_LEN);
+        let cipher_len = plain_len + 1 + TAG_LEN;
+        let len = cipher_len.to_be_bytes();
+        let header = [
+            OUTER_CONTENT_TYPE,
+            (LEGACY_VERSION >> 8) as u8,
+            LEGACY_VERSION as u8,
+            len[len.len() - 2],
+            len[len.len() - 1],
+        ];
         record[..HEADER_LEN].copy_from_slice(&header);
         let body_end = HEADER_LEN + plain_len + 1;
         record[body_end - 1] = content_type.byte();
@@ -466,56 +460,6 @@ impl RecordSealer {
             .dir
             .key
             .seal(nonce, header, &mut record[HEADER_LEN..body_end])?;
-        record[body_end..total].copy_from_slice(&tag);
-        Ok(total)
-    }
-
-    /// Seals one record whose plaintext is the concatenation of `pieces` (at most 2^14 bytes
-    /// together), reading them where they lie: with AES-GCM on aws-lc-rs they are encrypted
-    /// straight into `record[HEADER_LEN..]` in one pass (no copy before the cipher); otherwise
-    /// they are copied there and sealed in place. `record` needs room for the pieces plus
-    /// [`SEAL_OVERHEAD`]. Returns the record's length; nothing is written on error.
-    pub fn seal_gather(
-        &mut self,
-        record: &mut [u8],
-        pieces: &[&[u8]],
-        content_type: ContentType,
-    ) -> Result<usize, RecordError> {
-        let plain_len: usize = pieces.iter().map(|p| p.len()).sum();
-        if plain_len > MAX_PLAINTEXT {
-            return Err(RecordError::PlaintextTooLong(plain_len));
-        }
-        let total = plain_len + SEAL_OVERHEAD;
-        if record.len() < total {
-            return Err(RecordError::InsufficientSize { required: total });
-        }
-        if self.dir.stream.is_none() {
-            let mut at = HEADER_LEN;
-            for p in pieces {
-                record[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
-            return self.seal_in_place(record, plain_len, content_type);
-        }
-        let nonce = self.dir.next_nonce()?;
-        let header = record_header(plain_len + 1 + TAG_LEN);
-        let type_byte = [content_type.byte()];
-        let mut all: [&[u8]; 8] = [&[]; 8];
-        let parts: Vec<&[u8]>;
-        let pieces: &[&[u8]] = if pieces.len() < all.len() {
-            all[..pieces.len()].copy_from_slice(pieces);
-            all[pieces.len()] = &type_byte;
-            &all[..=pieces.len()]
-        } else {
-            parts = pieces.iter().copied().chain([&type_byte[..]]).collect();
-            &parts
-        };
-        let body_end = HEADER_LEN + plain_len + 1;
-        let Some(stream) = self.dir.stream.as_mut() else {
-            return Err(RecordError::BadKey);
-        };
-        let tag = stream.seal(&nonce, &header, pieces, &mut record[HEADER_LEN..body_end])?;
-        record[..HEADER_LEN].copy_from_slice(&header);
         record[body_end..total].copy_from_slice(&tag);
         Ok(total)
     }
@@ -563,7 +507,7 @@ impl RecordOpener {
         backend: Option<AeadBackend>,
     ) -> Result<Self, RecordError> {
         Ok(Self {
-            dir: Direction::from_secrets(secrets, seq, backend, false)?,
+            dir: Direction::from_secrets(secrets, seq, backend)?,
         })
     }
 
@@ -577,7 +521,7 @@ impl RecordOpener {
         backend: Option<AeadBackend>,
     ) -> Result<Self, RecordError> {
         Ok(Self {
-            dir: Direction::new(alg, key, iv, seq, backend, false)?,
+            dir: Direction::new(alg, key, iv, seq, backend)?,
         })
     }
 
@@ -628,18 +572,6 @@ impl RecordOpener {
     pub fn seq(&self) -> u64 {
         self.dir.seq
     }
-}
-
-/// The header (and AAD) of a protected record with `cipher_len` bytes after it.
-fn record_header(cipher_len: usize) -> [u8; HEADER_LEN] {
-    let len = cipher_len.to_be_bytes();
-    [
-        OUTER_CONTENT_TYPE,
-        (LEGACY_VERSION >> 8) as u8,
-        LEGACY_VERSION as u8,
-        len[len.len() - 2],
-        len[len.len() - 1],
-    ]
 }
 
 /// Validates a protected record's header; returns `TLSCiphertext.length`.
@@ -716,36 +648,6 @@ mod tests {
                     }
                     assert_eq!(s.seq(), 9);
                     assert_eq!(o.seq(), 9);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn gathered_records_equal_records_sealed_in_place() {
-        for alg in ALGS {
-            for b in BACKENDS {
-                let sec = secrets(alg, 4);
-                let mut a = sealer(&sec, 3, Some(b));
-                let mut g = sealer(&sec, 3, Some(b));
-                let mut o = opener(&sec, 3, Some(b));
-                let plain: Vec<u8> = (0..MAX_PLAINTEXT).map(|i| (i * 13) as u8).collect();
-                for cuts in [&[][..], &[4][..], &[1, 2, 3, 100, 5000, 16_000][..]] {
-                    let mut pieces = Vec::new();
-                    let mut prev = 0;
-                    for &c in cuts.iter().chain([&plain.len()]) {
-                        pieces.push(&plain[prev..c]);
-                        prev = c;
-                    }
-                    let want = seal(&mut a, &plain, ContentType::ApplicationData);
-                    let mut got = vec![0u8; want.len()];
-                    let n = g
-                        .seal_gather(&mut got, &pieces, ContentType::ApplicationData)
-                        .unwrap();
-                    assert_eq!(n, want.len());
-                    assert_eq!(got, want, "{alg:?} {b:?} {cuts:?}");
-                    let op = o.open_in_place(&mut got).unwrap().unwrap();
-                    assert_eq!(&got[op.plaintext], &plain[..]);
                 }
             }
         }

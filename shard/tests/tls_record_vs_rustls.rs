@@ -110,10 +110,10 @@ fn exchange(p: &mut Peer, r: &mut Plain, rng: &mut Rng, steps: usize) {
             4..=7 => {
                 let n = 1 + rng.below(40_000) as usize;
                 let data = rng.bytes(n);
-                let ct = match rng.below(3) {
-                    0 => p.seal(&data).unwrap(),
-                    1 => seal_in_place(&mut p.pump, &data),
-                    _ => seal_gather(&mut p.pump, &data, rng),
+                let ct = if rng.below(2) == 0 {
+                    p.seal(&data).unwrap()
+                } else {
+                    seal_in_place(&mut p.pump, &data)
                 };
                 to_plain.extend_from_slice(&data);
                 r.feed(&ct).unwrap();
@@ -167,37 +167,6 @@ fn seal_in_place(pump: &mut TlsPump, data: &[u8]) -> Vec<u8> {
         out.resize(at + chunk.len() + SEAL_OVERHEAD, 0);
         out[at + HEADER_LEN..at + HEADER_LEN + chunk.len()].copy_from_slice(chunk);
         let n = pump.seal_in_place(&mut out[at..], chunk.len()).unwrap();
-        assert_eq!(n, chunk.len() + SEAL_OVERHEAD);
-    }
-    out
-}
-
-/// Seals `data` from scattered pieces (as the shard does with frame headers and bodies),
-/// each record's plaintext cut at random points.
-fn seal_gather(pump: &mut TlsPump, data: &[u8], rng: &mut Rng) -> Vec<u8> {
-    use ron_shard::tls_record::{MAX_PLAINTEXT, SEAL_OVERHEAD};
-    pump.reserve_records(data.len().div_ceil(MAX_PLAINTEXT) as u64)
-        .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 2048];
-    loop {
-        let n = pump.poll_transmit(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    for chunk in data.chunks(MAX_PLAINTEXT) {
-        let mut pieces = Vec::new();
-        let mut at = 0;
-        while at < chunk.len() {
-            let n = (1 + rng.below(6000) as usize).min(chunk.len() - at);
-            pieces.push(&chunk[at..at + n]);
-            at += n;
-        }
-        let start = out.len();
-        out.resize(start + chunk.len() + SEAL_OVERHEAD, 0);
-        let n = pump.seal_gather(&mut out[start..], &pieces).unwrap();
         assert_eq!(n, chunk.len() + SEAL_OVERHEAD);
     }
     out

@@ -337,37 +337,19 @@ impl KernelTls {
         record: &mut [u8],
         plain_len: usize,
     ) -> Result<usize, PumpError> {
-        self.seal_with(st, |s| {
-            s.seal_in_place(record, plain_len, ContentType::ApplicationData)
-        })
-    }
-
-    /// Seals one record from plaintext pieces read where they lie; see
-    /// [`super::TlsPump::seal_gather`].
-    pub(super) fn seal_app_data_gather(
-        &mut self,
-        st: &mut Inner,
-        record: &mut [u8],
-        pieces: &[&[u8]],
-    ) -> Result<usize, PumpError> {
-        self.seal_with(st, |s| {
-            s.seal_gather(record, pieces, ContentType::ApplicationData)
-        })
-    }
-
-    fn seal_with(
-        &mut self,
-        st: &mut Inner,
-        seal: impl FnOnce(&mut RecordSealer) -> Result<usize, RecordError>,
-    ) -> Result<usize, PumpError> {
         if self.sealer.seq() >= self.sealer.algorithm().confidentiality_limit() {
             return Err(st.fail(PumpError::EncryptExhausted));
         }
-        let n = seal(&mut self.sealer).map_err(|e| match e {
-            RecordError::InsufficientSize { required } => PumpError::InsufficientSize { required },
-            RecordError::SequenceExhausted => st.fail(PumpError::EncryptExhausted),
-            e => st.fail(PumpError::Record(e)),
-        })?;
+        let n = self
+            .sealer
+            .seal_in_place(record, plain_len, ContentType::ApplicationData)
+            .map_err(|e| match e {
+                RecordError::InsufficientSize { required } => {
+                    PumpError::InsufficientSize { required }
+                }
+                RecordError::SequenceExhausted => st.fail(PumpError::EncryptExhausted),
+                e => st.fail(PumpError::Record(e)),
+            })?;
         self.answered = false;
         st.stats.records_sealed += 1;
         Ok(n)
