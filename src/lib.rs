@@ -30,6 +30,8 @@ pub mod limits;
 pub mod log_writer;
 pub mod logging;
 pub mod policy;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod rate;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -28,7 +28,7 @@ const SLACK: Duration = Duration::from_secs(5);
 
 fn base(backend: Backend) -> Config {
     let mut c = Config::default();
-    c.backend = backend;
+    c.backend = effective(backend);
     c.bind_addr = Some(loopback());
     c
 }
@@ -170,7 +170,7 @@ async fn echo<T: EngineUnderTest>(backend: Backend) {
         .dial(addr.clone(), dial_opts())
         .await
         .expect("dial");
-    assert_eq!(conn.info().backend, backend);
+    assert_eq!(conn.info().backend, effective(backend));
     assert_eq!(conn.info().peer_addr, peer_of(&addr));
     assert_eq!(conn.info().engine, client.engine.kind());
 

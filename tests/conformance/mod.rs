@@ -64,6 +64,9 @@ pub trait EngineUnderTest: 'static {
     fn real_sockets() -> bool {
         true
     }
+
+    /// Runs before every case (the QUIC run makes the cases' `tcp`/`tls` mean `quic`).
+    fn prepare() {}
 }
 
 /// True (after printing `SKIPPED <case>: <reason>`) if `case` needs kernel sockets the
@@ -218,6 +221,7 @@ macro_rules! conformance_suite {
         $(
             #[test]
             fn $case() {
+                <$eut as $crate::conformance::EngineUnderTest>::prepare();
                 $crate::util::$runner($crate::conformance::cases::$case::<$eut>());
             }
         )*

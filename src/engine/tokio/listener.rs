@@ -63,6 +63,18 @@ impl TokioListener {
                     what: "the tokio engine does not speak arti".into(),
                 })
             }
+            #[cfg(feature = "quic")]
+            Backend::Quic => {
+                let (quic, local) = super::quic::QuicAccept::bind(&inner, addr)?;
+                events::listen(shared.backend, inner.kind, local);
+                return Ok(Self::with_sock(inner, ListenSock::Quic(quic), local, None));
+            }
+            #[cfg(not(feature = "quic"))]
+            Backend::Quic => {
+                return Err(TransportError::Unsupported {
+                    what: "backend `quic` needs the `quic` feature".into(),
+                })
+            }
         };
         let tcp = match TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -120,6 +132,10 @@ impl Listener for TokioListener {
     }
 
     async fn accept(&mut self) -> Result<TokioConn, TransportError> {
+        #[cfg(feature = "quic")]
+        if let ListenSock::Quic(quic) = &mut self.sock {
+            return quic.accept(&self.inner, self.local).await;
+        }
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -303,7 +319,7 @@ pub(crate) fn accepted_plain(
 }
 
 pub(crate) fn log_accept(info: &ConnInfo, started: Instant) {
-    if info.backend == Backend::Tls {
+    if info.backend.is_tls() {
         log_handshake(info, started, None);
     }
     events::accept(&facts(info, None), info.pq, started.elapsed());
