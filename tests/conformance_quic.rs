@@ -19,10 +19,31 @@ use conformance::{EngineUnderTest, TlsFixture};
 
 struct QuicUnderTest;
 
-/// The certificate pair of cases that bring none (their `tcp` is QUIC, which needs one).
+/// The certificate pair of cases that bring none (their `tcp` is QUIC, which needs one),
+/// valid for every loopback address the cases listen on.
 fn default_fixture() -> TlsFixture {
     static FX: OnceLock<TlsFixture> = OnceLock::new();
-    FX.get_or_init(|| TlsFixture::new(PqMode::Off)).clone()
+    FX.get_or_init(|| {
+        let names = ["localhost", "127.0.0.1", "127.0.0.2"].map(String::from);
+        let ck = rcgen::generate_simple_self_signed(names.to_vec()).expect("rcgen");
+        let (cert, key) = (ck.cert.pem(), ck.key_pair.serialize_pem());
+        TlsFixture {
+            server: ron_transport::tls::server_config_from_pem(
+                cert.as_bytes(),
+                zeroize::Zeroizing::new(key.into_bytes()),
+                PqMode::Off,
+                &[],
+            )
+            .expect("server config"),
+            client: ron_transport::tls::client_config_from_ca_pem(
+                cert.as_bytes(),
+                PqMode::Off,
+                &[],
+            )
+            .expect("client config"),
+        }
+    })
+    .clone()
 }
 
 impl EngineUnderTest for QuicUnderTest {
@@ -61,6 +82,10 @@ impl EngineUnderTest for QuicUnderTest {
 
     fn real_sockets() -> bool {
         false
+    }
+
+    fn connectionless() -> bool {
+        true
     }
 
     fn prepare() {

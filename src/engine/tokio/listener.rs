@@ -134,7 +134,7 @@ impl Listener for TokioListener {
     async fn accept(&mut self) -> Result<TokioConn, TransportError> {
         #[cfg(feature = "quic")]
         if let ListenSock::Quic(quic) = &mut self.sock {
-            return quic.accept(&self.inner, self.local).await;
+            return quic.accept(&self.inner).await;
         }
         loop {
             let accepted = tokio::select! {

@@ -187,16 +187,18 @@ pub(crate) fn stream_error(e: &io::Error) -> Option<TransportError> {
     }
 }
 
-/// The accepting half of a QUIC listener.
+/// The accepting half of a QUIC listener. The endpoint is served by a background task from
+/// bind on (a QUIC handshake needs the server to act, unlike a TCP backlog the kernel
+/// completes): it admits and handshakes connections and queues their streams here.
 #[derive(Debug)]
 pub(crate) struct QuicAccept {
     endpoint: quinn::Endpoint,
-    ready_tx: mpsc::Sender<TokioConn>,
     ready_rx: mpsc::Receiver<TokioConn>,
 }
 
 impl QuicAccept {
-    /// Binds a quinn server endpoint at `addr` with the engine's TLS server config.
+    /// Binds a quinn server endpoint at `addr` with the engine's TLS server config and starts
+    /// serving it.
     pub(crate) fn bind(
         inner: &Arc<EngineInner>,
         addr: SocketAddr,
@@ -212,67 +214,90 @@ impl QuicAccept {
         };
         let local = endpoint.local_addr()?;
         let (ready_tx, ready_rx) = mpsc::channel(READY_QUEUE);
-        Ok((
-            Self {
-                endpoint,
-                ready_tx,
-                ready_rx,
-            },
+        tokio::spawn(serve_endpoint(
+            inner.clone(),
+            endpoint.clone(),
             local,
-        ))
+            ready_tx,
+        ));
+        Ok((Self { endpoint, ready_rx }, local))
     }
 
     /// The next admitted, handshaken stream connection.
     pub(crate) async fn accept(
         &mut self,
         inner: &Arc<EngineInner>,
-        local: SocketAddr,
     ) -> Result<TokioConn, TransportError> {
-        loop {
-            tokio::select! {
-                biased;
-                _ = inner.shutdown.cancelled() => {
-                    self.endpoint.set_server_config(None);
-                    return Err(TransportError::Cancelled);
-                }
-                Some(conn) = self.ready_rx.recv() => return Ok(conn),
-                incoming = self.endpoint.accept() => match incoming {
-                    None => return Err(TransportError::IoClosed),
-                    Some(incoming) => self.admit(inner, incoming, local),
-                },
-            }
+        tokio::select! {
+            biased;
+            _ = inner.shutdown.cancelled() => Err(TransportError::Cancelled),
+            c = self.ready_rx.recv() => c.ok_or(TransportError::IoClosed),
         }
     }
+}
 
-    /// Caps and pacing state first: a refused peer costs no connection state.
-    fn admit(&self, inner: &Arc<EngineInner>, incoming: quinn::Incoming, local: SocketAddr) {
-        let started = Instant::now();
-        let shared = &inner.shared;
-        let peer = incoming.remote_address();
-        let permit = match admission::admit(
-            &shared.policy,
-            &shared.metrics,
-            Backend::Quic,
-            inner.kind,
-            peer,
-            Direction::Inbound,
-        ) {
-            Ok(p) => p,
-            Err(_) => {
-                incoming.refuse();
-                return;
-            }
-        };
-        let task = serve_connection(
-            inner.clone(),
-            incoming,
-            permit,
-            local,
-            started,
-            self.ready_tx.clone(),
-        );
-        inner.tasks.spawn(task);
+impl Drop for QuicAccept {
+    fn drop(&mut self) {
+        // No new connections; open ones keep running (as accepted TCP connections do).
+        self.endpoint.set_server_config(None);
     }
+}
+
+/// Accepts from `endpoint` until the listener is dropped or the engine shuts down.
+async fn serve_endpoint(
+    inner: Arc<EngineInner>,
+    endpoint: quinn::Endpoint,
+    local: SocketAddr,
+    ready: mpsc::Sender<TokioConn>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = inner.shutdown.cancelled() => break,
+            _ = ready.closed() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        admit(&inner, incoming, local, &ready);
+    }
+    endpoint.set_server_config(None);
+}
+
+/// Caps and pacing state first: a refused peer costs no connection state.
+fn admit(
+    inner: &Arc<EngineInner>,
+    incoming: quinn::Incoming,
+    local: SocketAddr,
+    ready: &mpsc::Sender<TokioConn>,
+) {
+    let started = Instant::now();
+    let shared = &inner.shared;
+    let peer = incoming.remote_address();
+    let permit = match admission::admit(
+        &shared.policy,
+        &shared.metrics,
+        Backend::Quic,
+        inner.kind,
+        peer,
+        Direction::Inbound,
+    ) {
+        Ok(p) => p,
+        Err(_) => {
+            incoming.refuse();
+            return;
+        }
+    };
+    let task = serve_connection(
+        inner.clone(),
+        incoming,
+        permit,
+        local,
+        started,
+        ready.clone(),
+    );
+    inner.tasks.spawn(task);
 }
 
 /// Handshake (bounded by `read_timeout`), then every stream the peer opens, until the
