@@ -168,18 +168,13 @@ fn alpn_of(conn: &quinn::Connection) -> Option<Vec<u8>> {
 /// A quinn stream read/write error as the transport sees it.
 pub(crate) fn stream_error(e: &io::Error) -> Option<TransportError> {
     let inner = e.get_ref()?;
-    let lost = if let Some(r) = inner.downcast_ref::<quinn::ReadError>() {
-        match r {
-            quinn::ReadError::ConnectionLost(c) => c,
-            _ => return None,
-        }
-    } else if let Some(w) = inner.downcast_ref::<quinn::WriteError>() {
-        match w {
-            quinn::WriteError::ConnectionLost(c) => c,
-            _ => return None,
-        }
-    } else {
-        return None;
+    let lost = match (
+        inner.downcast_ref::<quinn::ReadError>(),
+        inner.downcast_ref::<quinn::WriteError>(),
+    ) {
+        (Some(quinn::ReadError::ConnectionLost(c)), _) => c,
+        (_, Some(quinn::WriteError::ConnectionLost(c))) => c,
+        _ => return None,
     };
     match connection_error(lost) {
         TransportError::IoClosed => None,
