@@ -270,11 +270,7 @@ impl TokioEngine {
             }
         };
         let established = async {
-            let addrs = match target {
-                DialTarget::Addr(a) => vec![*a],
-                DialTarget::Host { host, port } => crate::blocking::resolve(host, *port).await?,
-                other => return Err(unsupported_target("tokio", other)),
-            };
+            let addrs = dial_addrs(target).await?;
             let mut last_err = None;
             for addr in addrs {
                 // Outbound connections count against the same caps as inbound ones.
@@ -433,6 +429,16 @@ impl Engine for TokioEngine {
             started.elapsed(),
         );
         report
+    }
+}
+
+/// The addresses a dial to `target` tries, in order (a host name is resolved off the async
+/// workers).
+pub(crate) async fn dial_addrs(target: &DialTarget) -> Result<Vec<SocketAddr>, TransportError> {
+    match target {
+        DialTarget::Addr(a) => Ok(vec![*a]),
+        DialTarget::Host { host, port } => crate::blocking::resolve(host, *port).await,
+        other => Err(unsupported_target("tokio", other)),
     }
 }
 

@@ -25,12 +25,11 @@ use tokio::sync::mpsc;
 
 use crate::config::Backend;
 use crate::engine::admission::{self, Admission, Direction};
-use crate::engine::target::unsupported_target;
 use crate::engine::tokio::conn::TokioConn;
-use crate::engine::tokio::listener::log_accept;
+use crate::engine::tokio::listener::{bounded_handshake, handshake_failed, log_accept};
 use crate::engine::tokio::stream::Stream;
 use crate::engine::tokio::EngineInner;
-use crate::engine::{events, listen, ConnInfo, DialOptions, DialTarget};
+use crate::engine::{listen, ConnInfo, DialOptions, DialTarget};
 use crate::error::{RejectReason, TimeoutOp, TransportError};
 use crate::metrics::PqLabel;
 use crate::quic::{connection_error, CLOSE_DONE, CLOSE_REFUSED, STREAM_PREFACE};
@@ -307,40 +306,16 @@ async fn serve_connection(
 ) {
     let shared = &inner.shared;
     let peer = incoming.remote_address();
-    let bound = shared.config().read_timeout;
-    let handshake = async {
+    let result = bounded_handshake(&inner, async {
         let connecting = incoming.accept().map_err(|e| connection_error(&e))?;
         connecting.await.map_err(|e| connection_error(&e))
-    };
-    let result = tokio::select! {
-        biased;
-        _ = inner.shutdown.cancelled() => Err(TransportError::Cancelled),
-        r = tokio::time::timeout(bound, handshake) => match r {
-            Ok(r) => r,
-            Err(_) => Err(TransportError::timeout(TimeoutOp::Handshake)),
-        },
-    };
+    })
+    .await;
     let bm = shared.metrics.backend(Backend::Quic);
     let conn = match result {
         Ok(c) => c,
         Err(e) => {
-            if let Some(reason) = e.reject_reason() {
-                shared.metrics.reject(reason);
-            }
-            if let TransportError::Tls { .. } = e {
-                shared
-                    .metrics
-                    .pq_handshake_result(Backend::Quic, shared.pq_mode, false);
-                bm.tls_failures.inc();
-            }
-            events::handshake_failed(
-                e.reject_reason(),
-                Backend::Quic,
-                inner.kind,
-                peer,
-                started.elapsed(),
-                &e,
-            );
+            handshake_failed(&inner, peer, started, &e);
             return;
         }
     };
@@ -418,11 +393,7 @@ pub(crate) async fn dial(
     let tls = shared.client_tls().await?;
     let client = crate::quic::client_config(&shared.config(), &tls)?;
     let established = async {
-        let addrs = match target {
-            DialTarget::Addr(a) => vec![*a],
-            DialTarget::Host { host, port } => crate::blocking::resolve(host, *port).await?,
-            other => return Err(unsupported_target("tokio", other)),
-        };
+        let addrs = super::dial_addrs(target).await?;
         let mut last_err = None;
         for addr in addrs {
             let admitted = admission::admit(
