@@ -16,6 +16,7 @@ mod check;
 mod client;
 mod faults;
 mod limits;
+mod relay;
 mod report;
 mod run;
 mod server;
