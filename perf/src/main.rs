@@ -24,6 +24,7 @@ mod soak;
 mod sys;
 mod table;
 mod tlsutil;
+mod wan;
 mod wire;
 
 use std::net::SocketAddr;
@@ -119,10 +120,26 @@ const DEFAULT_ENGINES: &str = "tokio-framed,tokio,uring,uring-raw,monoio,tokio-u
 
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {
-    /// Scenarios: small,pipelined,stream,handshake,idle (the default) and abuse (run on its
-    /// own: `--scenarios abuse`; attacks the tokio and uring engines, see `--attacks`).
+    /// Scenarios: small,pipelined,stream,handshake,idle (the default), abuse (run on its
+    /// own: `--scenarios abuse`; attacks the tokio and uring engines, see `--attacks`) and wan
+    /// (tls on tokio and uring, quic on tokio, through the impairment relay; `--wan-*`).
     #[arg(long, default_value = "small,pipelined,stream,handshake,idle")]
     scenarios: String,
+    /// wan (run on its own: `--scenarios wan`): loss of the impairment relay, 0 to 0.05.
+    #[arg(long, default_value_t = 0.02)]
+    wan_loss: f64,
+    /// wan: round-trip time the relay adds (each direction gets half).
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    wan_rtt: Duration,
+    /// wan: share of datagrams the relay holds back 5 ms (reordering; UDP only).
+    #[arg(long, default_value_t = 0.01)]
+    wan_reorder: f64,
+    /// wan: connections, each with one 16 KiB frame in flight.
+    #[arg(long, default_value_t = 4)]
+    wan_conns: usize,
+    /// wan: relay RNG seed.
+    #[arg(long, default_value_t = 0x5eed)]
+    wan_seed: u64,
     /// abuse: the attacks to run.
     #[arg(long, default_value = "slowloris,hot_peer,non_reader,handshake_flood")]
     attacks: String,
@@ -431,7 +448,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         .filter(|x| !x.is_empty())
         .collect();
     let want_abuse = names.contains(&"abuse");
-    names.retain(|n| *n != "abuse");
+    let want_wan = names.contains(&"wan");
+    names.retain(|n| *n != "abuse" && *n != "wan");
     let opts = RunOpts {
         scenarios: names
             .iter()
@@ -454,11 +472,11 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     };
     if opts.engines.is_empty()
         || opts.transports.is_empty()
-        || (opts.scenarios.is_empty() && !want_abuse)
+        || (opts.scenarios.is_empty() && !want_abuse && !want_wan)
     {
         return Err(anyhow!("nothing to run"));
     }
-    let rep = if opts.scenarios.is_empty() {
+    let mut rep = if opts.scenarios.is_empty() {
         report::Report {
             commit: report::git_commit(),
             date: date.clone(),
@@ -472,6 +490,23 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     } else {
         run::run(&opts)?
     };
+    if want_wan {
+        let wan_duration = a.duration.unwrap_or(Duration::from_secs(5));
+        let rows = wan::run(&wan::WanOpts {
+            imp: relay::Impairment {
+                loss: a.wan_loss,
+                rtt: a.wan_rtt,
+                reorder: a.wan_reorder,
+                seed: a.wan_seed,
+                ..relay::Impairment::wan()
+            },
+            conns: a.wan_conns.max(1),
+            warmup: (wan_duration / 4).min(Duration::from_secs(1)),
+            duration: wan_duration,
+            rows: wan::WanOpts::default_rows(),
+        })?;
+        rep.results.extend(rows);
+    }
     rep.save(&json)?;
     let svg = a.svg.unwrap_or_else(|| json.with_extension("svg"));
     if !rep.results.is_empty() {
