@@ -51,6 +51,9 @@ pub struct LoadSpec {
     /// picks): `ron-perf run --scenarios abuse` spreads the well-behaved connections over
     /// loopback addresses so per-peer (per-IP) limits see each as its own peer.
     pub sources: Vec<std::net::IpAddr>,
+    /// QUIC (quinn client, `tls` as its TLS config, one bidirectional stream per connection
+    /// with the OAP/1 stream preface) instead of TCP.
+    pub quic: bool,
 }
 
 /// What one load run measured.
@@ -185,9 +188,89 @@ pub async fn connect_from(
     }
 }
 
+/// One QUIC connection and its one bidirectional stream as a byte stream (the connection and
+/// its endpoint live as long as the stream).
+struct QuicStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(std::pin::Pin::new(&mut self.get_mut().send), cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.get_mut().send), cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.get_mut().send), cx)
+    }
+}
+
+/// Connects one QUIC client connection (its own quinn endpoint) with ron-transport's QUIC
+/// client config over `tls` (the same quinn transport and crypto configs as the library's
+/// dialer), opens one stream and writes the OAP/1 stream preface.
+pub async fn connect_quic(
+    target: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    let cfg = ron_transport::quic::client_config(&ron_transport::ValidConfig::defaults(), tls)
+        .map_err(|e| anyhow!("quic client config: {e}"))?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::LOCALHOST, 0).into()
+    } else {
+        (std::net::Ipv6Addr::LOCALHOST, 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(bind)?;
+    let name = crate::tlsutil::server_name(target);
+    let conn = endpoint
+        .connect_with(cfg, target, &name.to_str())?
+        .await
+        .with_context(|| format!("quic connect {target}"))?;
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(&ron_transport::quic::STREAM_PREFACE).await?;
+    Ok(Box::new(QuicStream {
+        send,
+        recv,
+        _conn: conn,
+        _endpoint: endpoint,
+    }))
+}
+
 /// Connects connection number `i` of `spec`: to its socket path if it has one, else from its
 /// source address (round robin over `spec.sources`) as [`connect_from`], else as [`connect`].
 async fn connect_spec(spec: &LoadSpec, i: usize) -> anyhow::Result<Box<dyn Stream>> {
+    if spec.quic {
+        let tls = spec
+            .tls
+            .as_ref()
+            .ok_or_else(|| anyhow!("quic needs a TLS config"))?;
+        return connect_quic(spec.target, tls).await;
+    }
     match (&spec.uds, spec.sources.is_empty()) {
         (Some(path), _) => Ok(Box::new(
             tokio::net::UnixStream::connect(path)

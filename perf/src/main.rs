@@ -116,7 +116,8 @@ enum Cmd {
 
 /// The default engine list of the suite (tokio-framed first: the baseline of the ratios and of
 /// the fixed-rate variant).
-const DEFAULT_ENGINES: &str = "tokio-framed,tokio,uring,uring-raw,monoio,tokio-uring,bare-uring";
+const DEFAULT_ENGINES: &str =
+    "tokio-framed,tokio,uring,uring-raw,monoio,tokio-uring,bare-uring,quinn";
 
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {
@@ -332,12 +333,12 @@ struct LoadArgs {
 fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
     let t = Transport::parse(&a.transport)?;
     let tls = match (t, &a.ca) {
-        (Transport::Tls, Some(ca)) => {
+        (Transport::Tls | Transport::Quic, Some(ca)) => {
             let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
             Some(tlsutil::library_client_config(&pem, true)?)
         }
-        (Transport::Tls, None) => {
-            bail!("--transport tls needs --ca PEM (the server prints its cert path)")
+        (Transport::Tls | Transport::Quic, None) => {
+            bail!("--transport tls|quic needs --ca PEM (the server prints its cert path)")
         }
         (Transport::Tcp | Transport::Uds, _) => None,
     };
@@ -383,6 +384,7 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
         server_pid: a.server_pid,
         server_cores: Vec::new(),
         sources: Vec::new(),
+        quic: t == Transport::Quic,
     };
     let r = client::run_load(&spec)?;
     let mut row = run::load_row(scenario, t, &a.engine_label, &spec, &r);

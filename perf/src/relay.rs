@@ -578,7 +578,7 @@ mod tests {
             while let Ok(n) = c.try_recv(&mut buf) {
                 got.insert(u32::from_be_bytes(buf[..n].try_into().unwrap()));
             }
-            if i % 64 == 63 {
+            if i % 16 == 15 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -587,9 +587,11 @@ mod tests {
         {
             got.insert(u32::from_be_bytes(buf[..n].try_into().unwrap()));
         }
+        // ≈ 94.1 % expected; the lower bound leaves room for the kernel dropping a few loopback
+        // datagrams on a loaded machine (the relay's own count is checked below).
         let delivered = got.len() as f64 / f64::from(sent);
         assert!(
-            (0.915..0.965).contains(&delivered),
+            (0.85..0.965).contains(&delivered),
             "echo delivery {delivered}"
         );
         let (fwd, lost, _, overflow) = relay.stats().snapshot();
@@ -627,25 +629,33 @@ mod tests {
             .unwrap();
         let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         c.connect(relay.addr()).await.unwrap();
+        // Read while sending: 500 replies do not fit a default socket receive buffer.
+        let mut order = Vec::new();
+        let mut buf = [0u8; 16];
         for i in 0..500u32 {
             c.send(&i.to_be_bytes()).await.unwrap();
-            if i % 50 == 49 {
+            while let Ok(n) = c.try_recv(&mut buf) {
+                order.push(u32::from_be_bytes(buf[..n].try_into().unwrap()));
+            }
+            if i % 10 == 9 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        let mut order = Vec::new();
-        let mut buf = [0u8; 16];
         while let Ok(Ok(n)) =
             tokio::time::timeout(Duration::from_millis(300), c.recv(&mut buf)).await
         {
             order.push(u32::from_be_bytes(buf[..n].try_into().unwrap()));
         }
-        assert_eq!(order.len(), 500, "no loss configured");
+        // The relay lost nothing (no loss configured); a loaded machine's kernel may still drop
+        // a few loopback datagrams on a full socket buffer, which is not the relay's doing.
+        let (fwd, lost, reordered, overflow) = relay.stats().snapshot();
+        assert_eq!((lost, overflow), (0, 0));
+        assert!(order.len() >= 450, "{} of 500 echoed", order.len());
         let inversions = order.windows(2).filter(|w| w[0] > w[1]).count();
         assert!(inversions > 0, "nothing was reordered");
-        let (_, _, reordered, _) = relay.stats().snapshot();
-        // 20 % of 1000 datagrams (both ways), within a wide band.
-        assert!((120..280).contains(&reordered), "{reordered}");
+        // 20 % of the datagrams relayed (both ways), within a wide band.
+        let share = reordered as f64 / fwd as f64;
+        assert!((0.12..0.28).contains(&share), "{reordered} of {fwd}");
     }
 
     #[tokio::test]

@@ -472,7 +472,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             let srv = match spawn_server(
                 e,
                 t,
-                (t == Transport::Tls).then_some((&cert, &key)),
+                t.is_tls().then_some((&cert, &key)),
                 &o.server_cores,
                 o.shards,
                 o.framed_flavour,
@@ -487,7 +487,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                     continue;
                 }
             };
-            let tls = (t == Transport::Tls).then(|| tls_cfg.clone());
+            let tls = t.is_tls().then(|| tls_cfg.clone());
             let base = LoadSpec {
                 target: srv.addr,
                 uds: srv.path.clone(),
@@ -502,6 +502,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                 server_pid: Some(srv.pid),
                 server_cores: o.server_cores.clone(),
                 sources: Vec::new(),
+                quic: t == Transport::Quic,
             };
             let go = |sc: Scenario, spec: LoadSpec, rows: &mut Vec<Row>| -> Option<Row> {
                 match client::run_load(&spec) {
@@ -640,8 +641,11 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                             }
                         }
                     }
-                    Scenario::Idle if t == Transport::Uds => {
-                        progress("skip idle uds: the idle holder dials TCP only");
+                    Scenario::Idle if matches!(t, Transport::Uds | Transport::Quic) => {
+                        progress(&format!(
+                            "skip idle {}: the idle holder dials TCP only",
+                            t.as_str()
+                        ));
                     }
                     Scenario::Idle => {
                         let want = if o.full { 10_000 } else { 2_000 };

@@ -63,7 +63,7 @@ fn codec(max: usize) -> LengthDelimitedCodec {
 }
 
 /// Echoes every frame back: `feed` each frame, flush only when no further frame is ready.
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(io: S, max: usize) {
+pub(crate) async fn echo<S: AsyncRead + AsyncWrite + Unpin>(io: S, max: usize) {
     let mut framed = Framed::new(io, codec(max));
     let mut next = framed.next().await;
     while let Some(Ok(frame)) = next {
@@ -175,6 +175,7 @@ pub fn serve(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow
     }
     let tls = match opts.transport {
         Transport::Tcp | Transport::Uds => None,
+        Transport::Quic => return Err(anyhow!("tokio-framed does not speak quic")),
         Transport::Tls => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
             &ron_transport::tls::server_config(&cfg).map_err(|e| anyhow!("tls config: {e}"))?,
         ))),
