@@ -397,3 +397,147 @@ fn the_quic_idle_timeout_is_a_quic_path_error() {
         srv.abort();
     });
 }
+
+/// A plain quinn client connected to our listener with one stream (preface written), and the
+/// server side of that stream.
+async fn misbehaving_peer(
+    cfg: Config,
+) -> (
+    TokioEngine,
+    Arc<TransportMetrics>,
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    <TokioEngine as Engine>::Conn,
+) {
+    let c = cert();
+    let metrics = TransportMetrics::new();
+    let server = engine(cfg.validate().unwrap(), &c, metrics.clone());
+    let mut listener = server.listen(loopback()).await.unwrap();
+    let addr = listener.local_addr();
+    let ep = plain_client(&c, ALPN);
+    let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&STREAM_PREFACE).await.unwrap();
+    let srv = within("accept", SLACK, listener.accept()).await.unwrap();
+    // The listener is dropped here: accepted streams keep running.
+    (server, metrics, ep, conn, send, recv, srv)
+}
+
+fn assert_timeout(err: &ron_transport::TransportError, op: ron_transport::TimeoutOp) {
+    assert!(
+        matches!(err, ron_transport::TransportError::Timeout { op: got } if *got == op),
+        "expected Timeout{{{op}}}, got {err:?}"
+    );
+}
+
+/// Slow-loris on a stream: half a frame, then nothing ⇒ `Timeout{Read}` (silence between
+/// frames is not one); the peer sees its stream end.
+#[test]
+fn read_timeout_on_a_quic_stream() {
+    util::run_multi_thread(async {
+        let mut cfg = quic_config();
+        cfg.read_timeout = Duration::from_millis(300);
+        let (_server, metrics, _ep, _conn, mut send, mut recv, mut srv) =
+            misbehaving_peer(cfg).await;
+        write_frame(&mut send, b"one").await;
+        assert_eq!(
+            &within("one", SLACK, srv.recv()).await.unwrap().unwrap()[..],
+            b"one"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        write_frame(&mut send, b"two").await;
+        assert_eq!(
+            &within("two", SLACK, srv.recv()).await.unwrap().unwrap()[..],
+            b"two"
+        );
+        assert_eq!(rejected(&metrics, RejectReason::Timeout), 0);
+
+        let start = std::time::Instant::now();
+        send.write_all(&[0, 0, 0, 10, b'h', b'a']).await.unwrap();
+        let err = within("read timeout", SLACK, srv.recv()).await.unwrap_err();
+        assert_timeout(&err, ron_transport::TimeoutOp::Read);
+        assert!(start.elapsed() >= Duration::from_millis(250), "fired early");
+        assert_eq!(rejected(&metrics, RejectReason::Timeout), 1);
+        assert!(within("peer sees the end", SLACK, read_frame(&mut recv))
+            .await
+            .is_none());
+        wait_until("released", SLACK, || {
+            snap(&metrics, Backend::Quic).inflight == 0
+        })
+        .await;
+    });
+}
+
+/// No byte either way for `idle_timeout` ⇒ `Timeout{Idle}`, even with QUIC keep-alives
+/// keeping the path itself alive.
+#[test]
+fn idle_timeout_on_a_quic_stream() {
+    util::run_multi_thread(async {
+        let mut cfg = quic_config();
+        cfg.idle_timeout = Duration::from_secs(1);
+        cfg.quic_keep_alive = Duration::from_millis(200);
+        let (_server, metrics, _ep, _conn, mut send, _recv, mut srv) = misbehaving_peer(cfg).await;
+        write_frame(&mut send, b"ping").await;
+        assert_eq!(
+            &within("ping", SLACK, srv.recv()).await.unwrap().unwrap()[..],
+            b"ping"
+        );
+        let start = std::time::Instant::now();
+        let err = within("idle", SLACK, srv.recv()).await.unwrap_err();
+        assert_timeout(&err, ron_transport::TimeoutOp::Idle);
+        assert!(start.elapsed() >= Duration::from_millis(900), "fired early");
+        assert_eq!(rejected(&metrics, RejectReason::Timeout), 1);
+    });
+}
+
+/// A peer that never reads: QUIC flow control stops the writer, and after `write_timeout`
+/// without progress the connection fails with `Timeout{Write}`.
+#[test]
+fn write_timeout_when_the_quic_peer_does_not_read() {
+    util::run_multi_thread(async {
+        let mut cfg = quic_config();
+        cfg.write_timeout = Duration::from_millis(300);
+        let (_server, metrics, _ep, _conn, _send, _recv, srv) = misbehaving_peer(cfg).await;
+        let frame = payload(64 * 1024, 7);
+        let err = within("write timeout", Duration::from_secs(20), async {
+            loop {
+                if let Err(e) = srv.send(frame.clone()).await {
+                    return e;
+                }
+            }
+        })
+        .await;
+        assert_timeout(&err, ron_transport::TimeoutOp::Write);
+        wait_until("counted once", SLACK, || {
+            rejected(&metrics, RejectReason::Timeout) == 1
+        })
+        .await;
+    });
+}
+
+/// A dial to a UDP port nobody answers runs into its deadline: `Timeout{Dial}`, counted.
+#[test]
+fn dial_deadline_on_a_silent_udp_port() {
+    util::run_multi_thread(async {
+        let c = cert();
+        let metrics = TransportMetrics::new();
+        let client = engine(quic_config().validate().unwrap(), &c, metrics.clone());
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let opts = ron_transport::DialOptions {
+            deadline: Duration::from_millis(400),
+            ..Default::default()
+        };
+        let start = std::time::Instant::now();
+        let err = match client.dial(silent.local_addr().unwrap(), opts).await {
+            Ok(_) => panic!("a silent port answered"),
+            Err(e) => e,
+        };
+        assert_timeout(&err, ron_transport::TimeoutOp::Dial);
+        assert!(start.elapsed() >= Duration::from_millis(350));
+        let s = snap(&metrics, Backend::Quic);
+        assert_eq!((s.dials_ok, s.dials_err, s.inflight), (0, 1, 0));
+        assert_eq!(rejected(&metrics, RejectReason::Timeout), 1);
+    });
+}
