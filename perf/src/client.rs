@@ -618,10 +618,14 @@ type HsTotals = (u64, u64, Histogram<u64>, u64, Option<String>);
 /// New TLS connections in a loop from `parallel` tasks spread over one thread per client core:
 /// connect,
 /// handshake (timed), one 64-byte echo (which also delivers the session tickets), close.
+/// With `quic`, QUIC connections instead (one quinn client endpoint per task, the library's
+/// quinn client config over `cfg`; quinn does not say whether a handshake resumed, so
+/// `resumed` stays 0).
 #[allow(clippy::too_many_arguments)] // the load's shape, then what to sample; all plain values
 pub fn run_handshakes(
     target: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
+    quic: bool,
     parallel: usize,
     warmup: Duration,
     duration: Duration,
@@ -637,7 +641,9 @@ pub fn run_handshakes(
         let core = cores.get(i).copied();
         let cfg = cfg.clone();
         let parallel = parallel / threads + usize::from(i < parallel % threads);
-        hs.push(handshake_thread(target, cfg, parallel, start, end, core));
+        hs.push(handshake_thread(
+            target, cfg, quic, parallel, start, end, core,
+        ));
     }
     let watched = watched_cores(cores, server_cores);
     std::thread::sleep(start.saturating_duration_since(Instant::now()));
@@ -682,6 +688,7 @@ pub fn run_handshakes(
 fn handshake_thread(
     target: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
+    quic: bool,
     parallel: usize,
     start: Instant,
     end: Instant,
@@ -706,9 +713,20 @@ fn handshake_thread(
                             let (mut n, mut resumed, mut errs) = (0u64, 0u64, 0u64);
                             let mut first = None;
                             let frame = wire::frame(64);
+                            let quic_client = if quic {
+                                match QuicHandshaker::new(target, &cfg) {
+                                    Ok(q) => Some(q),
+                                    Err(e) => return (0, 0, hist, 1, Some(format!("{e:#}"))),
+                                }
+                            } else {
+                                None
+                            };
                             while Instant::now() < end {
                                 let t0 = Instant::now();
                                 let r = tokio::time::timeout(Duration::from_secs(5), async {
+                                    if let Some(q) = &quic_client {
+                                        return q.once(target, &frame, t0).await;
+                                    }
                                     let tcp = TcpStream::connect(target).await?;
                                     tcp.set_nodelay(true)?;
                                     let c = tokio_rustls::TlsConnector::from(cfg.clone());
@@ -764,6 +782,58 @@ fn handshake_thread(
                 .await
         })
     })
+}
+
+/// The QUIC side of the handshake load: one client endpoint, the library's quinn client
+/// config.
+struct QuicHandshaker {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    name: String,
+}
+
+impl QuicHandshaker {
+    fn new(target: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
+        let config =
+            ron_transport::quic::client_config(&ron_transport::ValidConfig::defaults(), tls)
+                .map_err(|e| anyhow!("quic client config: {e}"))?;
+        let bind: SocketAddr = if target.is_ipv4() {
+            (std::net::Ipv4Addr::LOCALHOST, 0).into()
+        } else {
+            (std::net::Ipv6Addr::LOCALHOST, 0).into()
+        };
+        Ok(Self {
+            endpoint: quinn::Endpoint::client(bind)?,
+            config,
+            name: crate::tlsutil::server_name(target).to_str().into_owned(),
+        })
+    }
+
+    /// One connection: handshake (timed from `t0`), the preface and one echo, close.
+    async fn once(
+        &self,
+        target: SocketAddr,
+        frame: &[u8],
+        t0: Instant,
+    ) -> std::io::Result<(Duration, bool)> {
+        let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let conn = self
+            .endpoint
+            .connect_with(self.config.clone(), target, &self.name)
+            .map_err(|e| io(&e))?
+            .await
+            .map_err(|e| io(&e))?;
+        let dt = t0.elapsed();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
+        send.write_all(&ron_transport::quic::STREAM_PREFACE)
+            .await
+            .map_err(|e| io(&e))?;
+        send.write_all(frame).await.map_err(|e| io(&e))?;
+        let mut back = vec![0u8; frame.len()];
+        recv.read_exact(&mut back).await.map_err(|e| io(&e))?;
+        conn.close(quinn::VarInt::from_u32(0), b"");
+        Ok((dt, false))
+    }
 }
 
 /// Idle connections held open on a dedicated thread until the returned guard is dropped.

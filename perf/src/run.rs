@@ -586,13 +586,21 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                         );
                     }
                     Scenario::Handshake => {
-                        if t != Transport::Tls {
+                        if !t.is_tls() {
                             continue;
                         }
-                        for (resumed, cfg) in [(false, &tls_cold), (true, &tls_cfg)] {
+                        // QUIC: cold only (quinn does not say whether a handshake resumed).
+                        let variants: &[(bool, &Arc<rustls::ClientConfig>)] =
+                            if t == Transport::Quic {
+                                &[(false, &tls_cold)]
+                            } else {
+                                &[(false, &tls_cold), (true, &tls_cfg)]
+                            };
+                        for &(resumed, cfg) in variants {
                             match client::run_handshakes(
                                 srv.addr,
                                 Arc::clone(cfg),
+                                t == Transport::Quic,
                                 8,
                                 o.warmup,
                                 o.duration,

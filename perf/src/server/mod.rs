@@ -475,6 +475,7 @@ mod tests {
         let h = crate::client::run_handshakes(
             addr,
             tls,
+            false,
             2,
             std::time::Duration::from_millis(50),
             std::time::Duration::from_millis(300),
@@ -554,6 +555,20 @@ mod tests {
             .unwrap();
             assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
             assert!(r.frames > 0, "{}", e.name());
+            let h = crate::client::run_handshakes(
+                addr,
+                tls.clone(),
+                true,
+                2,
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_millis(300),
+                &[],
+                None,
+                &[],
+            )
+            .unwrap();
+            assert_eq!(h.errors, 0, "{}: {:?}", e.name(), h.first_error);
+            assert!(h.handshakes > 0, "{}", e.name());
         }
     }
 
