@@ -863,6 +863,7 @@ impl Drop for IdleHold {
 pub fn hold_idle(
     target: SocketAddr,
     tls: Option<Arc<rustls::ClientConfig>>,
+    quic: bool,
     n: usize,
     core: Option<usize>,
 ) -> anyhow::Result<IdleHold> {
@@ -893,7 +894,10 @@ pub fn hold_idle(
                     let frame = frame.clone();
                     set.spawn(async move {
                         tokio::time::timeout(Duration::from_secs(10), async {
-                            let mut s = connect(target, tls.as_ref()).await?;
+                            let mut s = match (&tls, quic) {
+                                (Some(tls), true) => connect_quic(target, tls).await?,
+                                _ => connect(target, tls.as_ref()).await?,
+                            };
                             s.write_all(&frame).await?;
                             let mut back = vec![0u8; frame.len()];
                             s.read_exact(&mut back).await?;

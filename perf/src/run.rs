@@ -649,11 +649,8 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                             }
                         }
                     }
-                    Scenario::Idle if matches!(t, Transport::Uds | Transport::Quic) => {
-                        progress(&format!(
-                            "skip idle {}: the idle holder dials TCP only",
-                            t.as_str()
-                        ));
+                    Scenario::Idle if t == Transport::Uds => {
+                        progress("skip idle uds: the idle holder dials TCP only");
                     }
                     Scenario::Idle => {
                         let want = if o.full { 10_000 } else { 2_000 };
@@ -664,6 +661,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                         let hold = client::hold_idle(
                             srv.addr,
                             tls.clone(),
+                            t == Transport::Quic,
                             n,
                             o.client_cores.first().copied(),
                         )?;
