@@ -138,6 +138,9 @@ struct RunArgs {
     /// wan: connections, each with one 16 KiB frame in flight.
     #[arg(long, default_value_t = 4)]
     wan_conns: usize,
+    /// wan: `quic.congestion` of the QUIC rows (cubic|bbr|newreno).
+    #[arg(long, default_value = "cubic")]
+    wan_congestion: String,
     /// wan: relay RNG seed.
     #[arg(long, default_value_t = 0x5eed)]
     wan_seed: u64,
@@ -506,6 +509,10 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
             warmup: (wan_duration / 4).min(Duration::from_secs(1)),
             duration: wan_duration,
             rows: wan::WanOpts::default_rows(),
+            congestion: a
+                .wan_congestion
+                .parse()
+                .map_err(|e| anyhow!("--wan-congestion: {e}"))?,
         })?;
         rep.results.extend(rows);
     }

@@ -38,6 +38,8 @@ pub struct WanOpts {
     pub duration: Duration,
     /// Which rows: (`tls`|`quic`, `tokio`|`uring`).
     pub rows: Vec<(Backend, &'static str)>,
+    /// `quic.congestion` of both QUIC sides.
+    pub congestion: ron_transport::Congestion,
 }
 
 impl WanOpts {
@@ -83,9 +85,13 @@ pub fn run(o: &WanOpts) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn config(backend: Backend) -> anyhow::Result<ron_transport::ValidConfig> {
+fn config(
+    backend: Backend,
+    congestion: ron_transport::Congestion,
+) -> anyhow::Result<ron_transport::ValidConfig> {
     let mut c = Config::default();
     c.backend = backend;
+    c.quic_congestion = congestion;
     c.bind_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     // Frames stall behind a lost segment for an RTT or more: do not count that as a stall.
     c.write_timeout = Duration::from_secs(30);
@@ -93,7 +99,11 @@ fn config(backend: Backend) -> anyhow::Result<ron_transport::ValidConfig> {
     Ok(c.validate()?)
 }
 
-fn setup(backend: Backend, ss: &SelfSigned) -> anyhow::Result<EngineSetup> {
+fn setup(
+    backend: Backend,
+    ss: &SelfSigned,
+    congestion: ron_transport::Congestion,
+) -> anyhow::Result<EngineSetup> {
     let server = ron_transport::tls::server_config_from_pem(
         ss.cert_pem.as_bytes(),
         ron_transport::tls::Zeroizing::new(ss.key_pem.clone().into_bytes()),
@@ -102,9 +112,11 @@ fn setup(backend: Backend, ss: &SelfSigned) -> anyhow::Result<EngineSetup> {
     )?;
     let client =
         ron_transport::tls::client_config_from_ca_pem(ss.cert_pem.as_bytes(), PqMode::Off, &[])?;
-    Ok(EngineSetup::new(config(backend)?, TransportMetrics::new())?
-        .with_tls_server(server)
-        .with_tls_client(client))
+    Ok(
+        EngineSetup::new(config(backend, congestion)?, TransportMetrics::new())?
+            .with_tls_server(server)
+            .with_tls_client(client),
+    )
 }
 
 /// Serves an echo on `engine`; returns the listening address.
@@ -129,9 +141,18 @@ async fn one_row(
     engine: &'static str,
 ) -> anyhow::Result<Row> {
     match engine {
-        "tokio" => measure(o, ss, backend, engine, setup(backend, ss)?.build_tokio()?).await,
+        "tokio" => {
+            measure(
+                o,
+                ss,
+                backend,
+                engine,
+                setup(backend, ss, o.congestion)?.build_tokio()?,
+            )
+            .await
+        }
         "uring" => {
-            let server = setup(backend, ss)?
+            let server = setup(backend, ss, o.congestion)?
                 .build_uring()
                 .map_err(|e| anyhow!("uring engine: {e}"))?;
             measure(o, ss, backend, engine, server).await
@@ -172,7 +193,7 @@ async fn measure_through(
             (r.addr(), None, Some(r))
         }
     };
-    let client = setup(backend, ss)?.build_tokio()?;
+    let client = setup(backend, ss, o.congestion)?.build_tokio()?;
     let payload = bytes::Bytes::from(vec![0x5a; FRAME]);
     let mut conns = Vec::with_capacity(o.conns);
     for _ in 0..o.conns {
