@@ -541,3 +541,46 @@ fn dial_deadline_on_a_silent_udp_port() {
         assert_eq!(rejected(&metrics, RejectReason::Timeout), 1);
     });
 }
+
+/// Engine auto-selection with `backend = "quic"` takes the tokio engine (the uring driver does
+/// not exist yet) with a stable reason, and the engine it returns speaks QUIC.
+#[test]
+fn auto_selection_takes_tokio_for_quic() {
+    util::run_multi_thread(async {
+        let c = cert();
+        let metrics = TransportMetrics::new();
+        let setup = EngineSetup::new(quic_config().validate().unwrap(), metrics.clone())
+            .unwrap()
+            .with_tls_server(
+                ron_transport::tls::server_config_from_pem(
+                    c.cert_pem.as_bytes(),
+                    zeroize::Zeroizing::new(c.key_pem.clone().into_bytes()),
+                    PqMode::Off,
+                    &[],
+                )
+                .unwrap(),
+            );
+        assert!(matches!(
+            setup.build_uring(),
+            Err(ron_transport::TransportError::Unsupported { .. })
+        ));
+        let (engine, choice) = ron_transport::engine::auto::AutoEngine::build(setup).unwrap();
+        assert_eq!(choice.kind, ron_transport::EngineKind::Tokio);
+        assert_eq!(choice.reason, "quic_not_on_uring");
+        let ron_transport::engine::auto::AutoEngine::Tokio(engine) = engine else {
+            panic!("not the tokio engine");
+        };
+        let listener = engine.listen(loopback()).await.unwrap();
+        let addr = listener.local_addr();
+        spawn_echo(&engine, listener);
+        let ep = plain_client(&c, ALPN);
+        let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&STREAM_PREFACE).await.unwrap();
+        write_frame(&mut send, b"auto").await;
+        assert_eq!(
+            within("echo", SLACK, read_frame(&mut recv)).await.unwrap(),
+            Bytes::from_static(b"auto")
+        );
+    });
+}
