@@ -584,3 +584,82 @@ fn auto_selection_takes_tokio_for_quic() {
         );
     });
 }
+
+/// Log lines of this thread, captured.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+/// One echo through a listener with `max_conns`, on a current-thread runtime (so every task
+/// logs into this thread's subscriber); returns the debug log.
+fn one_echo_logged(max_conns: u32) -> (String, Arc<TransportMetrics>) {
+    let buf = LogBuf::default();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(buf.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let _g = tracing::subscriber::set_default(sub);
+    let metrics = TransportMetrics::new();
+    let m = metrics.clone();
+    util::run_current_thread(async move {
+        let c = cert();
+        let mut cfg = quic_config();
+        cfg.max_conns = max_conns;
+        let server = engine(cfg.validate().unwrap(), &c, m);
+        let listener = server.listen(loopback()).await.unwrap();
+        let addr = listener.local_addr();
+        spawn_echo(&server, listener);
+        let ep = plain_client(&c, ALPN);
+        let conn = within("connect", SLACK, async {
+            ep.connect(addr, "localhost").unwrap().await
+        })
+        .await
+        .expect("handshake");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&STREAM_PREFACE).await.unwrap();
+        write_frame(&mut send, b"validated").await;
+        assert_eq!(
+            within("echo", SLACK, read_frame(&mut recv)).await.unwrap(),
+            Bytes::from_static(b"validated")
+        );
+    });
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (logs, metrics)
+}
+
+/// Under handshake load (here: `max_conns = 1`, so the Retry threshold is 0 handshakes in
+/// flight) a new peer is sent a stateless Retry before anything is admitted; the quinn client
+/// answers with the token and is then admitted once. Without load (the default caps), no Retry.
+#[test]
+fn retry_validates_addresses_under_handshake_load() {
+    let (logs, metrics) = one_echo_logged(1);
+    assert!(logs.contains("quic_retry"), "no Retry logged:\n{logs}");
+    let s = snap(&metrics, Backend::Quic);
+    assert_eq!(
+        (s.accepts, s.hs_off),
+        (1, 1),
+        "admitted once, after validation"
+    );
+    for r in RejectReason::ALL {
+        assert_eq!(rejected(&metrics, r), 0, "{r}");
+    }
+    let (logs, _) = one_echo_logged(1024);
+    assert!(!logs.contains("quic_retry"), "Retry without load:\n{logs}");
+}

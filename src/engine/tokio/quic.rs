@@ -3,7 +3,9 @@
 //! frame decoder, limits, deadlines and metrics as TCP and TLS ([`super::conn`],
 //! [`super::writer`]) — through [`QuicIo`], a byte stream over one quinn stream pair.
 //!
-//! Listener: each `Incoming` is admitted (caps, per-peer caps, pacing buckets) before
+//! Listener: under a handshake flood (in-flight handshakes at [`RETRY_ABOVE_HANDSHAKES`] or
+//! half of `max_conns`) a peer whose address is not validated gets a stateless Retry first.
+//! Each `Incoming` is admitted (caps, per-peer caps, pacing buckets) before
 //! `Incoming::accept` creates any connection state; a refused peer gets a CONNECTION_CLOSE
 //! (`Incoming::refuse`) and nothing else. Admitted connections run as tracked tasks: the
 //! handshake (bounded by `read_timeout`, like TLS), then every stream the peer opens (up to
@@ -36,6 +38,32 @@ use crate::quic::{connection_error, CLOSE_DONE, CLOSE_REFUSED, STREAM_PREFACE};
 
 /// Streams accepted and handshaken, waiting for `Listener::accept`.
 const READY_QUEUE: usize = 64;
+
+/// Handshakes in flight at or above which a peer whose address is not validated yet is sent a
+/// stateless Retry instead of being admitted (address validation under a handshake flood,
+/// RFC 9000 §8.1.2): at most this many, and at most half of `max_conns`.
+pub(crate) const RETRY_ABOVE_HANDSHAKES: usize = 64;
+
+/// The Retry threshold under `max_conns`.
+fn retry_threshold(max_conns: u32) -> usize {
+    RETRY_ABOVE_HANDSHAKES.min(max_conns as usize / 2)
+}
+
+/// Counts one handshake in flight until dropped.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn start(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// One QUIC connection shared by its stream connections: closed when the last of them ends
 /// (or when every holder is gone). Holds the admission (caps are per QUIC connection) and, for
@@ -244,6 +272,7 @@ async fn serve_endpoint(
     local: SocketAddr,
     ready: mpsc::Sender<TokioConn>,
 ) {
+    let handshaking = Arc::new(AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
             biased;
@@ -254,21 +283,42 @@ async fn serve_endpoint(
                 None => break,
             },
         };
-        admit(&inner, incoming, local, &ready);
+        admit(&inner, incoming, local, &ready, &handshaking);
     }
     endpoint.set_server_config(None);
 }
 
-/// Caps and pacing state first: a refused peer costs no connection state.
+/// Address validation under load, then caps and pacing state: a peer sent a Retry or refused
+/// costs no connection state.
 fn admit(
     inner: &Arc<EngineInner>,
     incoming: quinn::Incoming,
     local: SocketAddr,
     ready: &mpsc::Sender<TokioConn>,
+    handshaking: &Arc<AtomicUsize>,
 ) {
     let started = Instant::now();
     let shared = &inner.shared;
     let peer = incoming.remote_address();
+    let in_flight = handshaking.load(Ordering::Acquire);
+    if !incoming.remote_address_validated()
+        && incoming.may_retry()
+        && in_flight >= retry_threshold(shared.config().max_conns)
+    {
+        tracing::debug!(
+            target: "ron_transport",
+            event = "quic_retry",
+            backend = Backend::Quic.as_str(),
+            engine = inner.kind.as_str(),
+            peer_addr = %peer,
+            handshaking = in_flight,
+            "address validation (Retry) under handshake load"
+        );
+        if let Err(e) = incoming.retry() {
+            e.into_incoming().ignore();
+        }
+        return;
+    }
     let permit = match admission::admit(
         &shared.policy,
         &shared.metrics,
@@ -290,6 +340,7 @@ fn admit(
         local,
         started,
         ready.clone(),
+        Handshaking::start(handshaking),
     );
     inner.tasks.spawn(task);
 }
@@ -303,6 +354,7 @@ async fn serve_connection(
     local: SocketAddr,
     started: Instant,
     ready: mpsc::Sender<TokioConn>,
+    handshaking: Handshaking,
 ) {
     let shared = &inner.shared;
     let peer = incoming.remote_address();
@@ -311,6 +363,7 @@ async fn serve_connection(
         connecting.await.map_err(|e| connection_error(&e))
     })
     .await;
+    drop(handshaking);
     let bm = shared.metrics.backend(Backend::Quic);
     let conn = match result {
         Ok(c) => c,
