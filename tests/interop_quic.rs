@@ -148,15 +148,21 @@ fn spawn_echo(engine: &TokioEngine, listener: <TokioEngine as Engine>::Listener)
     tokio::spawn(serving);
 }
 
+/// Our listener on `cfg` serving an echo: (engine, metrics, address, certificate).
+async fn echo_server(cfg: Config) -> (TokioEngine, Arc<TransportMetrics>, SocketAddr, Cert) {
+    let c = cert();
+    let metrics = TransportMetrics::new();
+    let server = engine(cfg.validate().unwrap(), &c, metrics.clone());
+    let listener = server.listen(loopback()).await.unwrap();
+    let addr = listener.local_addr();
+    spawn_echo(&server, listener);
+    (server, metrics, addr, c)
+}
+
 #[test]
 fn our_server_with_a_plain_quinn_client_on_several_streams() {
     util::run_multi_thread(async {
-        let c = cert();
-        let metrics = TransportMetrics::new();
-        let server = engine(quic_config().validate().unwrap(), &c, metrics.clone());
-        let listener = server.listen(loopback()).await.unwrap();
-        let addr = listener.local_addr();
-        spawn_echo(&server, listener);
+        let (server, metrics, addr, c) = echo_server(quic_config()).await;
 
         let ep = plain_client(&c, ALPN);
         let conn = within("connect", SLACK, async {
@@ -265,12 +271,7 @@ fn our_client_with_a_plain_quinn_server() {
 #[test]
 fn a_stream_without_the_preface_is_reset_and_counted() {
     util::run_multi_thread(async {
-        let c = cert();
-        let metrics = TransportMetrics::new();
-        let server = engine(quic_config().validate().unwrap(), &c, metrics.clone());
-        let listener = server.listen(loopback()).await.unwrap();
-        let addr = listener.local_addr();
-        spawn_echo(&server, listener);
+        let (_server, metrics, addr, c) = echo_server(quic_config()).await;
         let ep = plain_client(&c, ALPN);
         let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -298,12 +299,7 @@ fn a_stream_without_the_preface_is_reset_and_counted() {
 #[test]
 fn a_wrong_alpn_fails_the_handshake_with_reason_tls() {
     util::run_multi_thread(async {
-        let c = cert();
-        let metrics = TransportMetrics::new();
-        let server = engine(quic_config().validate().unwrap(), &c, metrics.clone());
-        let listener = server.listen(loopback()).await.unwrap();
-        let addr = listener.local_addr();
-        spawn_echo(&server, listener);
+        let (_server, metrics, addr, c) = echo_server(quic_config()).await;
         let ep = plain_client(&c, b"h3");
         let err = within("connect", SLACK, async {
             ep.connect(addr, "localhost").unwrap().await
@@ -329,14 +325,9 @@ fn a_wrong_alpn_fails_the_handshake_with_reason_tls() {
 #[test]
 fn caps_count_quic_connections_before_the_handshake() {
     util::run_multi_thread(async {
-        let c = cert();
-        let metrics = TransportMetrics::new();
         let mut cfg = quic_config();
         cfg.max_conns = 1;
-        let server = engine(cfg.validate().unwrap(), &c, metrics.clone());
-        let listener = server.listen(loopback()).await.unwrap();
-        let addr = listener.local_addr();
-        spawn_echo(&server, listener);
+        let (_server, metrics, addr, c) = echo_server(cfg).await;
         let ep = plain_client(&c, ALPN);
         let first = ep.connect(addr, "localhost").unwrap().await.unwrap();
         let (mut send, mut recv) = first.open_bi().await.unwrap();

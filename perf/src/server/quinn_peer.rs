@@ -19,16 +19,7 @@ pub fn serve(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow
     let tls = ron_transport::tls::server_config(&cfg).map_err(|e| anyhow!("tls config: {e}"))?;
     let server =
         ron_transport::quic::server_config(&cfg, &tls).map_err(|e| anyhow!("quic config: {e}"))?;
-    let rt = if opts.shards.max(1) == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(opts.shards)
-            .enable_all()
-            .build()?
-    };
+    let rt = framed::runtime(opts.shards)?;
     eprintln!(
         "ron-perf serve: quinn quic, {} shard(s), max_frame_bytes={max}",
         opts.shards.max(1)
