@@ -102,6 +102,13 @@ pub enum TransportError {
     /// An operating-system I/O error not covered by a more specific variant.
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
+    /// The QUIC path failed: the peer stopped answering (QUIC idle timeout), a stateless reset,
+    /// a QUIC protocol violation or no common version (spec/INTEROP.md §5 `quic_path_error`).
+    #[error("quic path error: {detail}")]
+    QuicPath {
+        /// What quinn reported.
+        detail: String,
+    },
 }
 
 impl TransportError {
@@ -120,6 +127,7 @@ impl TransportError {
             Self::Config(_) => "config",
             Self::Unsupported { .. } => "unsupported",
             Self::Io(_) => "io",
+            Self::QuicPath { .. } => "quic_path_error",
         }
     }
 
@@ -133,6 +141,7 @@ impl TransportError {
             Self::Tls { .. } => Some(RejectReason::Tls),
             Self::ArtiBootstrap => Some(RejectReason::ArtiBootstrap),
             Self::Busy => Some(RejectReason::Busy),
+            Self::QuicPath { .. } => Some(RejectReason::QuicPathError),
             _ => None,
         }
     }
@@ -161,11 +170,13 @@ pub enum RejectReason {
     ArtiBootstrap,
     /// The writer inbox was full.
     Busy,
+    /// A QUIC path failed (spec/INTEROP.md §5).
+    QuicPathError,
 }
 
 impl RejectReason {
     /// Every reason, in label order (used to pre-create the label values).
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         Self::Timeout,
         Self::Tls,
         Self::TooLarge,
@@ -173,6 +184,7 @@ impl RejectReason {
         Self::PeerLimit,
         Self::ArtiBootstrap,
         Self::Busy,
+        Self::QuicPathError,
     ];
 
     /// The exact label value. These literals are part of the contract.
@@ -185,6 +197,7 @@ impl RejectReason {
             Self::PeerLimit => "peer_limit",
             Self::ArtiBootstrap => "arti_bootstrap",
             Self::Busy => "busy",
+            Self::QuicPathError => "quic_path_error",
         }
     }
 }
@@ -212,7 +225,8 @@ mod tests {
                 "rate_limited",
                 "peer_limit",
                 "arti_bootstrap",
-                "busy"
+                "busy",
+                "quic_path_error"
             ]
         );
     }
@@ -235,6 +249,10 @@ mod tests {
                 "unsupported",
             ),
             (TransportError::Io(std::io::Error::other("x")), "io"),
+            (
+                TransportError::QuicPath { detail: "x".into() },
+                "quic_path_error",
+            ),
         ];
         for (err, kind) in cases {
             assert_eq!(err.kind(), kind, "{err:?}");

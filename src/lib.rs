@@ -21,7 +21,9 @@ pub use bytes::Bytes;
 /// rustls types, re-exported through `tokio_rustls` (spec/IDB I-3).
 pub use tokio_rustls::rustls;
 
-pub use config::{Backend, Config, ConfigError, ConfigHandle, PqMode, TrustStore, ValidConfig};
+pub use config::{
+    Backend, Config, ConfigError, ConfigHandle, Congestion, PqMode, TrustStore, ValidConfig,
+};
 pub use error::{RejectReason, TimeoutOp, TransportError};
 pub use metrics::{PqLabel, TransportMetrics};
 pub use readiness::{Readiness, ReadyState, TransportHealth};
@@ -30,6 +32,8 @@ pub mod limits;
 pub mod log_writer;
 pub mod logging;
 pub mod policy;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod rate;
 #[cfg(feature = "test-util")]
 pub mod testing;

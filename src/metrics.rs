@@ -40,10 +40,11 @@ pub const IO_SIZE_BUCKETS: [f64; 11] = [
 ];
 
 /// The `backend` label values, indexed by `Backend as usize`.
-const BACKEND_LABELS: [&str; 3] = [
+const BACKEND_LABELS: [&str; 4] = [
     Backend::Tcp.as_str(),
     Backend::Tls.as_str(),
     Backend::Arti.as_str(),
+    Backend::Quic.as_str(),
 ];
 
 /// The metric names this crate registers, in registration order (stability-tested).
@@ -199,7 +200,7 @@ pub struct TransportMetrics {
     pub tasks_aborted: IntCounterVec,
     /// `pq_handshake_total{backend,mode,result}` (spec/QUANTUM.md §7).
     pub pq_handshake: IntCounterVec,
-    per_backend: [BackendMetrics; 3],
+    per_backend: [BackendMetrics; 4],
     io: Arc<IoShared>,
     rejects: [IntCounter; RejectReason::ALL.len()],
 }
@@ -336,7 +337,12 @@ impl TransportMetrics {
                 tls_failures: tls_handshake_failures.with_label_values(&[l]),
             }
         };
-        let per_backend = [per(Backend::Tcp), per(Backend::Tls), per(Backend::Arti)];
+        let per_backend = [
+            per(Backend::Tcp),
+            per(Backend::Tls),
+            per(Backend::Arti),
+            per(Backend::Quic),
+        ];
         let rejects = RejectReason::ALL.map(|r| rejected.with_label_values(&[r.as_str()]));
         for q in [QueueName::WriterInbox, QueueName::Work, QueueName::Events] {
             queue_depth.with_label_values(&[q.as_str()]);
@@ -722,7 +728,7 @@ impl LocalHistogram {
 /// label lookup of the `IntCounterVec` it replaces.
 #[derive(Clone, Debug)]
 pub struct LocalCounterVec {
-    handles: [LocalCounter; 3],
+    handles: [LocalCounter; 4],
 }
 
 impl LocalCounterVec {
@@ -737,7 +743,7 @@ impl LocalCounterVec {
 /// `HistogramVec` it replaces.
 #[derive(Clone, Debug)]
 pub struct LocalHistogramVec {
-    handles: [LocalHistogram; 3],
+    handles: [LocalHistogram; 4],
 }
 
 impl LocalHistogramVec {

@@ -61,6 +61,43 @@ const SPEC_FLAGS: &[&str] = &[
     "--transport.log-level", "warn",
 ];
 
+/// The `quic.*` flags (feature `quic`), with non-default values.
+#[rustfmt::skip]
+const QUIC_FLAGS: &[&str] = &[
+    "--transport.quic-max-streams", "1024",
+    "--transport.quic-idle-timeout", "20s",
+    "--transport.quic-keep-alive", "5s",
+    "--transport.quic-zero-rtt", "true",
+    "--transport.quic-congestion", "newreno",
+    "--transport.quic-gso", "false",
+    "--transport.quic-gro", "0",
+];
+
+#[test]
+fn config_every_quic_flag_reaches_its_key() {
+    let mut flags = vec!["--transport.backend", "quic"];
+    flags.extend_from_slice(QUIC_FLAGS);
+    let args = parse(&flags).unwrap();
+    let c = ConfigLoader::new().cli(&args).load().unwrap().config;
+    assert_eq!(c.backend, Backend::Quic);
+    assert_eq!(c.quic_max_streams, 1024);
+    assert_eq!(c.quic_idle_timeout, Duration::from_secs(20));
+    assert_eq!(c.quic_keep_alive, Duration::from_secs(5));
+    assert!(c.quic_zero_rtt);
+    assert_eq!(c.quic_congestion, ron_transport::Congestion::NewReno);
+    assert!(!c.quic_gso && !c.quic_gro);
+    // Parses, but breaks a §4-style rule: the key is named.
+    let args = parse(&[
+        "--transport.backend",
+        "quic",
+        "--transport.quic-max-streams",
+        "0",
+    ])
+    .unwrap();
+    let err = ConfigLoader::new().cli(&args).load().unwrap_err();
+    assert_eq!(err.key(), Some("quic.max_streams"));
+}
+
 #[test]
 fn config_every_spec_flag_reaches_its_key() {
     let args = parse(SPEC_FLAGS).unwrap();
@@ -114,7 +151,7 @@ fn config_every_spec_flag_reaches_its_key() {
 #[test]
 fn config_flag_names_match_the_key_table() {
     // The parser's long flags are exactly the key table's flags plus --transport.config: the
-    // 27 flags of spec §6.
+    // 27 flags of spec §6 and the 7 `--transport.quic-*` flags of feature `quic`.
     use clap::CommandFactory;
     let mut parser: Vec<String> = Cli::command()
         .get_arguments()
@@ -129,9 +166,10 @@ fn config_flag_names_match_the_key_table() {
     table.push("--transport.config".to_owned());
     table.sort();
     assert_eq!(parser, table);
-    assert_eq!(table.len(), 27);
+    assert_eq!(table.len(), 34);
     for flag in &table {
         let listed = SPEC_FLAGS.contains(&flag.as_str())
+            || QUIC_FLAGS.contains(&flag.as_str())
             || flag == "--transport.uds"
             || flag == "--transport.config";
         assert!(listed, "{flag} is not a spec §2.3 flag");
@@ -195,7 +233,11 @@ fn config_flag_loads_the_file_and_overrides_the_builder_file() {
 #[test]
 fn config_bad_flag_values_are_refused() {
     for args in [
-        &["--transport.backend", "quic"][..],
+        &["--transport.backend", "sctp"][..],
+        &["--transport.quic-congestion", "vegas"],
+        &["--transport.quic-zero-rtt", "maybe"],
+        &["--transport.quic-max-streams", "-1"],
+        &["--transport.quic-idle-timeout", "30"],
         &["--transport.bind", "localhost"],
         &["--transport.max-conns", "4294967296"],
         &["--transport.max-conns", "-1"],

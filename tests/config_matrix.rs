@@ -19,11 +19,13 @@ const NO_PQ: CompiledFeatures = CompiledFeatures {
     tls: true,
     pq: false,
     arti: false,
+    quic: false,
 };
 const ALL: CompiledFeatures = CompiledFeatures {
     tls: true,
     pq: true,
     arti: true,
+    quic: true,
 };
 
 fn write_mode(path: &Path, contents: &[u8], mode: u32) {
@@ -99,9 +101,9 @@ fn config_missing_config_file_applies_defaults() {
 
 #[test]
 fn config_invalid_backend_is_rejected() {
-    let err = Config::from_toml_str("backend = \"quic\"").unwrap_err();
+    let err = Config::from_toml_str("backend = \"sctp\"").unwrap_err();
     assert!(
-        matches!(err, ConfigError::Parse { ref key, ref value, .. } if key == "backend" && value == "quic")
+        matches!(err, ConfigError::Parse { ref key, ref value, .. } if key == "backend" && value == "sctp")
     );
     let err = ConfigLoader::new()
         .env_vars(env(&[("RON_TRANSPORT_BACKEND", "udp")]))
@@ -712,4 +714,85 @@ fn config_concurrent_reloads_have_distinct_generations() {
     gens.sort_unstable();
     assert_eq!(gens, (1..=8).collect::<Vec<u64>>());
     assert_eq!(handle.generation(), 8);
+}
+
+#[test]
+fn config_quic_backend_needs_the_quic_feature() {
+    let mut c = Config::default();
+    c.backend = Backend::Quic;
+    assert!(c.clone().validate_for(&ALL).is_ok());
+    let without = CompiledFeatures { quic: false, ..ALL };
+    let reason = assert_invalid(c.clone().validate_for(&without), "backend");
+    assert!(reason.contains("quic"), "{reason}");
+    assert_eq!(c.validate().is_ok(), cfg!(feature = "quic"));
+    assert_eq!("quic".parse::<Backend>().unwrap(), Backend::Quic);
+    assert_eq!(Backend::Quic.as_str(), "quic");
+}
+
+#[test]
+fn config_quic_defaults_follow_the_spec() {
+    let c = Config::default();
+    assert_eq!(c.quic_max_streams, 512);
+    assert!(!c.quic_zero_rtt, "0-RTT off by default");
+    assert_eq!(c.quic_congestion, ron_transport::Congestion::Cubic);
+    assert!(c.quic_gso && c.quic_gro);
+    assert_eq!(c.quic_idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.quic_keep_alive, Duration::ZERO);
+}
+
+#[test]
+fn config_quic_bad_values_are_typed_errors() {
+    let quic = |toml: &str| {
+        Config::from_toml_str(&format!("backend = \"quic\"\n[quic]\n{toml}"))
+            .and_then(|c| c.validate_for(&ALL))
+    };
+    for (toml, key) in [
+        ("max_streams = 0", "quic.max_streams"),
+        ("max_streams = 65537", "quic.max_streams"),
+        ("idle_timeout = \"500ms\"", "quic.idle_timeout"),
+        ("idle_timeout = \"11m\"", "quic.idle_timeout"),
+        (
+            "idle_timeout = \"10s\"\nkeep_alive = \"10s\"",
+            "quic.keep_alive",
+        ),
+    ] {
+        let err = quic(toml).unwrap_err();
+        assert_eq!(err.kind(), "invalid", "{toml}: {err}");
+        assert_eq!(err.key(), Some(key), "{toml}: {err}");
+    }
+    for (toml, key) in [
+        ("congestion = \"vegas\"", "quic.congestion"),
+        ("zero_rtt = \"maybe\"", "quic.zero_rtt"),
+        ("gso = 1", "quic.gso"),
+        ("max_streams = -1", "quic.max_streams"),
+        ("unknown = 1", "quic.unknown"),
+    ] {
+        let err = quic(toml).unwrap_err();
+        assert!(
+            matches!(err.kind(), "parse" | "unknown_key"),
+            "{toml}: {err}"
+        );
+        assert_eq!(err.key(), Some(key), "{toml}: {err}");
+    }
+    // Env and CLI spellings parse the same values.
+    let err = ConfigLoader::new()
+        .env_vars(env(&[("RON_TRANSPORT_QUIC_CONGESTION", "reno")]))
+        .load()
+        .unwrap_err();
+    assert_eq!(err.key(), Some("RON_TRANSPORT_QUIC_CONGESTION"));
+    // Good values pass; the knobs are ignored (not checked) with another backend.
+    assert!(quic("max_streams = 1024\nkeep_alive = \"5s\"\ncongestion = \"newreno\"").is_ok());
+    let tcp = Config::from_toml_str("[quic]\nmax_streams = 0").unwrap();
+    assert!(tcp.validate_for(&ALL).is_ok());
+}
+
+#[test]
+fn config_quic_with_uds_path_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut c = Config::default();
+    c.backend = Backend::Quic;
+    c.bind_addr = None;
+    c.uds_path = Some(dir.path().join("s.sock"));
+    assert_invalid(c.validate_for(&ALL), "uds.path");
 }

@@ -1,5 +1,5 @@
 //! Configuration sources and precedence (spec/CONFIG.md §1–§3, §9): TOML/JSON files (bare and
-//! `[transport]`-wrapped), all 29 `RON_TRANSPORT_*` variables, per-key precedence
+//! `[transport]`-wrapped), all 36 `RON_TRANSPORT_*` variables, per-key precedence
 //! env > file > defaults, the deprecated `limits.max_body_bytes` alias, unknown keys, and
 //! malformed documents (typed errors naming the key, never a panic).
 
@@ -28,7 +28,7 @@ fn merge_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
 
 /// The spec §3 table, verbatim: (env var, value to set, check on the merged config).
 type Check = fn(&Config) -> bool;
-const ENV_TABLE: [(&str, &str, Check); 29] = [
+const ENV_TABLE: [(&str, &str, Check); 36] = [
     ("RON_TRANSPORT_BACKEND", "tls", |c| {
         c.backend == Backend::Tls
     }),
@@ -106,6 +106,21 @@ const ENV_TABLE: [(&str, &str, Check); 29] = [
     ("RON_TRANSPORT_ARTI_PRE_DIAL_DELAY", "100ms", |c| {
         c.arti_pre_dial_delay == Duration::from_millis(100)
     }),
+    ("RON_TRANSPORT_QUIC_MAX_STREAMS", "1024", |c| {
+        c.quic_max_streams == 1024
+    }),
+    ("RON_TRANSPORT_QUIC_IDLE_TIMEOUT", "45s", |c| {
+        c.quic_idle_timeout == Duration::from_secs(45)
+    }),
+    ("RON_TRANSPORT_QUIC_KEEP_ALIVE", "5s", |c| {
+        c.quic_keep_alive == Duration::from_secs(5)
+    }),
+    ("RON_TRANSPORT_QUIC_ZERO_RTT", "true", |c| c.quic_zero_rtt),
+    ("RON_TRANSPORT_QUIC_CONGESTION", "bbr", |c| {
+        c.quic_congestion == ron_transport::Congestion::Bbr
+    }),
+    ("RON_TRANSPORT_QUIC_GSO", "false", |c| !c.quic_gso),
+    ("RON_TRANSPORT_QUIC_GRO", "0", |c| !c.quic_gro),
     ("RON_TRANSPORT_LOG_FORMAT", "text", |c| {
         c.log_format == "text"
     }),
@@ -144,8 +159,12 @@ fn config_every_env_var_maps_to_its_key() {
 #[test]
 fn config_env_values_are_parse_errors_naming_the_variable() {
     for (var, value) in [
-        ("RON_TRANSPORT_BACKEND", "quic"),
+        ("RON_TRANSPORT_BACKEND", "sctp"),
         ("RON_TRANSPORT_BIND_ADDR", "localhost"),
+        ("RON_TRANSPORT_QUIC_MAX_STREAMS", "many"),
+        ("RON_TRANSPORT_QUIC_IDLE_TIMEOUT", "30"),
+        ("RON_TRANSPORT_QUIC_ZERO_RTT", "on"),
+        ("RON_TRANSPORT_QUIC_CONGESTION", "vegas"),
         ("RON_TRANSPORT_MAX_CONNS", "-1"),
         ("RON_TRANSPORT_MAX_CONNS", "4294967296"),
         ("RON_TRANSPORT_READ_TIMEOUT", "5"),
@@ -192,7 +211,7 @@ fn config_later_env_pairs_override_earlier_ones() {
 /// the file value must win over the default.
 #[test]
 fn config_precedence_env_over_file_over_defaults_for_every_key() {
-    let cases: [(Key, &str, &str); 29] = [
+    let cases: [(Key, &str, &str); 36] = [
         (Key::Backend, "backend = \"arti\"", "tls"),
         (Key::BindAddr, "bind_addr = \"10.0.0.1:1\"", "10.0.0.2:2"),
         (Key::MaxConns, "max_conns = 10", "20"),
@@ -264,6 +283,21 @@ fn config_precedence_env_over_file_over_defaults_for_every_key() {
             "[arti]\npre_dial_delay = \"5ms\"",
             "6ms",
         ),
+        (Key::QuicMaxStreams, "[quic]\nmax_streams = 64", "128"),
+        (
+            Key::QuicIdleTimeout,
+            "[quic]\nidle_timeout = \"10s\"",
+            "20s",
+        ),
+        (Key::QuicKeepAlive, "[quic]\nkeep_alive = \"2s\"", "3s"),
+        (Key::QuicZeroRtt, "[quic]\nzero_rtt = true", "false"),
+        (
+            Key::QuicCongestion,
+            "[quic]\ncongestion = \"bbr\"",
+            "newreno",
+        ),
+        (Key::QuicGso, "[quic]\ngso = false", "true"),
+        (Key::QuicGro, "[quic]\ngro = false", "true"),
         (Key::LogFormat, "[log]\nformat = \"text\"", "json"),
         (Key::LogLevel, "[log]\nlevel = \"warn\"", "error"),
     ];

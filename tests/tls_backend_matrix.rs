@@ -36,6 +36,7 @@ const ALL: CompiledFeatures = CompiledFeatures {
     tls: true,
     pq: true,
     arti: true,
+    quic: true,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -39,7 +39,7 @@ fn check(parsed: Result<Config, ConfigError>) {
     sandboxed.macaroon_path = None;
     for features in [
         CompiledFeatures::current(),
-        CompiledFeatures { tls: true, pq: false, arti: true },
+        CompiledFeatures { tls: true, pq: false, arti: true, quic: true },
     ] {
         match sandboxed.clone().validate_for(&features) {
             Ok(valid) => {

@@ -412,6 +412,7 @@ fn one(
         server_pid: Some(srv.pid),
         server_cores: o.server_cores.clone(),
         sources: good_sources(GOOD_CONNS),
+        quic: false,
     };
     progress(&format!(
         "abuse {} {} {}: baseline window",

@@ -51,6 +51,9 @@ pub struct LoadSpec {
     /// picks): `ron-perf run --scenarios abuse` spreads the well-behaved connections over
     /// loopback addresses so per-peer (per-IP) limits see each as its own peer.
     pub sources: Vec<std::net::IpAddr>,
+    /// QUIC (quinn client, `tls` as its TLS config, one bidirectional stream per connection
+    /// with the OAP/1 stream preface) instead of TCP.
+    pub quic: bool,
 }
 
 /// What one load run measured.
@@ -185,9 +188,89 @@ pub async fn connect_from(
     }
 }
 
+/// One QUIC connection and its one bidirectional stream as a byte stream (the connection and
+/// its endpoint live as long as the stream).
+struct QuicStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(std::pin::Pin::new(&mut self.get_mut().send), cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.get_mut().send), cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.get_mut().send), cx)
+    }
+}
+
+/// Connects one QUIC client connection (its own quinn endpoint) with ron-transport's QUIC
+/// client config over `tls` (the same quinn transport and crypto configs as the library's
+/// dialer), opens one stream and writes the OAP/1 stream preface.
+pub async fn connect_quic(
+    target: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    let cfg = ron_transport::quic::client_config(&ron_transport::ValidConfig::defaults(), tls)
+        .map_err(|e| anyhow!("quic client config: {e}"))?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::LOCALHOST, 0).into()
+    } else {
+        (std::net::Ipv6Addr::LOCALHOST, 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(bind)?;
+    let name = crate::tlsutil::server_name(target);
+    let conn = endpoint
+        .connect_with(cfg, target, &name.to_str())?
+        .await
+        .with_context(|| format!("quic connect {target}"))?;
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(&ron_transport::quic::STREAM_PREFACE).await?;
+    Ok(Box::new(QuicStream {
+        send,
+        recv,
+        _conn: conn,
+        _endpoint: endpoint,
+    }))
+}
+
 /// Connects connection number `i` of `spec`: to its socket path if it has one, else from its
 /// source address (round robin over `spec.sources`) as [`connect_from`], else as [`connect`].
 async fn connect_spec(spec: &LoadSpec, i: usize) -> anyhow::Result<Box<dyn Stream>> {
+    if spec.quic {
+        let tls = spec
+            .tls
+            .as_ref()
+            .ok_or_else(|| anyhow!("quic needs a TLS config"))?;
+        return connect_quic(spec.target, tls).await;
+    }
     match (&spec.uds, spec.sources.is_empty()) {
         (Some(path), _) => Ok(Box::new(
             tokio::net::UnixStream::connect(path)
@@ -535,10 +618,14 @@ type HsTotals = (u64, u64, Histogram<u64>, u64, Option<String>);
 /// New TLS connections in a loop from `parallel` tasks spread over one thread per client core:
 /// connect,
 /// handshake (timed), one 64-byte echo (which also delivers the session tickets), close.
+/// With `quic`, QUIC connections instead (one quinn client endpoint per task, the library's
+/// quinn client config over `cfg`; quinn does not say whether a handshake resumed, so
+/// `resumed` stays 0).
 #[allow(clippy::too_many_arguments)] // the load's shape, then what to sample; all plain values
 pub fn run_handshakes(
     target: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
+    quic: bool,
     parallel: usize,
     warmup: Duration,
     duration: Duration,
@@ -554,7 +641,9 @@ pub fn run_handshakes(
         let core = cores.get(i).copied();
         let cfg = cfg.clone();
         let parallel = parallel / threads + usize::from(i < parallel % threads);
-        hs.push(handshake_thread(target, cfg, parallel, start, end, core));
+        hs.push(handshake_thread(
+            target, cfg, quic, parallel, start, end, core,
+        ));
     }
     let watched = watched_cores(cores, server_cores);
     std::thread::sleep(start.saturating_duration_since(Instant::now()));
@@ -599,6 +688,7 @@ pub fn run_handshakes(
 fn handshake_thread(
     target: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
+    quic: bool,
     parallel: usize,
     start: Instant,
     end: Instant,
@@ -623,9 +713,20 @@ fn handshake_thread(
                             let (mut n, mut resumed, mut errs) = (0u64, 0u64, 0u64);
                             let mut first = None;
                             let frame = wire::frame(64);
+                            let quic_client = if quic {
+                                match QuicHandshaker::new(target, &cfg) {
+                                    Ok(q) => Some(q),
+                                    Err(e) => return (0, 0, hist, 1, Some(format!("{e:#}"))),
+                                }
+                            } else {
+                                None
+                            };
                             while Instant::now() < end {
                                 let t0 = Instant::now();
                                 let r = tokio::time::timeout(Duration::from_secs(5), async {
+                                    if let Some(q) = &quic_client {
+                                        return q.once(target, &frame, t0).await;
+                                    }
                                     let tcp = TcpStream::connect(target).await?;
                                     tcp.set_nodelay(true)?;
                                     let c = tokio_rustls::TlsConnector::from(cfg.clone());
@@ -683,6 +784,58 @@ fn handshake_thread(
     })
 }
 
+/// The QUIC side of the handshake load: one client endpoint, the library's quinn client
+/// config.
+struct QuicHandshaker {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    name: String,
+}
+
+impl QuicHandshaker {
+    fn new(target: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
+        let config =
+            ron_transport::quic::client_config(&ron_transport::ValidConfig::defaults(), tls)
+                .map_err(|e| anyhow!("quic client config: {e}"))?;
+        let bind: SocketAddr = if target.is_ipv4() {
+            (std::net::Ipv4Addr::LOCALHOST, 0).into()
+        } else {
+            (std::net::Ipv6Addr::LOCALHOST, 0).into()
+        };
+        Ok(Self {
+            endpoint: quinn::Endpoint::client(bind)?,
+            config,
+            name: crate::tlsutil::server_name(target).to_str().into_owned(),
+        })
+    }
+
+    /// One connection: handshake (timed from `t0`), the preface and one echo, close.
+    async fn once(
+        &self,
+        target: SocketAddr,
+        frame: &[u8],
+        t0: Instant,
+    ) -> std::io::Result<(Duration, bool)> {
+        let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let conn = self
+            .endpoint
+            .connect_with(self.config.clone(), target, &self.name)
+            .map_err(|e| io(&e))?
+            .await
+            .map_err(|e| io(&e))?;
+        let dt = t0.elapsed();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
+        send.write_all(&ron_transport::quic::STREAM_PREFACE)
+            .await
+            .map_err(|e| io(&e))?;
+        send.write_all(frame).await.map_err(|e| io(&e))?;
+        let mut back = vec![0u8; frame.len()];
+        recv.read_exact(&mut back).await.map_err(|e| io(&e))?;
+        conn.close(quinn::VarInt::from_u32(0), b"");
+        Ok((dt, false))
+    }
+}
+
 /// Idle connections held open on a dedicated thread until the returned guard is dropped.
 #[derive(Debug)]
 pub struct IdleHold {
@@ -710,6 +863,7 @@ impl Drop for IdleHold {
 pub fn hold_idle(
     target: SocketAddr,
     tls: Option<Arc<rustls::ClientConfig>>,
+    quic: bool,
     n: usize,
     core: Option<usize>,
 ) -> anyhow::Result<IdleHold> {
@@ -740,7 +894,10 @@ pub fn hold_idle(
                     let frame = frame.clone();
                     set.spawn(async move {
                         tokio::time::timeout(Duration::from_secs(10), async {
-                            let mut s = connect(target, tls.as_ref()).await?;
+                            let mut s = match (&tls, quic) {
+                                (Some(tls), true) => connect_quic(target, tls).await?,
+                                _ => connect(target, tls.as_ref()).await?,
+                            };
                             s.write_all(&frame).await?;
                             let mut back = vec![0u8; frame.len()];
                             s.read_exact(&mut back).await?;

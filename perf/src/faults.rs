@@ -161,8 +161,11 @@ pub fn cmd_faults(a: FaultsArgs) -> anyhow::Result<()> {
             let backend = match t {
                 Transport::Tcp => Backend::Tcp,
                 Transport::Tls => Backend::Tls,
-                Transport::Uds => {
-                    eprintln!("[ron-perf faults] {e}/uds skipped: the fault relay speaks TCP");
+                Transport::Uds | Transport::Quic => {
+                    eprintln!(
+                        "[ron-perf faults] {e}/{} skipped: the fault relay speaks TCP",
+                        t.as_str()
+                    );
                     continue;
                 }
             };

@@ -16,6 +16,7 @@ mod check;
 mod client;
 mod faults;
 mod limits;
+mod relay;
 mod report;
 mod run;
 mod server;
@@ -23,6 +24,7 @@ mod soak;
 mod sys;
 mod table;
 mod tlsutil;
+mod wan;
 mod wire;
 
 use std::net::SocketAddr;
@@ -114,14 +116,34 @@ enum Cmd {
 
 /// The default engine list of the suite (tokio-framed first: the baseline of the ratios and of
 /// the fixed-rate variant).
-const DEFAULT_ENGINES: &str = "tokio-framed,tokio,uring,uring-raw,monoio,tokio-uring,bare-uring";
+const DEFAULT_ENGINES: &str =
+    "tokio-framed,tokio,uring,uring-raw,monoio,tokio-uring,bare-uring,quinn";
 
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {
-    /// Scenarios: small,pipelined,stream,handshake,idle (the default) and abuse (run on its
-    /// own: `--scenarios abuse`; attacks the tokio and uring engines, see `--attacks`).
+    /// Scenarios: small,pipelined,stream,handshake,idle (the default), abuse (run on its
+    /// own: `--scenarios abuse`; attacks the tokio and uring engines, see `--attacks`) and wan
+    /// (tls on tokio and uring, quic on tokio, through the impairment relay; `--wan-*`).
     #[arg(long, default_value = "small,pipelined,stream,handshake,idle")]
     scenarios: String,
+    /// wan (run on its own: `--scenarios wan`): loss of the impairment relay, 0 to 0.05.
+    #[arg(long, default_value_t = 0.02)]
+    wan_loss: f64,
+    /// wan: round-trip time the relay adds (each direction gets half).
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    wan_rtt: Duration,
+    /// wan: share of datagrams the relay holds back 5 ms (reordering; UDP only).
+    #[arg(long, default_value_t = 0.01)]
+    wan_reorder: f64,
+    /// wan: connections, each with one 16 KiB frame in flight.
+    #[arg(long, default_value_t = 4)]
+    wan_conns: usize,
+    /// wan: `quic.congestion` of the QUIC rows (cubic|bbr|newreno).
+    #[arg(long, default_value = "cubic")]
+    wan_congestion: String,
+    /// wan: relay RNG seed.
+    #[arg(long, default_value_t = 0x5eed)]
+    wan_seed: u64,
     /// abuse: the attacks to run.
     #[arg(long, default_value = "slowloris,hot_peer,non_reader,handshake_flood")]
     attacks: String,
@@ -314,12 +336,12 @@ struct LoadArgs {
 fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
     let t = Transport::parse(&a.transport)?;
     let tls = match (t, &a.ca) {
-        (Transport::Tls, Some(ca)) => {
+        (Transport::Tls | Transport::Quic, Some(ca)) => {
             let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
             Some(tlsutil::library_client_config(&pem, true)?)
         }
-        (Transport::Tls, None) => {
-            bail!("--transport tls needs --ca PEM (the server prints its cert path)")
+        (Transport::Tls | Transport::Quic, None) => {
+            bail!("--transport tls|quic needs --ca PEM (the server prints its cert path)")
         }
         (Transport::Tcp | Transport::Uds, _) => None,
     };
@@ -365,6 +387,7 @@ fn cmd_load(a: LoadArgs) -> anyhow::Result<()> {
         server_pid: a.server_pid,
         server_cores: Vec::new(),
         sources: Vec::new(),
+        quic: t == Transport::Quic,
     };
     let r = client::run_load(&spec)?;
     let mut row = run::load_row(scenario, t, &a.engine_label, &spec, &r);
@@ -430,7 +453,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         .filter(|x| !x.is_empty())
         .collect();
     let want_abuse = names.contains(&"abuse");
-    names.retain(|n| *n != "abuse");
+    let want_wan = names.contains(&"wan");
+    names.retain(|n| *n != "abuse" && *n != "wan");
     let opts = RunOpts {
         scenarios: names
             .iter()
@@ -453,11 +477,11 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     };
     if opts.engines.is_empty()
         || opts.transports.is_empty()
-        || (opts.scenarios.is_empty() && !want_abuse)
+        || (opts.scenarios.is_empty() && !want_abuse && !want_wan)
     {
         return Err(anyhow!("nothing to run"));
     }
-    let rep = if opts.scenarios.is_empty() {
+    let mut rep = if opts.scenarios.is_empty() {
         report::Report {
             commit: report::git_commit(),
             date: date.clone(),
@@ -471,6 +495,27 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     } else {
         run::run(&opts)?
     };
+    if want_wan {
+        let wan_duration = a.duration.unwrap_or(Duration::from_secs(5));
+        let rows = wan::run(&wan::WanOpts {
+            imp: relay::Impairment {
+                loss: a.wan_loss,
+                rtt: a.wan_rtt,
+                reorder: a.wan_reorder,
+                seed: a.wan_seed,
+                ..relay::Impairment::wan()
+            },
+            conns: a.wan_conns.max(1),
+            warmup: (wan_duration / 4).min(Duration::from_secs(1)),
+            duration: wan_duration,
+            rows: wan::WanOpts::default_rows(),
+            congestion: a
+                .wan_congestion
+                .parse()
+                .map_err(|e| anyhow!("--wan-congestion: {e}"))?,
+        })?;
+        rep.results.extend(rows);
+    }
     rep.save(&json)?;
     let svg = a.svg.unwrap_or_else(|| json.with_extension("svg"));
     if !rep.results.is_empty() {

@@ -491,7 +491,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
             let srv = match spawn_server(
                 e,
                 t,
-                (t == Transport::Tls).then_some((&cert, &key)),
+                t.is_tls().then_some((&cert, &key)),
                 &o.server_cores,
                 o.shards,
                 o.framed_flavour,
@@ -506,7 +506,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                     continue;
                 }
             };
-            let tls = (t == Transport::Tls).then(|| tls_cfg.clone());
+            let tls = t.is_tls().then(|| tls_cfg.clone());
             let base = LoadSpec {
                 target: srv.addr,
                 uds: srv.path.clone(),
@@ -521,6 +521,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                 server_pid: Some(srv.pid),
                 server_cores: o.server_cores.clone(),
                 sources: Vec::new(),
+                quic: t == Transport::Quic,
             };
             let go = |sc: Scenario, spec: LoadSpec, rows: &mut Vec<Row>| -> Option<Row> {
                 match client::run_load(&spec) {
@@ -604,13 +605,21 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                         );
                     }
                     Scenario::Handshake => {
-                        if t != Transport::Tls {
+                        if !t.is_tls() {
                             continue;
                         }
-                        for (resumed, cfg) in [(false, &tls_cold), (true, &tls_cfg)] {
+                        // QUIC: cold only (quinn does not say whether a handshake resumed).
+                        let variants: &[(bool, &Arc<rustls::ClientConfig>)] =
+                            if t == Transport::Quic {
+                                &[(false, &tls_cold)]
+                            } else {
+                                &[(false, &tls_cold), (true, &tls_cfg)]
+                            };
+                        for &(resumed, cfg) in variants {
                             match client::run_handshakes(
                                 srv.addr,
                                 Arc::clone(cfg),
+                                t == Transport::Quic,
                                 8,
                                 o.warmup,
                                 o.duration,
@@ -671,6 +680,7 @@ pub fn run(o: &RunOpts) -> anyhow::Result<Report> {
                         let hold = client::hold_idle(
                             srv.addr,
                             tls.clone(),
+                            t == Transport::Quic,
                             n,
                             o.client_cores.first().copied(),
                         )?;

@@ -277,6 +277,7 @@ pub fn cmd_soak(a: SoakArgs) -> anyhow::Result<()> {
             server_pid: None,
             server_cores: Vec::new(),
             sources: Vec::new(),
+            quic: false,
         };
         let big = LoadSpec {
             conns: 2,

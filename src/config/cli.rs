@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::keys::{parse_backend, parse_pq, parse_trust, Key, Value};
+use super::keys::{parse_backend, parse_bool, parse_congestion, parse_pq, parse_trust, Key, Value};
 use super::units::{parse_duration, parse_size};
-use super::{Backend, PqMode, TrustStore};
+use super::{Backend, Congestion, PqMode, TrustStore};
 
 /// The `--transport.*` flags. Every field is optional; an absent flag leaves the key to the
 /// lower-precedence sources.
@@ -29,8 +29,8 @@ pub struct TransportArgs {
     /// Load a TOML or JSON config file (`--transport.config <path>`).
     #[arg(long = "transport.config", value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// `backend`: tcp | tls | arti.
-    #[arg(long = "transport.backend", value_name = "tcp|tls|arti", value_parser = parse_backend)]
+    /// `backend`: tcp | tls | arti | quic.
+    #[arg(long = "transport.backend", value_name = "tcp|tls|arti|quic", value_parser = parse_backend)]
     pub backend: Option<Backend>,
     /// `bind_addr` (mutually exclusive with `--transport.uds`).
     #[arg(
@@ -109,6 +109,27 @@ pub struct TransportArgs {
     /// `arti.pre_dial_delay`.
     #[arg(long = "transport.arti-pre-dial-delay", value_name = "DUR", value_parser = parse_duration)]
     pub arti_pre_dial_delay: Option<Duration>,
+    /// `quic.max_streams`.
+    #[arg(long = "transport.quic-max-streams", value_name = "NUM")]
+    pub quic_max_streams: Option<u32>,
+    /// `quic.idle_timeout`.
+    #[arg(long = "transport.quic-idle-timeout", value_name = "DUR", value_parser = parse_duration)]
+    pub quic_idle_timeout: Option<Duration>,
+    /// `quic.keep_alive` (0s disables).
+    #[arg(long = "transport.quic-keep-alive", value_name = "DUR", value_parser = parse_duration)]
+    pub quic_keep_alive: Option<Duration>,
+    /// `quic.zero_rtt`: true | false.
+    #[arg(long = "transport.quic-zero-rtt", value_name = "BOOL", value_parser = parse_bool)]
+    pub quic_zero_rtt: Option<bool>,
+    /// `quic.congestion`: cubic | bbr | newreno.
+    #[arg(long = "transport.quic-congestion", value_name = "cubic|bbr|newreno", value_parser = parse_congestion)]
+    pub quic_congestion: Option<Congestion>,
+    /// `quic.gso`: true | false.
+    #[arg(long = "transport.quic-gso", value_name = "BOOL", value_parser = parse_bool)]
+    pub quic_gso: Option<bool>,
+    /// `quic.gro`: true | false.
+    #[arg(long = "transport.quic-gro", value_name = "BOOL", value_parser = parse_bool)]
+    pub quic_gro: Option<bool>,
     /// `log.format`: json | text.
     #[arg(long = "transport.log-format", value_name = "json|text", value_parser = ["json", "text"])]
     pub log_format: Option<String>,
@@ -195,6 +216,22 @@ impl TransportArgs {
             Key::ArtiPreDialDelay,
             self.arti_pre_dial_delay.map(Value::Duration),
         );
+        put(Key::QuicMaxStreams, self.quic_max_streams.map(Value::U32));
+        put(
+            Key::QuicIdleTimeout,
+            self.quic_idle_timeout.map(Value::Duration),
+        );
+        put(
+            Key::QuicKeepAlive,
+            self.quic_keep_alive.map(Value::Duration),
+        );
+        put(Key::QuicZeroRtt, self.quic_zero_rtt.map(Value::Bool));
+        put(
+            Key::QuicCongestion,
+            self.quic_congestion.map(Value::Congestion),
+        );
+        put(Key::QuicGso, self.quic_gso.map(Value::Bool));
+        put(Key::QuicGro, self.quic_gro.map(Value::Bool));
         put(Key::LogFormat, self.log_format.clone().map(Value::Text));
         put(Key::LogLevel, self.log_level.clone().map(Value::Text));
         out

@@ -1,4 +1,4 @@
-//! The key table of spec/CONFIG.md §3: for each of the 29 keys its dotted name, env var, CLI
+//! The key table of spec/CONFIG.md §3: for each of the 29 keys of §3 and the 7 `quic.*` keys of feature `quic` its dotted name, env var, CLI
 //! flag (§6), value kind, reload class (§5) and whether its value is sensitive; plus the
 //! typed `Value` that every source (file, env, CLI) produces and that is applied to a [`Config`].
 //!
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::units::{format_duration, format_size, parse_duration, parse_size};
-use super::{Backend, Config, ConfigError, PqMode, TrustStore};
+use super::{Backend, Config, ConfigError, Congestion, PqMode, TrustStore};
 
 /// How a changed key takes effect on [`ConfigHandle::reload`](super::ConfigHandle::reload).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,6 +89,20 @@ pub enum Key {
     ArtiBootTimeout,
     /// `arti.pre_dial_delay`.
     ArtiPreDialDelay,
+    /// `quic.max_streams`.
+    QuicMaxStreams,
+    /// `quic.idle_timeout`.
+    QuicIdleTimeout,
+    /// `quic.keep_alive`.
+    QuicKeepAlive,
+    /// `quic.zero_rtt`.
+    QuicZeroRtt,
+    /// `quic.congestion`.
+    QuicCongestion,
+    /// `quic.gso`.
+    QuicGso,
+    /// `quic.gro`.
+    QuicGro,
     /// `log.format`.
     LogFormat,
     /// `log.level`.
@@ -110,6 +124,7 @@ pub(crate) enum Kind {
     Uids,
     Trust,
     Pq,
+    Congestion,
     Text,
 }
 
@@ -145,7 +160,7 @@ use ReloadClass::{Live, Rebind};
 
 impl Key {
     /// All keys, in spec/CONFIG.md §3 order.
-    pub const ALL: [Key; 29] = [
+    pub const ALL: [Key; 36] = [
         Key::Backend,
         Key::BindAddr,
         Key::MaxConns,
@@ -173,6 +188,13 @@ impl Key {
         Key::PqMode,
         Key::ArtiBootTimeout,
         Key::ArtiPreDialDelay,
+        Key::QuicMaxStreams,
+        Key::QuicIdleTimeout,
+        Key::QuicKeepAlive,
+        Key::QuicZeroRtt,
+        Key::QuicCongestion,
+        Key::QuicGso,
+        Key::QuicGro,
         Key::LogFormat,
         Key::LogLevel,
     ];
@@ -395,6 +417,62 @@ impl Key {
                 Live,
                 false,
             ),
+            Key::QuicMaxStreams => meta(
+                "quic.max_streams",
+                "RON_TRANSPORT_QUIC_MAX_STREAMS",
+                Some("--transport.quic-max-streams"),
+                Kind::U32,
+                Rebind,
+                false,
+            ),
+            Key::QuicIdleTimeout => meta(
+                "quic.idle_timeout",
+                "RON_TRANSPORT_QUIC_IDLE_TIMEOUT",
+                Some("--transport.quic-idle-timeout"),
+                Kind::Duration,
+                Rebind,
+                false,
+            ),
+            Key::QuicKeepAlive => meta(
+                "quic.keep_alive",
+                "RON_TRANSPORT_QUIC_KEEP_ALIVE",
+                Some("--transport.quic-keep-alive"),
+                Kind::Duration,
+                Rebind,
+                false,
+            ),
+            Key::QuicZeroRtt => meta(
+                "quic.zero_rtt",
+                "RON_TRANSPORT_QUIC_ZERO_RTT",
+                Some("--transport.quic-zero-rtt"),
+                Kind::Bool,
+                Rebind,
+                false,
+            ),
+            Key::QuicCongestion => meta(
+                "quic.congestion",
+                "RON_TRANSPORT_QUIC_CONGESTION",
+                Some("--transport.quic-congestion"),
+                Kind::Congestion,
+                Rebind,
+                false,
+            ),
+            Key::QuicGso => meta(
+                "quic.gso",
+                "RON_TRANSPORT_QUIC_GSO",
+                Some("--transport.quic-gso"),
+                Kind::Bool,
+                Rebind,
+                false,
+            ),
+            Key::QuicGro => meta(
+                "quic.gro",
+                "RON_TRANSPORT_QUIC_GRO",
+                Some("--transport.quic-gro"),
+                Kind::Bool,
+                Rebind,
+                false,
+            ),
             Key::LogFormat => meta(
                 "log.format",
                 "RON_TRANSPORT_LOG_FORMAT",
@@ -475,6 +553,7 @@ pub(crate) enum Value {
     Uids(Vec<u32>),
     Trust(TrustStore),
     Pq(PqMode),
+    Congestion(Congestion),
     Text(String),
 }
 
@@ -527,7 +606,17 @@ pub(crate) fn parse_backend(s: &str) -> Result<Backend, String> {
         "tcp" => Ok(Backend::Tcp),
         "tls" => Ok(Backend::Tls),
         "arti" => Ok(Backend::Arti),
-        _ => Err("expected one of tcp, tls, arti".to_owned()),
+        "quic" => Ok(Backend::Quic),
+        _ => Err("expected one of tcp, tls, arti, quic".to_owned()),
+    }
+}
+
+pub(crate) fn parse_congestion(s: &str) -> Result<Congestion, String> {
+    match s {
+        "cubic" => Ok(Congestion::Cubic),
+        "bbr" => Ok(Congestion::Bbr),
+        "newreno" => Ok(Congestion::NewReno),
+        _ => Err("expected one of cubic, bbr, newreno".to_owned()),
     }
 }
 
@@ -612,6 +701,7 @@ impl Value {
             ),
             Kind::Trust => Value::Trust(parse_trust(raw.trim()).map_err(fail)?),
             Kind::Pq => Value::Pq(parse_pq(raw.trim()).map_err(fail)?),
+            Kind::Congestion => Value::Congestion(parse_congestion(raw.trim()).map_err(fail)?),
             Kind::Text => Value::Text(raw.trim().to_owned()),
         })
     }
@@ -721,6 +811,13 @@ impl Value {
             Key::PqMode => Value::Pq(cfg.pq_mode),
             Key::ArtiBootTimeout => Value::Duration(cfg.arti_bootstrap_timeout),
             Key::ArtiPreDialDelay => Value::Duration(cfg.arti_pre_dial_delay),
+            Key::QuicMaxStreams => Value::U32(cfg.quic_max_streams),
+            Key::QuicIdleTimeout => Value::Duration(cfg.quic_idle_timeout),
+            Key::QuicKeepAlive => Value::Duration(cfg.quic_keep_alive),
+            Key::QuicZeroRtt => Value::Bool(cfg.quic_zero_rtt),
+            Key::QuicCongestion => Value::Congestion(cfg.quic_congestion),
+            Key::QuicGso => Value::Bool(cfg.quic_gso),
+            Key::QuicGro => Value::Bool(cfg.quic_gro),
             Key::LogFormat => Value::Text(cfg.log_format.clone()),
             Key::LogLevel => Value::Text(cfg.log_level.clone()),
         }
@@ -758,6 +855,13 @@ impl Value {
             (Key::PqMode, Value::Pq(v)) => cfg.pq_mode = v,
             (Key::ArtiBootTimeout, Value::Duration(v)) => cfg.arti_bootstrap_timeout = v,
             (Key::ArtiPreDialDelay, Value::Duration(v)) => cfg.arti_pre_dial_delay = v,
+            (Key::QuicMaxStreams, Value::U32(v)) => cfg.quic_max_streams = v,
+            (Key::QuicIdleTimeout, Value::Duration(v)) => cfg.quic_idle_timeout = v,
+            (Key::QuicKeepAlive, Value::Duration(v)) => cfg.quic_keep_alive = v,
+            (Key::QuicZeroRtt, Value::Bool(v)) => cfg.quic_zero_rtt = v,
+            (Key::QuicCongestion, Value::Congestion(v)) => cfg.quic_congestion = v,
+            (Key::QuicGso, Value::Bool(v)) => cfg.quic_gso = v,
+            (Key::QuicGro, Value::Bool(v)) => cfg.quic_gro = v,
             (Key::LogFormat, Value::Text(v)) => cfg.log_format = v,
             (Key::LogLevel, Value::Text(v)) => cfg.log_level = v,
             (key, value) => debug_assert!(false, "value {value:?} has the wrong kind for {key:?}"),
@@ -782,6 +886,7 @@ impl Value {
             Value::Uids(v) => v.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
             Value::Trust(t) => trust_str(*t).to_owned(),
             Value::Pq(p) => pq_str(*p).to_owned(),
+            Value::Congestion(c) => c.as_str().to_owned(),
             Value::Text(s) => s.clone(),
         }
     }

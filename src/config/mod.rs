@@ -5,7 +5,7 @@
 //! obtained from [`Config::validate`], and engines only ever see a `ValidConfig` through a
 //! [`ConfigHandle`], whose snapshot swaps atomically on [`ConfigHandle::reload`].
 //!
-//! Layout: [`units`] (sizes, durations), [`keys`] (the 29-key table: dotted name, env var, CLI
+//! Layout: [`units`] (sizes, durations), [`keys`] (the key table: dotted name, env var, CLI
 //! flag, reload class), `source` (TOML/JSON documents and env vars), `loader` ([`ConfigLoader`]),
 //! `validate` (§4 rules, [`CompiledFeatures`]), `reload` ([`ReloadReport`]) and, with feature
 //! `cli`, `cli` ([`TransportArgs`]). Engines do not read files or the environment themselves.
@@ -35,11 +35,11 @@ pub use source::{ConfigWarning, Format, DEPRECATED_MAX_BODY, DEPRECATED_MAX_BODY
 pub use units::{format_duration, format_size, parse_duration, parse_size, UnitError};
 pub use validate::{
     CompiledFeatures, DECOMPRESSION_GUARD_RATIO, LOG_FORMATS, LOG_LEVELS, MAX_CHUNK_BYTES,
-    MAX_FRAME_BYTES, MIN_CHUNK_BYTES, MIN_FRAME_BYTES,
+    MAX_FRAME_BYTES, MAX_QUIC_IDLE_TIMEOUT, MAX_QUIC_STREAMS, MIN_CHUNK_BYTES, MIN_FRAME_BYTES,
 };
 
 /// Which transport a listener/dialer speaks. The discriminants index per-backend metric
-/// handles: keep `Tcp = 0, Tls = 1, Arti = 2`.
+/// handles: keep `Tcp = 0, Tls = 1, Arti = 2, Quic = 3`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
@@ -49,16 +49,57 @@ pub enum Backend {
     Tls = 1,
     /// Tor via in-process Arti (feature `arti`).
     Arti = 2,
+    /// QUIC (TLS 1.3 inside, over UDP; feature `quic`).
+    Quic = 3,
 }
 
 impl Backend {
-    /// The `backend` label value: `"tcp"`, `"tls"` or `"arti"`.
+    /// The `backend` label value: `"tcp"`, `"tls"`, `"arti"` or `"quic"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Tls => "tls",
             Self::Arti => "arti",
+            Self::Quic => "quic",
         }
+    }
+
+    /// True for the backends whose handshake is TLS 1.3 (`tls`, `quic`): server certificates,
+    /// client trust, ALPN, SNI and `pq.mode` apply.
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Quic)
+    }
+}
+
+/// `quic.congestion`: the QUIC congestion controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), quinn's default.
+    #[default]
+    Cubic,
+    /// BBR (quinn's experimental BBRv1).
+    Bbr,
+    /// NewReno (RFC 9002).
+    NewReno,
+}
+
+impl Congestion {
+    /// `"cubic"`, `"bbr"` or `"newreno"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cubic => "cubic",
+            Self::Bbr => "bbr",
+            Self::NewReno => "newreno",
+        }
+    }
+}
+
+impl FromStr for Congestion {
+    type Err = ConfigError;
+    /// `"cubic"`, `"bbr"` or `"newreno"`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        keys::parse_congestion(s).map_err(|r| enum_parse_error("quic.congestion", s, r))
     }
 }
 
@@ -94,7 +135,7 @@ fn enum_parse_error(key: &str, value: &str, reason: String) -> ConfigError {
 
 impl FromStr for Backend {
     type Err = ConfigError;
-    /// `"tcp"`, `"tls"` or `"arti"`.
+    /// `"tcp"`, `"tls"`, `"arti"` or `"quic"`.
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         keys::parse_backend(s).map_err(|r| enum_parse_error("backend", s, r))
     }
@@ -235,6 +276,20 @@ pub struct Config {
     pub arti_bootstrap_timeout: Duration,
     /// `arti.pre_dial_delay`.
     pub arti_pre_dial_delay: Duration,
+    /// `quic.max_streams`: concurrent bidirectional streams a peer may open per connection.
+    pub quic_max_streams: u32,
+    /// `quic.idle_timeout`: the QUIC transport's idle timeout (`max_idle_timeout`).
+    pub quic_idle_timeout: Duration,
+    /// `quic.keep_alive`: PING interval keeping an idle QUIC connection open (0 disables).
+    pub quic_keep_alive: Duration,
+    /// `quic.zero_rtt`: accept/send 0-RTT data (off by default: not replay-safe).
+    pub quic_zero_rtt: bool,
+    /// `quic.congestion`.
+    pub quic_congestion: Congestion,
+    /// `quic.gso`: UDP generic segmentation offload on send.
+    pub quic_gso: bool,
+    /// `quic.gro`: UDP generic receive offload.
+    pub quic_gro: bool,
     /// `log.format` (`"json"` | `"text"`).
     pub log_format: String,
     /// `log.level` (`"trace"` … `"error"`).
@@ -271,6 +326,13 @@ impl Default for Config {
             pq_mode: PqMode::Off,
             arti_bootstrap_timeout: Duration::from_secs(30),
             arti_pre_dial_delay: Duration::ZERO,
+            quic_max_streams: 512,
+            quic_idle_timeout: Duration::from_secs(30),
+            quic_keep_alive: Duration::ZERO,
+            quic_zero_rtt: false,
+            quic_congestion: Congestion::Cubic,
+            quic_gso: true,
+            quic_gro: true,
             log_format: "json".to_owned(),
             log_level: "info".to_owned(),
         }

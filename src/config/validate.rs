@@ -31,6 +31,11 @@ pub const LOG_FORMATS: [&str; 2] = ["json", "text"];
 /// `log.level` values.
 pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
+/// Upper bound of `quic.max_streams` (the spec's Ref-B figure is 1024; 65536 leaves room).
+pub const MAX_QUIC_STREAMS: u32 = 65_536;
+/// Upper bound of `quic.idle_timeout` (10 minutes).
+pub const MAX_QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// PEM files (cert, key, CA bundle) larger than this are rejected without reading further.
 const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
 /// Longest UDS path that fits `sockaddr_un.sun_path` with its NUL terminator.
@@ -50,6 +55,8 @@ pub struct CompiledFeatures {
     pub pq: bool,
     /// The Arti backend (`backend = "arti"`).
     pub arti: bool,
+    /// The QUIC backend (`backend = "quic"`).
+    pub quic: bool,
 }
 
 impl CompiledFeatures {
@@ -59,6 +66,7 @@ impl CompiledFeatures {
             tls: cfg!(feature = "tls"),
             pq: cfg!(feature = "pq"),
             arti: cfg!(feature = "arti"),
+            quic: cfg!(feature = "quic"),
         }
     }
 }
@@ -86,6 +94,12 @@ pub(crate) fn check(cfg: &Config, features: &CompiledFeatures) -> Result<(), Con
                 "`tls` requires the `tls` feature, which this build lacks",
             ))
         }
+        Backend::Quic if !features.quic => {
+            return Err(invalid(
+                "backend",
+                "`quic` requires the `quic` feature, which this build lacks",
+            ))
+        }
         _ => {}
     }
 
@@ -97,6 +111,13 @@ pub(crate) fn check(cfg: &Config, features: &CompiledFeatures) -> Result<(), Con
             "tls.enabled",
             "tls.enabled = true cannot be combined with backend = \"arti\" (Arti streams are \
              not TLS listeners): unset tls.enabled or choose backend \"tcp\"/\"tls\"",
+        ));
+    }
+    if cfg.uds_path.is_some() && cfg.backend == Backend::Quic {
+        return Err(invalid(
+            "uds.path",
+            "uds.path cannot be combined with backend = \"quic\" (QUIC runs over UDP): unset \
+             one of them",
         ));
     }
     if cfg.uds_path.is_some() && (cfg.tls_enabled || cfg.backend == Backend::Tls) {
@@ -236,6 +257,11 @@ pub(crate) fn check(cfg: &Config, features: &CompiledFeatures) -> Result<(), Con
         return Err(invalid("arti.bootstrap_timeout", "must be > 0"));
     }
 
+    // QUIC knobs: only meaningful (and only checked) with the QUIC backend.
+    if cfg.backend == Backend::Quic {
+        check_quic(cfg)?;
+    }
+
     // log
     if !LOG_FORMATS.contains(&cfg.log_format.as_str()) {
         return Err(invalid("log.format", "must be one of json, text"));
@@ -244,6 +270,41 @@ pub(crate) fn check(cfg: &Config, features: &CompiledFeatures) -> Result<(), Con
         return Err(invalid(
             "log.level",
             "must be one of trace, debug, info, warn, error",
+        ));
+    }
+    Ok(())
+}
+
+/// The `quic.*` rules (backend = "quic").
+fn check_quic(cfg: &Config) -> Result<(), ConfigError> {
+    if !(1..=MAX_QUIC_STREAMS).contains(&cfg.quic_max_streams) {
+        return Err(invalid(
+            "quic.max_streams",
+            format!(
+                "must be within [1, {MAX_QUIC_STREAMS}], got {}",
+                cfg.quic_max_streams
+            ),
+        ));
+    }
+    if cfg.quic_idle_timeout < Duration::from_secs(1)
+        || cfg.quic_idle_timeout > MAX_QUIC_IDLE_TIMEOUT
+    {
+        return Err(invalid(
+            "quic.idle_timeout",
+            format!(
+                "must be within [1s, 10m], got {}",
+                super::format_duration(cfg.quic_idle_timeout)
+            ),
+        ));
+    }
+    if !cfg.quic_keep_alive.is_zero() && cfg.quic_keep_alive >= cfg.quic_idle_timeout {
+        return Err(invalid(
+            "quic.keep_alive",
+            format!(
+                "must be 0s (off) or shorter than quic.idle_timeout ({} >= {})",
+                super::format_duration(cfg.quic_keep_alive),
+                super::format_duration(cfg.quic_idle_timeout)
+            ),
         ));
     }
     Ok(())

@@ -89,7 +89,7 @@ impl EngineSetup {
         let cfg = self.config.load();
         let backend = cfg.backend;
         let mut tls_server = self.tls_server;
-        if backend == Backend::Tls && tls_server.is_none() && cfg.tls_enabled {
+        if backend.is_tls() && tls_server.is_none() && cfg.tls_enabled {
             tls_server = Some(load_server_config(&cfg)?);
         }
         let tls_client = client_slot(self.tls_client);
@@ -139,6 +139,13 @@ impl EngineSetup {
         runtime: ron_shard::RuntimeConfig,
     ) -> Result<crate::engine::uring::UringEngine, TransportError> {
         let cfg = self.config.load();
+        if cfg.backend == Backend::Quic {
+            // The shard-ring QUIC driver is not built yet: callers fall back to tokio.
+            return Err(TransportError::Unsupported {
+                what: "backend `quic` on the uring engine (not built yet; use the tokio engine)"
+                    .into(),
+            });
+        }
         let mut tls = crate::engine::uring::UringTls {
             server: self.tls_server.clone(),
             client: client_slot(self.tls_client.clone()),

@@ -64,12 +64,31 @@ pub trait EngineUnderTest: 'static {
     fn real_sockets() -> bool {
         true
     }
+
+    /// True for a datagram transport (QUIC): a dial to a closed port is not refused by the
+    /// kernel (ICMP is not surfaced), it runs into the dial deadline. Cases that check a TCP
+    /// refusal print `SKIPPED <case>: <why>` (or skip that step).
+    fn connectionless() -> bool {
+        false
+    }
+
+    /// Runs before every case (the QUIC run makes the cases' `tcp`/`tls` mean `quic`).
+    fn prepare() {}
 }
 
 /// True (after printing `SKIPPED <case>: <reason>`) if `case` needs kernel sockets the
 /// engine under test does not have.
 pub fn skip_without_sockets<T: EngineUnderTest>(case: &str, why: &str) -> bool {
     if T::real_sockets() {
+        return false;
+    }
+    println!("SKIPPED {case}: {why}");
+    true
+}
+
+/// True (after printing `SKIPPED <case>: <why>`) on a connectionless transport.
+pub fn skip_connectionless<T: EngineUnderTest>(case: &str, why: &str) -> bool {
+    if !T::connectionless() {
         return false;
     }
     println!("SKIPPED {case}: {why}");
@@ -218,6 +237,7 @@ macro_rules! conformance_suite {
         $(
             #[test]
             fn $case() {
+                <$eut as $crate::conformance::EngineUnderTest>::prepare();
                 $crate::util::$runner($crate::conformance::cases::$case::<$eut>());
             }
         )*

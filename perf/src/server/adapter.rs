@@ -50,6 +50,7 @@ pub async fn serve_generic<E: Engine>(
 pub fn uring_available(t: Transport) -> Result<(), String> {
     match t {
         Transport::Tcp | Transport::Tls | Transport::Uds => Ok(()),
+        Transport::Quic => Err("quic on the uring engine is not built yet".to_owned()),
     }
 }
 
@@ -94,8 +95,12 @@ where
         c.bind_addr = None;
         c.uds_path = Some(path.clone());
     }
-    if opts.transport == Transport::Tls {
-        c.backend = Backend::Tls;
+    if opts.transport.is_tls() {
+        c.backend = if opts.transport == Transport::Quic {
+            Backend::Quic
+        } else {
+            Backend::Tls
+        };
         c.tls_enabled = true;
         c.tls_cert_path = opts.cert.clone();
         c.tls_key_path = opts.key.clone();

@@ -62,8 +62,23 @@ fn codec(max: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// A current-thread runtime for one shard, else a multi-thread runtime with one worker per
+/// shard (the servers whose one accept loop spreads connections over the workers).
+pub(crate) fn runtime(shards: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if shards.max(1) == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(shards)
+            .enable_all()
+            .build()
+    }
+}
+
 /// Echoes every frame back: `feed` each frame, flush only when no further frame is ready.
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(io: S, max: usize) {
+pub(crate) async fn echo<S: AsyncRead + AsyncWrite + Unpin>(io: S, max: usize) {
     let mut framed = Framed::new(io, codec(max));
     let mut next = framed.next().await;
     while let Some(Ok(frame)) = next {
@@ -140,16 +155,7 @@ fn serve_uds(
         path.display(),
         opts.shards.max(1)
     );
-    let rt = if opts.shards.max(1) == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(opts.shards)
-            .enable_all()
-            .build()?
-    };
+    let rt = runtime(opts.shards)?;
     rt.block_on(async move {
         let l = tokio::net::UnixListener::from_std(l)?;
         ready(ron_transport::engine::uds::uid_addr(0), opts);
@@ -175,6 +181,7 @@ pub fn serve(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow
     }
     let tls = match opts.transport {
         Transport::Tcp | Transport::Uds => None,
+        Transport::Quic => return Err(anyhow!("tokio-framed does not speak quic")),
         Transport::Tls => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
             &ron_transport::tls::server_config(&cfg).map_err(|e| anyhow!("tls config: {e}"))?,
         ))),

@@ -14,6 +14,9 @@
 //!   ron-transport's engine, only the reference that shows what the engine's policy costs.
 //! - `monoio`, `tokio-uring`: plain TCP echo servers on those runtimes (feature `peers`).
 //! - `bare-uring`: the smallest honest io_uring echo, the overhead floor (plain TCP).
+//! - `quinn`: QUIC by hand with quinn on tokio (peer of the `tokio` row on `quic`): a quinn
+//!   endpoint with the same quinn configs as ron-transport's (`ron_transport::quic`), every
+//!   stream echoed by the same `Framed` code as `tokio-framed` ([`quinn_peer`]).
 //!
 //! With `RON_PERF_METRICS=1`, `tokio` and `uring` also expose their Prometheus metrics on a
 //! loopback port announced by a `METRICS` line before `READY` ([`scrape`]).
@@ -23,6 +26,7 @@ pub mod bare;
 pub mod framed;
 #[cfg(feature = "peers")]
 pub mod peers;
+pub mod quinn_peer;
 pub mod scrape;
 
 use std::net::SocketAddr;
@@ -47,6 +51,8 @@ pub enum EngineId {
     TokioUring,
     /// Minimal io_uring echo (overhead floor).
     BareUring,
+    /// quinn echo on tokio (QUIC peer).
+    Quinn,
 }
 
 /// Transport of a server or load.
@@ -58,26 +64,36 @@ pub enum Transport {
     Tls,
     /// Plain frames over a Unix-domain stream socket (`uds.path`).
     Uds,
+    /// QUIC (TLS 1.3 inside, one bidirectional stream per connection).
+    Quic,
 }
 
 impl Transport {
-    /// `"tcp"` / `"tls"` / `"uds"`.
+    /// `"tcp"` / `"tls"` / `"uds"` / `"quic"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Tls => "tls",
             Self::Uds => "uds",
+            Self::Quic => "quic",
         }
     }
 
-    /// Parses `tcp` / `tls` / `uds`.
+    /// Parses `tcp` / `tls` / `uds` / `quic`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         match s {
             "tcp" => Ok(Self::Tcp),
             "tls" => Ok(Self::Tls),
             "uds" => Ok(Self::Uds),
-            _ => Err(anyhow!("unknown transport {s:?} (tcp|tls|uds)")),
+            "quic" => Ok(Self::Quic),
+            _ => Err(anyhow!("unknown transport {s:?} (tcp|tls|uds|quic)")),
         }
+    }
+
+    /// True for the transports with a TLS 1.3 handshake (`tls`, `quic`): the server needs a
+    /// certificate and the client a trust config.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Quic)
     }
 }
 
@@ -94,7 +110,7 @@ pub enum Role {
 
 impl EngineId {
     /// Every engine, in table order.
-    pub const ALL: [EngineId; 7] = [
+    pub const ALL: [EngineId; 8] = [
         EngineId::TokioFramed,
         EngineId::Tokio,
         EngineId::Uring,
@@ -102,6 +118,7 @@ impl EngineId {
         EngineId::Monoio,
         EngineId::TokioUring,
         EngineId::BareUring,
+        EngineId::Quinn,
     ];
 
     /// The CLI / report name.
@@ -114,6 +131,7 @@ impl EngineId {
             Self::Monoio => "monoio",
             Self::TokioUring => "tokio-uring",
             Self::BareUring => "bare-uring",
+            Self::Quinn => "quinn",
         }
     }
 
@@ -125,7 +143,7 @@ impl EngineId {
             .ok_or_else(|| {
                 anyhow!(
                     "unknown engine {s:?} \
-                     (tokio-framed|tokio|uring|uring-raw|monoio|tokio-uring|bare-uring)"
+                     (tokio-framed|tokio|uring|uring-raw|monoio|tokio-uring|bare-uring|quinn)"
                 )
             })
     }
@@ -134,7 +152,7 @@ impl EngineId {
     pub fn role(self) -> Role {
         match self {
             Self::Tokio | Self::Uring => Role::Engine,
-            Self::TokioFramed | Self::Monoio | Self::TokioUring => Role::Peer,
+            Self::TokioFramed | Self::Monoio | Self::TokioUring | Self::Quinn => Role::Peer,
             Self::BareUring | Self::UringRaw => Role::Floor,
         }
     }
@@ -142,7 +160,10 @@ impl EngineId {
     /// Whether it speaks `t`.
     pub fn supports(self, t: Transport) -> bool {
         match self {
-            Self::TokioFramed | Self::Tokio | Self::Uring => true,
+            // QUIC: ron-transport's tokio engine and the quinn peer (uring: not built yet).
+            Self::Tokio => true,
+            Self::Quinn => t == Transport::Quic,
+            Self::TokioFramed | Self::Uring => t != Transport::Quic,
             // uring-raw drives ron-shard directly and listens on TCP only.
             Self::UringRaw | Self::Monoio | Self::TokioUring | Self::BareUring => {
                 t == Transport::Tcp
@@ -152,7 +173,7 @@ impl EngineId {
 
     /// Whether it needs io_uring (skipped when the kernel refuses io_uring).
     pub fn needs_io_uring(self) -> bool {
-        !matches!(self, Self::TokioFramed | Self::Tokio)
+        !matches!(self, Self::TokioFramed | Self::Tokio | Self::Quinn)
     }
 
     /// `Ok` if this build can run it over `t`, else why not.
@@ -161,7 +182,7 @@ impl EngineId {
             io_uring_available()?;
         }
         match self {
-            Self::TokioFramed | Self::Tokio => Ok(()),
+            Self::TokioFramed | Self::Tokio | Self::Quinn => Ok(()),
             Self::Uring => adapter::uring_available(t),
             Self::Monoio | Self::TokioUring => {
                 if cfg!(feature = "peers") {
@@ -285,7 +306,7 @@ pub fn serve(mut opts: ServeOpts) -> anyhow::Result<()> {
         );
     }
     let mut printed_cert = None;
-    if opts.transport == Transport::Tls && opts.cert.is_none() {
+    if opts.transport.is_tls() && opts.cert.is_none() {
         let dir = std::env::temp_dir().join(format!("ron-perf-{}", std::process::id()));
         let (c, k) = crate::tlsutil::SelfSigned::generate()?.write_to(&dir)?;
         eprintln!("ron-perf serve: self-signed certificate: {}", c.display());
@@ -312,6 +333,7 @@ fn dispatch(opts: &ServeOpts, ready: &dyn Fn(SocketAddr, &ServeOpts)) -> anyhow:
         EngineId::Tokio => adapter::serve_tokio(opts, ready),
         EngineId::Uring => adapter::serve_uring(opts, ready),
         EngineId::UringRaw => adapter::serve_uring_raw(opts, ready),
+        EngineId::Quinn => quinn_peer::serve(opts, ready),
         #[cfg(feature = "peers")]
         EngineId::Monoio => peers::serve_monoio(opts, ready),
         #[cfg(feature = "peers")]
@@ -400,7 +422,7 @@ mod tests {
     fn every_tcp_engine_echoes_frames_whole_and_in_order() {
         let mut ran = 0;
         for e in EngineId::ALL {
-            if e.available(Transport::Tcp).is_err() {
+            if !e.supports(Transport::Tcp) || e.available(Transport::Tcp).is_err() {
                 continue;
             }
             let addr = spawn_in_thread(e, Transport::Tcp, None).unwrap();
@@ -430,6 +452,7 @@ mod tests {
             server_pid: Some(std::process::id()),
             server_cores: vec![],
             sources: Vec::new(),
+            quic: false,
         };
         let r = crate::client::run_load(&spec).unwrap();
         assert_eq!(r.errors, 0, "{:?}", r.first_error);
@@ -452,6 +475,7 @@ mod tests {
         let h = crate::client::run_handshakes(
             addr,
             tls,
+            false,
             2,
             std::time::Duration::from_millis(50),
             std::time::Duration::from_millis(300),
@@ -489,10 +513,62 @@ mod tests {
                 server_pid: None,
                 server_cores: vec![],
                 sources: Vec::new(),
+                quic: false,
             })
             .unwrap();
             assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
             assert!(r.frames > 0, "{}", e.name());
+        }
+    }
+
+    /// `--transports quic`: ron-transport's tokio engine and the quinn peer, driven by the same
+    /// load client (quinn, one stream per connection, the OAP/1 preface), 70 KB frames.
+    #[test]
+    fn tokio_engine_and_quinn_peer_echo_over_quic() {
+        let dir = tempfile::tempdir().unwrap();
+        let ss = crate::tlsutil::SelfSigned::generate().unwrap();
+        let (c, k) = ss.write_to(dir.path()).unwrap();
+        let tls = crate::tlsutil::library_client_config(ss.cert_pem.as_bytes(), true).unwrap();
+        let quic: Vec<_> = EngineId::ALL
+            .into_iter()
+            .filter(|e| e.supports(Transport::Quic) && e.available(Transport::Quic).is_ok())
+            .collect();
+        assert_eq!(quic, [EngineId::Tokio, EngineId::Quinn]);
+        for e in quic {
+            let addr = spawn_in_thread(e, Transport::Quic, Some((c.clone(), k.clone()))).unwrap();
+            let r = crate::client::run_load(&crate::client::LoadSpec {
+                target: addr,
+                uds: None,
+                tls: Some(tls.clone()),
+                conns: 3,
+                payload: 70_000,
+                depth: 2,
+                rate: None,
+                warmup: std::time::Duration::from_millis(50),
+                duration: std::time::Duration::from_millis(300),
+                cores: vec![],
+                server_pid: None,
+                server_cores: vec![],
+                sources: Vec::new(),
+                quic: true,
+            })
+            .unwrap();
+            assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
+            assert!(r.frames > 0, "{}", e.name());
+            let h = crate::client::run_handshakes(
+                addr,
+                tls.clone(),
+                true,
+                2,
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_millis(300),
+                &[],
+                None,
+                &[],
+            )
+            .unwrap();
+            assert_eq!(h.errors, 0, "{}: {:?}", e.name(), h.first_error);
+            assert!(h.handshakes > 0, "{}", e.name());
         }
     }
 

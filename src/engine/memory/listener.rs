@@ -64,6 +64,11 @@ impl MemoryListener {
                     });
                 }
             },
+            Backend::Quic => {
+                return Err(TransportError::Unsupported {
+                    what: "the memory engine does not speak quic".into(),
+                })
+            }
             Backend::Arti => {
                 return Err(TransportError::Unsupported {
                     what: "the memory engine does not speak arti".into(),

@@ -166,6 +166,11 @@ impl MemoryEngine {
         let connector = match backend {
             Backend::Tcp => None,
             Backend::Tls => Some(TlsConnector::from(shared.client_tls().await?)),
+            Backend::Quic => {
+                return Err(TransportError::Unsupported {
+                    what: "the memory engine does not speak quic".into(),
+                })
+            }
             Backend::Arti => {
                 return Err(TransportError::Unsupported {
                     what: "the memory engine does not speak arti".into(),

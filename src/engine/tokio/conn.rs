@@ -776,6 +776,12 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 
 /// TLS record errors surface from tokio-rustls as `InvalidData` wrapping a rustls error.
 fn map_read_error(e: io::Error, backend: Backend) -> TransportError {
+    #[cfg(feature = "quic")]
+    if backend == Backend::Quic {
+        if let Some(mapped) = super::quic::stream_error(&e) {
+            return mapped;
+        }
+    }
     if backend == Backend::Tls && e.kind() == io::ErrorKind::InvalidData {
         TransportError::Tls {
             detail: e.to_string(),
@@ -808,5 +814,8 @@ pub(crate) fn clone_error(e: &TransportError) -> TransportError {
         },
         TransportError::Unsupported { what } => TransportError::Unsupported { what: what.clone() },
         TransportError::Io(io) => TransportError::Io(io::Error::new(io.kind(), io.to_string())),
+        TransportError::QuicPath { detail } => TransportError::QuicPath {
+            detail: detail.clone(),
+        },
     }
 }

@@ -63,6 +63,18 @@ impl TokioListener {
                     what: "the tokio engine does not speak arti".into(),
                 })
             }
+            #[cfg(feature = "quic")]
+            Backend::Quic => {
+                let (quic, local) = super::quic::QuicAccept::bind(&inner, addr)?;
+                events::listen(shared.backend, inner.kind, local);
+                return Ok(Self::with_sock(inner, ListenSock::Quic(quic), local, None));
+            }
+            #[cfg(not(feature = "quic"))]
+            Backend::Quic => {
+                return Err(TransportError::Unsupported {
+                    what: "backend `quic` needs the `quic` feature".into(),
+                })
+            }
         };
         let tcp = match TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -120,6 +132,10 @@ impl Listener for TokioListener {
     }
 
     async fn accept(&mut self) -> Result<TokioConn, TransportError> {
+        #[cfg(feature = "quic")]
+        if let ListenSock::Quic(quic) = &mut self.sock {
+            return quic.accept(&self.inner).await;
+        }
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -212,16 +228,15 @@ pub(crate) async fn tls_accept<S: TlsTransport>(
 ) -> Option<TokioConn> {
     let shared = &inner.shared;
     let backend = shared.backend;
-    let bound = shared.config().read_timeout;
-    let result = tokio::select! {
-        biased;
-        _ = inner.shutdown.cancelled() => Err(TransportError::Cancelled),
-        r = tokio::time::timeout(bound, acceptor.accept(sock)) => match r {
-            Ok(Ok(tls)) => Ok(tls),
-            Ok(Err(e)) => Err(TransportError::Tls { detail: e.to_string() }),
-            Err(_) => Err(TransportError::timeout(TimeoutOp::Handshake)),
-        },
-    };
+    let result = bounded_handshake(&inner, async {
+        acceptor
+            .accept(sock)
+            .await
+            .map_err(|e| TransportError::Tls {
+                detail: e.to_string(),
+            })
+    })
+    .await;
     let bm = shared.metrics.backend(backend);
     match result {
         Ok(tls) => {
@@ -247,28 +262,58 @@ pub(crate) async fn tls_accept<S: TlsTransport>(
             Some(inner.make_conn(stream, permit, info, None))
         }
         Err(e) => {
-            // The reject first: whoever sees the failure counter move also sees the reject.
-            if let Some(reason) = e.reject_reason() {
-                shared.metrics.reject(reason);
-            }
-            if let TransportError::Tls { .. } = e {
-                shared
-                    .metrics
-                    .pq_handshake_result(backend, shared.pq_mode, false);
-                bm.tls_failures.inc();
-            }
-            events::handshake_failed(
-                e.reject_reason(),
-                backend,
-                inner.kind,
-                peer,
-                started.elapsed(),
-                &e,
-            );
+            handshake_failed(&inner, peer, started, &e);
             drop(permit);
             None
         }
     }
+}
+
+/// A server-side handshake (TLS over a stream, QUIC) bounded by `read_timeout`
+/// (`Timeout{Handshake}`, slow-loris protection) and cut short by engine shutdown.
+pub(crate) async fn bounded_handshake<T>(
+    inner: &EngineInner,
+    handshake: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    let bound = inner.shared.config().read_timeout;
+    tokio::select! {
+        biased;
+        _ = inner.shutdown.cancelled() => Err(TransportError::Cancelled),
+        r = tokio::time::timeout(bound, handshake) => match r {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::timeout(TimeoutOp::Handshake)),
+        },
+    }
+}
+
+/// The books of a failed server-side handshake: the reject first (whoever sees the failure
+/// counter move also sees the reject), then for TLS `pq_handshake_total{result="fail"}` and
+/// `tls_handshake_failures_total`, and one `handshake_failed` event.
+pub(crate) fn handshake_failed(
+    inner: &EngineInner,
+    peer: SocketAddr,
+    started: Instant,
+    e: &TransportError,
+) {
+    let shared = &inner.shared;
+    let backend = shared.backend;
+    if let Some(reason) = e.reject_reason() {
+        shared.metrics.reject(reason);
+    }
+    if let TransportError::Tls { .. } = e {
+        shared
+            .metrics
+            .pq_handshake_result(backend, shared.pq_mode, false);
+        shared.metrics.backend(backend).tls_failures.inc();
+    }
+    events::handshake_failed(
+        e.reject_reason(),
+        backend,
+        inner.kind,
+        peer,
+        started.elapsed(),
+        e,
+    );
 }
 
 /// An accepted plain stream (no TLS) becomes a connection: establishment latency observed as
@@ -303,7 +348,7 @@ pub(crate) fn accepted_plain(
 }
 
 pub(crate) fn log_accept(info: &ConnInfo, started: Instant) {
-    if info.backend == Backend::Tls {
+    if info.backend.is_tls() {
         log_handshake(info, started, None);
     }
     events::accept(&facts(info, None), info.pq, started.elapsed());

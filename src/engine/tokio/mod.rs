@@ -12,6 +12,8 @@
 
 mod conn;
 pub(crate) mod listener;
+#[cfg(feature = "quic")]
+pub(crate) mod quic;
 pub(crate) mod stream;
 mod uds;
 mod writer;
@@ -84,7 +86,7 @@ impl EngineInner {
     pub(crate) fn dialed(
         self: &Arc<Self>,
         stream: Stream,
-        admitted: Admission,
+        admitted: impl Into<Arc<Admission>>,
         peer: SocketAddr,
         local: SocketAddr,
         tls_facts: Option<(Option<Vec<u8>>, bool)>,
@@ -99,7 +101,7 @@ impl EngineInner {
             .backend(backend)
             .handshake(pq)
             .observe(started.elapsed().as_secs_f64());
-        if backend == Backend::Tls {
+        if backend.is_tls() {
             shared.metrics.pq_handshake_result(backend, pq, true);
         }
         let (alpn, resumed) = tls_facts.unwrap_or((None, false));
@@ -113,7 +115,7 @@ impl EngineInner {
             pq,
             resumed,
         };
-        if backend == Backend::Tls {
+        if backend.is_tls() {
             listener::log_handshake(&info, started, corr_id.as_deref());
         }
         self.make_conn(stream, admitted, info, corr_id.clone())
@@ -124,12 +126,12 @@ impl EngineInner {
     pub(crate) fn make_conn(
         self: &Arc<Self>,
         stream: Stream,
-        permit: Admission,
+        permit: impl Into<Arc<Admission>>,
         mut info: ConnInfo,
         corr_id: Option<Arc<str>>,
     ) -> TokioConn {
         let shared = &self.shared;
-        let permit = Arc::new(permit);
+        let permit: Arc<Admission> = permit.into();
         let core = Arc::new(ConnCore::new(
             info.conn_id,
             shared.backend,
@@ -246,6 +248,10 @@ impl TokioEngine {
         if let DialTarget::Unix(path) = target {
             return self.dial_unix(path, opts, corr_id, started).await;
         }
+        #[cfg(feature = "quic")]
+        if self.inner.shared.backend == Backend::Quic {
+            return quic::dial(&self.inner, target, opts, corr_id, started).await;
+        }
         let inner = &self.inner;
         let shared = &inner.shared;
         let backend = shared.backend;
@@ -257,13 +263,14 @@ impl TokioEngine {
                     what: "the tokio engine does not speak arti".into(),
                 })
             }
+            Backend::Quic => {
+                return Err(TransportError::Unsupported {
+                    what: "backend `quic` needs the `quic` feature".into(),
+                })
+            }
         };
         let established = async {
-            let addrs = match target {
-                DialTarget::Addr(a) => vec![*a],
-                DialTarget::Host { host, port } => crate::blocking::resolve(host, *port).await?,
-                other => return Err(unsupported_target("tokio", other)),
-            };
+            let addrs = dial_addrs(target).await?;
             let mut last_err = None;
             for addr in addrs {
                 // Outbound connections count against the same caps as inbound ones.
@@ -422,6 +429,16 @@ impl Engine for TokioEngine {
             started.elapsed(),
         );
         report
+    }
+}
+
+/// The addresses a dial to `target` tries, in order (a host name is resolved off the async
+/// workers).
+pub(crate) async fn dial_addrs(target: &DialTarget) -> Result<Vec<SocketAddr>, TransportError> {
+    match target {
+        DialTarget::Addr(a) => Ok(vec![*a]),
+        DialTarget::Host { host, port } => crate::blocking::resolve(host, *port).await,
+        other => Err(unsupported_target("tokio", other)),
     }
 }
 

@@ -32,6 +32,9 @@ pub(crate) enum ListenSock {
     Tcp(TcpListener),
     /// A Unix-domain socket at `file.path()` (removed when this is dropped).
     Unix(UnixListener, Arc<SocketFile>),
+    /// A quinn endpoint (its own accept path: `TokioListener::accept` takes it first).
+    #[cfg(feature = "quic")]
+    Quic(super::quic::QuicAccept),
 }
 
 /// One accepted socket.
@@ -62,6 +65,8 @@ impl ListenSock {
                 }
                 Ok(Some((Accepted::Unix(s), cred.addr())))
             }
+            #[cfg(feature = "quic")]
+            Self::Quic(_) => std::future::pending().await,
         }
     }
 
@@ -70,6 +75,8 @@ impl ListenSock {
         match self {
             Self::Tcp(_) => DialTarget::Addr(local),
             Self::Unix(_, f) => DialTarget::Unix(f.path().to_path_buf()),
+            #[cfg(feature = "quic")]
+            Self::Quic(_) => DialTarget::Addr(local),
         }
     }
 }

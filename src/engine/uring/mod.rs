@@ -264,9 +264,12 @@ pub(crate) fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
 
 /// For engine auto-selection: `Ok(())` if the uring engine can serve `cfg` on this host, else a
 /// stable reason (`io_uring_disabled`, `seccomp`, `enosys`, `memlock`, `missing_opcodes`,
-/// `error` from [`ron_shard::probe`], prefixed `io_uring_`). TCP and TLS are both served.
+/// `error` from [`ron_shard::probe`], prefixed `io_uring_`). TCP and TLS are both served;
+/// `backend = "quic"` is not yet (`quic_not_on_uring`: auto-selection takes tokio).
 pub fn availability(cfg: &ValidConfig) -> Result<(), &'static str> {
-    let _ = cfg;
+    if cfg.backend == crate::config::Backend::Quic {
+        return Err("quic_not_on_uring");
+    }
     let probe = ron_shard::probe();
     match probe.failure {
         None => Ok(()),
