@@ -25,12 +25,12 @@ use ron_transport::rustls::pki_types::pem::PemObject;
 use ron_transport::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use ron_transport::rustls::{self, CipherSuite, RootCertStore};
 use ron_transport::{
-    Config, Conn, Engine, Listener, PqMode, RejectReason, TransportError, TransportMetrics,
+    Config, Conn, Engine, Listener, RejectReason, TransportError, TransportMetrics,
 };
 
 use util::engines::EngineKind;
-use util::tls::TlsFixture;
-use util::{loopback, rejected, wait_until, wire_frame, within};
+use util::tls::{openssl, PemMaterial};
+use util::{loopback, rejected, spawn_echo, wait_until, wire_frame, within};
 
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -42,35 +42,10 @@ const STRONG: [CipherSuite; 2] = [
 /// The suite it must refuse.
 const WEAK: CipherSuite = CipherSuite::TLS13_AES_128_GCM_SHA256;
 
-/// A self-signed certificate for `localhost` / `127.0.0.1` with its PEMs, and the transport's
-/// own configs built from them.
-struct Material {
-    cert_pem: String,
-    key_pem: String,
-    fixture: TlsFixture,
-}
+type Material = PemMaterial;
 
 fn material() -> Material {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("rcgen");
-    let cert_pem = ck.cert.pem();
-    let key_pem = ck.key_pair.serialize_pem();
-    let server = ron_transport::tls::server_config_from_pem(
-        cert_pem.as_bytes(),
-        zeroize::Zeroizing::new(key_pem.as_bytes().to_vec()),
-        PqMode::Off,
-        &[],
-    )
-    .expect("server config");
-    let client =
-        ron_transport::tls::client_config_from_ca_pem(cert_pem.as_bytes(), PqMode::Off, &[])
-            .expect("client config");
-    Material {
-        cert_pem,
-        key_pem,
-        fixture: TlsFixture { server, client },
-    }
+    PemMaterial::new()
 }
 
 fn engine<K: EngineKind>(m: &Material) -> (K::E, Arc<TransportMetrics>) {
@@ -130,20 +105,6 @@ fn peer_server(m: &Material, suite: CipherSuite) -> TlsAcceptor {
         .with_single_cert(certs, key)
         .unwrap();
     TlsAcceptor::from(Arc::new(cfg))
-}
-
-fn spawn_echo<E: Engine>(engine: &E, listener: E::Listener) -> tokio::task::JoinHandle<()> {
-    let serving = engine.serve(listener, |mut conn: E::Conn| async move {
-        while let Ok(Some(frame)) = conn.recv().await {
-            if conn.send(frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = conn.close().await;
-    });
-    tokio::spawn(async move {
-        let _ = serving.await;
-    })
 }
 
 fn assert_tls_err(err: &TransportError) {
@@ -250,19 +211,6 @@ fn openssl_name(suite: CipherSuite) -> &'static str {
         CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
         other => panic!("no OpenSSL name for {other:?}"),
     }
-}
-
-fn openssl() -> tokio::process::Command {
-    assert!(
-        std::process::Command::new("openssl")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "the openssl binary is required (apt-get install openssl; .ci/run installs it)"
-    );
-    let mut c = tokio::process::Command::new("openssl");
-    c.kill_on_drop(true);
-    c
 }
 
 /// `openssl s_client` offering one suite each connects to the engine's TLS listener.

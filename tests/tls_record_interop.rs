@@ -25,41 +25,18 @@ use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::uring::UringEngine;
 use ron_transport::engine::DialOptions;
 use ron_transport::rustls::pki_types::ServerName;
-use ron_transport::{Config, Conn, Engine, Listener, PqMode, TransportMetrics};
+use ron_transport::{Config, Conn, Engine, Listener, TransportMetrics};
 
 use util::engines::{EngineKind, TokioEng, UringEng};
-use util::tls::TlsFixture;
-use util::{loopback, run_multi_thread, wire_frame, within};
+use util::tls::{openssl, PemMaterial};
+use util::{loopback, run_multi_thread, spawn_echo, wire_frame, within};
 
 const SLACK: Duration = Duration::from_secs(15);
 
-struct Material {
-    cert_pem: String,
-    key_pem: String,
-    fixture: TlsFixture,
-}
+type Material = PemMaterial;
 
 fn material() -> Material {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("rcgen");
-    let cert_pem = ck.cert.pem();
-    let key_pem = ck.key_pair.serialize_pem();
-    let server = ron_transport::tls::server_config_from_pem(
-        cert_pem.as_bytes(),
-        zeroize::Zeroizing::new(key_pem.as_bytes().to_vec()),
-        PqMode::Off,
-        &[],
-    )
-    .expect("server config");
-    let client =
-        ron_transport::tls::client_config_from_ca_pem(cert_pem.as_bytes(), PqMode::Off, &[])
-            .expect("client config");
-    Material {
-        cert_pem,
-        key_pem,
-        fixture: TlsFixture { server, client },
-    }
+    PemMaterial::new()
 }
 
 fn tls_config() -> ron_transport::ValidConfig {
@@ -101,20 +78,6 @@ fn dial_opts() -> DialOptions {
         deadline: Duration::from_secs(5),
         ..DialOptions::default()
     }
-}
-
-fn spawn_echo<E: Engine>(engine: &E, listener: E::Listener) -> tokio::task::JoinHandle<()> {
-    let serving = engine.serve(listener, |mut conn: E::Conn| async move {
-        while let Ok(Some(frame)) = conn.recv().await {
-            if conn.send(frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = conn.close().await;
-    });
-    tokio::spawn(async move {
-        let _ = serving.await;
-    })
 }
 
 /// A payload of `n` bytes that names its frame.
@@ -194,19 +157,6 @@ async fn rustls_server_key_updates<E: Engine>(client: E, m: &Material) {
 }
 
 // ------------------------------------------------------------------ OpenSSL peers
-
-fn openssl() -> tokio::process::Command {
-    assert!(
-        std::process::Command::new("openssl")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "the openssl binary is required (apt-get install openssl; .ci/run installs it)"
-    );
-    let mut c = tokio::process::Command::new("openssl");
-    c.kill_on_drop(true);
-    c
-}
 
 /// A child's stdout, read until it contains every marker.
 struct Output {

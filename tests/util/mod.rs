@@ -177,3 +177,23 @@ pub fn payload(len: usize, seed: u8) -> bytes::Bytes {
         .collect::<Vec<u8>>()
         .into()
 }
+
+/// Serves `listener` with an echo through `Engine::serve` (each frame sent back whole) until
+/// the engine shuts down or the task is aborted.
+pub fn spawn_echo<E: ron_transport::Engine>(
+    engine: &E,
+    listener: E::Listener,
+) -> tokio::task::JoinHandle<()> {
+    use ron_transport::Conn;
+    let serving = engine.serve(listener, |mut conn: E::Conn| async move {
+        while let Ok(Some(frame)) = conn.recv().await {
+            if conn.send(frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = conn.close().await;
+    });
+    tokio::spawn(async move {
+        let _ = serving.await;
+    })
+}

@@ -101,3 +101,40 @@ impl TlsFixture {
         }
     }
 }
+
+/// A self-signed certificate for `localhost` / `127.0.0.1` in PEM (for external peers such as
+/// `openssl s_server`, which read files), and the transport's own configs built from it
+/// (`pq.mode = off`).
+pub struct PemMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub fixture: TlsFixture,
+}
+
+impl PemMaterial {
+    pub fn new() -> Self {
+        let c = self_signed();
+        Self {
+            fixture: TlsFixture {
+                server: server_config(&c, PqMode::Off),
+                client: client_config(&c, PqMode::Off),
+            },
+            cert_pem: c.cert_pem,
+            key_pem: c.key_pem,
+        }
+    }
+}
+
+/// An `openssl` command (the binary must be installed; .ci/run installs it), killed on drop.
+pub fn openssl() -> tokio::process::Command {
+    assert!(
+        std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the openssl binary is required (apt-get install openssl; .ci/run installs it)"
+    );
+    let mut c = tokio::process::Command::new("openssl");
+    c.kill_on_drop(true);
+    c
+}
