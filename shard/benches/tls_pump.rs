@@ -110,13 +110,20 @@ fn handshakes(c: &mut Criterion) {
     ];
     // The same handshakes with rustls protecting the records afterwards (no hand-off to the
     // own record layer): the hand-off's cost per connection is the difference.
-    let cases = cases
-        .into_iter()
-        .map(|(n, p, r)| (n, p, r, false))
-        .chain([
-            ("resumed_classical_rustls_records", Prov::AwsClassical, true, true),
-            ("full_classical_rustls_records", Prov::AwsClassical, false, true),
-        ]);
+    let cases = cases.into_iter().map(|(n, p, r)| (n, p, r, false)).chain([
+        (
+            "resumed_classical_rustls_records",
+            Prov::AwsClassical,
+            true,
+            true,
+        ),
+        (
+            "full_classical_rustls_records",
+            Prov::AwsClassical,
+            false,
+            true,
+        ),
+    ]);
     for (name, prov, resume, rustls_records) in cases {
         let mut ccfg = client_cfg(&pki, prov, None, resume);
         let mut scfg = server_config(&pki, prov, &[]);
