@@ -376,3 +376,21 @@ fn a_fatal_alert_from_the_peer_fails_the_connection() {
     );
     assert_eq!(e.kind(), "tls_alert_received");
 }
+
+#[test]
+fn nothing_follows_our_close_notify_not_even_a_key_update_answer() {
+    let (mut p, mut r, _) = pair_with_records(0);
+    p.pump.queue_close_notify().unwrap();
+    r.feed(&p.take_transmit()).unwrap();
+    // rustls may still send, and asks for a KeyUpdate.
+    r.conn.refresh_traffic_keys().unwrap();
+    r.conn.writer().write_all(b"after your close").unwrap();
+    p.feed(&r.take_tls()).unwrap();
+    assert_eq!(
+        p.received, b"after your close",
+        "the new receive key was installed"
+    );
+    assert!(!p.pump.wants_write(), "no answer after close_notify");
+    assert_eq!(p.pump.stats().key_updates_sent, 0);
+    assert_eq!(p.pump.stats().key_updates_received, 1);
+}

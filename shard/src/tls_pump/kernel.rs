@@ -288,7 +288,8 @@ impl KernelTls {
                     self.opener =
                         RecordOpener::new(&secrets, seq, None).map_err(PumpError::Record)?;
                     st.stats.key_updates_received += 1;
-                    if requested && !self.answered {
+                    // Nothing may follow our close_notify, not even the answer.
+                    if requested && !self.answered && !st.close_queued {
                         self.queue_key_update(st, false)?;
                         self.answered = true;
                     }
