@@ -78,21 +78,6 @@ macro_rules! on_engine {
     };
 }
 
-/// Echo server through `Engine::serve`.
-fn spawn_echo<E: Engine>(engine: &E, listener: E::Listener) {
-    let serving = engine.serve(listener, |mut conn: E::Conn| async move {
-        while let Ok(Some(frame)) = conn.recv().await {
-            if conn.send(frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = conn.close().await;
-    });
-    tokio::spawn(async move {
-        let _ = serving.await;
-    });
-}
-
 fn both(f: impl Fn(EngineKind)) {
     for kind in [EngineKind::Tokio, EngineKind::Uring] {
         f(kind);
@@ -113,7 +98,7 @@ fn uds_echo_dial_and_file_lifecycle_on_both_engines() {
                     let meta = std::fs::symlink_metadata(&path).unwrap();
                     assert!(meta.file_type().is_socket());
                     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{kind:?}");
-                    spawn_echo(&engine, listener);
+                    drop(util::spawn_echo(&engine, listener));
 
                     let mut conn = engine
                         .dial(listener_path(&path), DialOptions::default())
@@ -276,7 +261,7 @@ fn uds_peer_cred_refuses_other_uid_until_a_live_reload_allows_it_on_both_engines
                 on_engine!(engine, |engine| {
                     let l = engine.listen(path.clone()).await.unwrap();
                     std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
-                    spawn_echo(&engine, l);
+                    drop(util::spawn_echo(&engine, l));
                     let before = rejected(&metrics, RejectReason::PeerLimit);
 
                     // Empty allowlist: only the server's own uid (root) is admitted.

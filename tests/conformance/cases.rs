@@ -56,23 +56,6 @@ fn dial_opts() -> DialOptions {
     }
 }
 
-/// Serves `listener` with an echo through [`Engine::serve`] — the one way in users take: on
-/// uring each connection's future runs on its owning shard; on tokio it is a task per
-/// connection. Ends when the engine shuts down.
-fn spawn_echo<E: Engine>(engine: &E, listener: E::Listener) -> tokio::task::JoinHandle<()> {
-    let serving = engine.serve(listener, |mut conn: E::Conn| async move {
-        while let Ok(Some(frame)) = conn.recv().await {
-            if conn.send(frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = conn.close().await;
-    });
-    tokio::spawn(async move {
-        let _ = serving.await;
-    })
-}
-
 /// Serves `listener` through [`Engine::serve`] with a handler that forwards every connection
 /// into a channel: the test then drives the server side from its own runtime (on uring this
 /// moves the connection off its shard, so the shared path of the connection is exercised).
