@@ -228,9 +228,21 @@ async fn echo_roundtrip<C: Conn>(conn: &mut C, payload: Bytes) -> Duration {
     t.elapsed()
 }
 
+/// One private Tor network at a time: each case starts six tor processes plus Arti, and two at
+/// once on a 2-core machine left the exit dial without a circuit for its whole 60 s window
+/// (`arti_private_network_onion_amnesia`, once in three workspace runs on 2026-12-06).
+static ONE_NETWORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_network_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_NETWORK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn arti_private_network_exit() {
     if !util::tor::in_netns() {
+        let _one = one_network_at_a_time();
         run_in_netns("arti_private_network_exit", Duration::from_secs(240));
         return;
     }
@@ -677,6 +689,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn arti_private_network_onion_amnesia() {
     if !util::tor::in_netns() {
+        let _one = one_network_at_a_time();
         run_in_netns(
             "arti_private_network_onion_amnesia",
             Duration::from_secs(280),
