@@ -4,68 +4,11 @@
 #[path = "tls_pump_util.rs"]
 mod util;
 
-use std::io::{Read, Write};
-
 use ron_shard::tls_pump::{composite_provider, Status};
 use rustls::{HandshakeKind, NamedGroup};
 use util::{
-    client_config, client_config_with, drive, localhost, pair, server_config, Peer, Pki, Prov, Rng,
+    client_config, client_config_with, drive, pair, server_config, Buffered, Peer, Pki, Prov, Rng,
 };
-
-/// A buffered rustls connection fed in memory.
-struct Buffered {
-    conn: rustls::Connection,
-    received: Vec<u8>,
-}
-
-impl Buffered {
-    fn server(cfg: std::sync::Arc<rustls::ServerConfig>) -> Self {
-        Self {
-            conn: rustls::ServerConnection::new(cfg).unwrap().into(),
-            received: Vec::new(),
-        }
-    }
-
-    fn client(cfg: std::sync::Arc<rustls::ClientConfig>) -> Self {
-        Self {
-            conn: rustls::ClientConnection::new(cfg, localhost())
-                .unwrap()
-                .into(),
-            received: Vec::new(),
-        }
-    }
-
-    fn take_transmit(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while self.conn.wants_write() {
-            self.conn.write_tls(&mut out).unwrap();
-        }
-        out
-    }
-
-    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), rustls::Error> {
-        while !bytes.is_empty() {
-            self.conn.read_tls(&mut bytes).unwrap();
-            self.conn.process_new_packets()?;
-            let mut buf = [0u8; 8192];
-            loop {
-                match self.conn.reader().read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => self.received.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("{e}"),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn send(&mut self, data: &[u8]) -> Vec<u8> {
-        self.conn.set_buffer_limit(None);
-        self.conn.writer().write_all(data).unwrap();
-        self.take_transmit()
-    }
-}
 
 /// Shuttles bytes between a pump and a buffered connection until both are quiet.
 fn drive_mixed(pump: &mut Peer, other: &mut Buffered) {

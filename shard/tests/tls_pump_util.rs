@@ -5,6 +5,7 @@
 //! tests.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use ron_shard::tls_pump::{composite_provider, PumpError, Status, TlsPump};
@@ -324,5 +325,64 @@ impl Rng {
         let mut v = vec![0u8; n];
         self.fill(&mut v);
         v
+    }
+}
+
+/// A plain buffered rustls connection fed in memory (the reference peer of the pump tests),
+/// with everything it decrypted.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct Buffered {
+    pub conn: rustls::Connection,
+    pub received: Vec<u8>,
+}
+
+#[allow(dead_code)]
+impl Buffered {
+    pub fn server(cfg: std::sync::Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            conn: rustls::ServerConnection::new(cfg).unwrap().into(),
+            received: Vec::new(),
+        }
+    }
+
+    pub fn client(cfg: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            conn: rustls::ClientConnection::new(cfg, localhost())
+                .unwrap()
+                .into(),
+            received: Vec::new(),
+        }
+    }
+
+    pub fn take_transmit(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), rustls::Error> {
+        while !bytes.is_empty() {
+            self.conn.read_tls(&mut bytes).unwrap();
+            self.conn.process_new_packets()?;
+            let mut buf = [0u8; 8192];
+            loop {
+                match self.conn.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn send(&mut self, data: &[u8]) -> Vec<u8> {
+        self.conn.set_buffer_limit(None);
+        self.conn.writer().write_all(data).unwrap();
+        self.take_transmit()
     }
 }

@@ -9,71 +9,21 @@
 #[path = "tls_pump_util.rs"]
 mod util;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 
-use rustls::{AlertDescription, ClientConfig, Connection, ServerConfig};
+use rustls::{AlertDescription, ClientConfig, ServerConfig};
 
 use ron_shard::tls_pump::{PumpError, Status, TlsPump};
 use ron_shard::tls_record::RecordError;
-use util::{client_config, localhost, server_config, Peer, Pki, Prov, Rng};
-
-/// A plain rustls connection with everything it decrypted.
-struct Plain {
-    conn: Connection,
-    received: Vec<u8>,
-}
-
-impl Plain {
-    fn client(cfg: Arc<ClientConfig>) -> Self {
-        let c = rustls::ClientConnection::new(cfg, localhost()).unwrap();
-        Self {
-            conn: c.into(),
-            received: Vec::new(),
-        }
-    }
-
-    fn server(cfg: Arc<ServerConfig>) -> Self {
-        let c = rustls::ServerConnection::new(cfg).unwrap();
-        Self {
-            conn: c.into(),
-            received: Vec::new(),
-        }
-    }
-
-    fn take_tls(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while self.conn.wants_write() {
-            self.conn.write_tls(&mut out).unwrap();
-        }
-        out
-    }
-
-    /// Feeds ciphertext; returns rustls's error if it refused it.
-    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), rustls::Error> {
-        while !bytes.is_empty() {
-            self.conn.read_tls(&mut bytes).unwrap();
-            self.conn.process_new_packets()?;
-            let mut buf = [0u8; 8192];
-            loop {
-                match self.conn.reader().read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => self.received.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("rustls reader: {e}"),
-                }
-            }
-        }
-        Ok(())
-    }
-}
+use util::{client_config, server_config, Buffered, Peer, Pki, Prov, Rng};
 
 /// Shuttles handshake bytes until both are done.
-fn handshake(p: &mut Peer, r: &mut Plain, rng: &mut Rng) {
+fn handshake(p: &mut Peer, r: &mut Buffered, rng: &mut Rng) {
     for _ in 0..16 {
         let a = p.take_transmit();
         r.feed(&a).unwrap();
-        let b = r.take_tls();
+        let b = r.take_transmit();
         p.feed_chunked(&b, rng, 700).unwrap();
         if !p.pump.is_handshaking() && !r.conn.is_handshaking() && !p.pump.wants_write() {
             break;
@@ -92,7 +42,7 @@ fn configs(pki: &Pki) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
 }
 
 /// Random traffic both ways with KeyUpdates from both sides; returns the pump's stats.
-fn exchange(p: &mut Peer, r: &mut Plain, rng: &mut Rng, steps: usize) {
+fn exchange(p: &mut Peer, r: &mut Buffered, rng: &mut Rng, steps: usize) {
     let (mut to_pump, mut to_plain) = (Vec::new(), Vec::new());
     // The pump answers a requested KeyUpdate once until it sends application data again.
     let mut may_answer = true;
@@ -103,7 +53,7 @@ fn exchange(p: &mut Peer, r: &mut Plain, rng: &mut Rng, steps: usize) {
                 let data = rng.bytes(n);
                 r.conn.writer().write_all(&data).unwrap();
                 to_pump.extend_from_slice(&data);
-                let ct = r.take_tls();
+                let ct = r.take_transmit();
                 let piece = 1 + rng.below(20_000) as usize;
                 p.feed_chunked(&ct, rng, piece).unwrap();
             }
@@ -122,7 +72,7 @@ fn exchange(p: &mut Peer, r: &mut Plain, rng: &mut Rng, steps: usize) {
             8 => {
                 // rustls asks for a KeyUpdate (update_requested); the pump answers.
                 r.conn.refresh_traffic_keys().unwrap();
-                let ct = r.take_tls();
+                let ct = r.take_transmit();
                 let sent = p.pump.stats().key_updates_sent;
                 p.feed(&ct).unwrap();
                 let answer = p.take_transmit();
@@ -139,7 +89,7 @@ fn exchange(p: &mut Peer, r: &mut Plain, rng: &mut Rng, steps: usize) {
                 p.pump.queue_key_update(rng.below(2) == 0).unwrap();
                 let ct = p.take_transmit();
                 r.feed(&ct).unwrap();
-                let answer = r.take_tls();
+                let answer = r.take_transmit();
                 p.feed(&answer).unwrap();
             }
         }
@@ -183,10 +133,10 @@ fn pump_client_against_rustls_server_with_key_updates_and_tickets() {
             // Automatic KeyUpdates every few records.
             p.pump.set_key_update_interval(1 + rng.below(5));
         }
-        let mut r = Plain::server(scfg.clone());
+        let mut r = Buffered::server(scfg.clone());
         handshake(&mut p, &mut r, &mut rng);
         // The tickets rustls sent after the handshake reach the pump's record layer.
-        let tickets = r.take_tls();
+        let tickets = r.take_transmit();
         p.feed(&tickets).unwrap();
         assert!(p.pump.seals_in_place(), "seed {seed}: no hand-off");
         exchange(&mut p, &mut r, &mut rng, 60);
@@ -199,19 +149,19 @@ fn pump_client_against_rustls_server_with_key_updates_and_tickets() {
         p.pump.queue_close_notify().unwrap();
         r.feed(&p.take_transmit()).unwrap();
         r.conn.send_close_notify();
-        p.feed(&r.take_tls()).unwrap();
+        p.feed(&r.take_transmit()).unwrap();
         assert_eq!(p.last_status, Some(Status::Closed));
     }
     // Every connection above stored tickets through KernelConnection: this one resumes.
     let mut rng = Rng::new(99);
     let mut p = Peer::client(ccfg);
-    let mut r = Plain::server(scfg);
+    let mut r = Buffered::server(scfg);
     handshake(&mut p, &mut r, &mut rng);
     assert!(
         p.pump.is_resumed(),
         "tickets from the record layer did not resume"
     );
-    p.feed(&r.take_tls()).unwrap();
+    p.feed(&r.take_transmit()).unwrap();
     exchange(&mut p, &mut r, &mut rng, 10);
 }
 
@@ -221,13 +171,13 @@ fn pump_server_against_rustls_client_with_key_updates() {
     let (ccfg, scfg) = configs(&pki);
     for seed in 11..=16u64 {
         let mut rng = Rng::new(seed);
-        let mut r = Plain::client(ccfg.clone());
+        let mut r = Buffered::client(ccfg.clone());
         let mut p = Peer::server(scfg.clone());
         if seed % 2 == 1 {
             p.pump.set_key_update_interval(1 + rng.below(5));
         }
         // The client speaks first.
-        let hello = r.take_tls();
+        let hello = r.take_transmit();
         p.feed(&hello).unwrap();
         handshake(&mut p, &mut r, &mut rng);
         assert!(p.pump.seals_in_place());
@@ -238,7 +188,7 @@ fn pump_server_against_rustls_client_with_key_updates() {
             "{st:?}"
         );
         r.conn.send_close_notify();
-        p.feed(&r.take_tls()).unwrap();
+        p.feed(&r.take_transmit()).unwrap();
         assert_eq!(p.last_status, Some(Status::PeerClosed));
         // Sending still works after the peer's close_notify, then ours closes.
         let ct = p.seal(b"last words").unwrap();
@@ -249,23 +199,23 @@ fn pump_server_against_rustls_client_with_key_updates() {
     }
     // The server's tickets (sent by rustls before the hand-off) resume.
     let mut rng = Rng::new(98);
-    let mut r = Plain::client(ccfg);
+    let mut r = Buffered::client(ccfg);
     let mut p = Peer::server(scfg);
-    p.feed(&r.take_tls()).unwrap();
+    p.feed(&r.take_transmit()).unwrap();
     handshake(&mut p, &mut r, &mut rng);
     assert!(p.pump.is_resumed());
 }
 
 /// A connected pump client, rustls server pair, with some records from the server queued
 /// (not yet fed): returns them one record per element.
-fn pair_with_records(n: usize) -> (Peer, Plain, Vec<Vec<u8>>) {
+fn pair_with_records(n: usize) -> (Peer, Buffered, Vec<Vec<u8>>) {
     let pki = Pki::new();
     let (ccfg, scfg) = configs(&pki);
     let mut rng = Rng::new(7);
     let mut p = Peer::client(ccfg);
-    let mut r = Plain::server(scfg);
+    let mut r = Buffered::server(scfg);
     handshake(&mut p, &mut r, &mut rng);
-    p.feed(&r.take_tls()).unwrap();
+    p.feed(&r.take_transmit()).unwrap();
     assert!(p.pump.seals_in_place());
     let mut records = Vec::new();
     for i in 0..n {
@@ -273,7 +223,7 @@ fn pair_with_records(n: usize) -> (Peer, Plain, Vec<Vec<u8>>) {
             .writer()
             .write_all(format!("record {i}").as_bytes())
             .unwrap();
-        records.push(r.take_tls());
+        records.push(r.take_transmit());
     }
     (p, r, records)
 }
@@ -282,7 +232,7 @@ fn pair_with_records(n: usize) -> (Peer, Plain, Vec<Vec<u8>>) {
 /// from it delivered, and an alert the peer reads as `alert`.
 fn assert_refused(
     mut p: Peer,
-    mut r: Plain,
+    mut r: Buffered,
     bad: &[u8],
     delivered: &[u8],
     alert: AlertDescription,
@@ -368,7 +318,7 @@ fn a_fatal_alert_from_the_peer_fails_the_connection() {
     let last = ct.len() - 1;
     ct[last] ^= 1;
     assert!(r.feed(&ct).is_err());
-    let alert = r.take_tls();
+    let alert = r.take_transmit();
     let e = p.feed(&alert).unwrap_err();
     assert_eq!(
         e,
@@ -385,7 +335,7 @@ fn nothing_follows_our_close_notify_not_even_a_key_update_answer() {
     // rustls may still send, and asks for a KeyUpdate.
     r.conn.refresh_traffic_keys().unwrap();
     r.conn.writer().write_all(b"after your close").unwrap();
-    p.feed(&r.take_tls()).unwrap();
+    p.feed(&r.take_transmit()).unwrap();
     assert_eq!(
         p.received, b"after your close",
         "the new receive key was installed"
