@@ -488,6 +488,30 @@ mod tests {
         assert!(h.handshakes > 0);
     }
 
+    /// Three connections echoing 70 KB frames (two in flight) for 300 ms, over TLS or QUIC.
+    fn echo_70k(
+        addr: std::net::SocketAddr,
+        tls: &std::sync::Arc<rustls::ClientConfig>,
+        quic: bool,
+    ) -> crate::client::LoadSpec {
+        crate::client::LoadSpec {
+            target: addr,
+            uds: None,
+            tls: Some(tls.clone()),
+            conns: 3,
+            payload: 70_000,
+            depth: 2,
+            rate: None,
+            warmup: std::time::Duration::from_millis(50),
+            duration: std::time::Duration::from_millis(300),
+            cores: vec![],
+            server_pid: None,
+            server_cores: vec![],
+            sources: Vec::new(),
+            quic,
+        }
+    }
+
     #[test]
     fn tokio_framed_and_generic_engines_echo_over_tls() {
         let dir = tempfile::tempdir().unwrap();
@@ -499,23 +523,7 @@ mod tests {
                 continue;
             }
             let addr = spawn_in_thread(e, Transport::Tls, Some((c.clone(), k.clone()))).unwrap();
-            let r = crate::client::run_load(&crate::client::LoadSpec {
-                target: addr,
-                uds: None,
-                tls: Some(tls.clone()),
-                conns: 3,
-                payload: 70_000,
-                depth: 2,
-                rate: None,
-                warmup: std::time::Duration::from_millis(50),
-                duration: std::time::Duration::from_millis(300),
-                cores: vec![],
-                server_pid: None,
-                server_cores: vec![],
-                sources: Vec::new(),
-                quic: false,
-            })
-            .unwrap();
+            let r = crate::client::run_load(&echo_70k(addr, &tls, false)).unwrap();
             assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
             assert!(r.frames > 0, "{}", e.name());
         }
@@ -536,23 +544,7 @@ mod tests {
         assert_eq!(quic, [EngineId::Tokio, EngineId::Quinn]);
         for e in quic {
             let addr = spawn_in_thread(e, Transport::Quic, Some((c.clone(), k.clone()))).unwrap();
-            let r = crate::client::run_load(&crate::client::LoadSpec {
-                target: addr,
-                uds: None,
-                tls: Some(tls.clone()),
-                conns: 3,
-                payload: 70_000,
-                depth: 2,
-                rate: None,
-                warmup: std::time::Duration::from_millis(50),
-                duration: std::time::Duration::from_millis(300),
-                cores: vec![],
-                server_pid: None,
-                server_cores: vec![],
-                sources: Vec::new(),
-                quic: true,
-            })
-            .unwrap();
+            let r = crate::client::run_load(&echo_70k(addr, &tls, true)).unwrap();
             assert_eq!(r.errors, 0, "{}: {:?}", e.name(), r.first_error);
             assert!(r.frames > 0, "{}", e.name());
             let h = crate::client::run_handshakes(
