@@ -9,7 +9,6 @@
 
 mod util;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,39 +276,14 @@ async fn openssl_client_peer<K: EngineKind>() {
     server.shutdown(Duration::from_secs(2)).await;
 }
 
-/// A free loopback port for a child process to bind (bound once and released).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind(loopback())
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// The engine dials `openssl s_server` accepting one suite each.
 async fn openssl_server_peer<K: EngineKind>() {
     let m = material();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &m.cert_pem).unwrap();
-    std::fs::write(&key, &m.key_pem).unwrap();
     let (client, metrics) = engine::<K>(&m);
 
     for suite in STRONG.into_iter().chain([WEAK]) {
         let name = openssl_name(suite);
-        let addr = free_port();
-        let mut child = openssl()
-            .args(["s_server", "-accept", &addr.to_string(), "-tls1_3"])
-            .args(["-ciphersuites", name, "-naccept", "1"])
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            // s_server quits on EOF from stdin: keep a pipe open.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn openssl s_server");
+        let (mut child, addr, _pem_dir) = m.s_server(&["-ciphersuites", name]);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         within("s_server ACCEPT", SLACK, async {
             while let Some(l) = lines.next_line().await.unwrap() {

@@ -9,7 +9,6 @@
 
 mod util;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -298,26 +297,7 @@ async fn openssl_client<E: Engine>(server: &E, rekey: bool) -> Output {
 /// The engine dials `openssl s_server -msg`; s_server asks for a KeyUpdate (`K`) between the
 /// frames it sends; our answers are seen by OpenSSL and data flows both ways throughout.
 async fn openssl_server<E: Engine>(client: &E, m: &Material, rekey: bool) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, &m.cert_pem).unwrap();
-    std::fs::write(&key, &m.key_pem).unwrap();
-    let addr: SocketAddr = std::net::TcpListener::bind(loopback())
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut child = openssl()
-        .args(["s_server", "-accept", &addr.to_string(), "-tls1_3", "-msg"])
-        .args(["-naccept", "1"])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openssl s_server");
+    let (mut child, addr, _pem_dir) = m.s_server(&["-msg"]);
     let mut stdin = child.stdin.take().unwrap();
     let mut out = Output {
         out: child.stdout.take().unwrap(),

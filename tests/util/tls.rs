@@ -125,6 +125,51 @@ impl PemMaterial {
     }
 }
 
+impl PemMaterial {
+    /// `openssl s_server -accept <free loopback port> -tls1_3 -naccept 1` with this certificate
+    /// and `extra` arguments, its stdio piped (s_server quits on EOF from stdin, so keep the
+    /// pipe). Returns the child, its address, and the directory holding the PEM files (keep it
+    /// while the child runs).
+    pub fn s_server(
+        &self,
+        extra: &[&str],
+    ) -> (
+        tokio::process::Child,
+        std::net::SocketAddr,
+        tempfile::TempDir,
+    ) {
+        use std::process::Stdio;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        let addr = std::net::TcpListener::bind(super::loopback())
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = openssl()
+            .args([
+                "s_server",
+                "-accept",
+                &addr.to_string(),
+                "-tls1_3",
+                "-naccept",
+                "1",
+            ])
+            .args(extra)
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn openssl s_server");
+        (child, addr, dir)
+    }
+}
+
 /// An `openssl` command (the binary must be installed; .ci/run installs it), killed on drop.
 pub fn openssl() -> tokio::process::Command {
     assert!(
