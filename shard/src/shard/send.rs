@@ -28,8 +28,9 @@ impl Shard {
         };
         let (seg, passes) = batch;
         ShardStats::add(&self.shared.stats.tls_encrypt_passes, passes);
-        let (ku_sent, _) = tls.key_update_deltas();
+        let (ku_sent, ku_recv) = tls.key_update_deltas();
         ShardStats::add(&self.shared.stats.tls_key_updates_sent, ku_sent);
+        ShardStats::add(&self.shared.stats.tls_key_updates_received, ku_recv);
         let fd = conn.fd.clone();
         let batch = SendBatch::new(vec![seg]);
         match self.ring.send(&fd, batch, false, tag(Kind::Send, idx, gen)) {
