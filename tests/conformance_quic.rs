@@ -8,43 +8,16 @@ mod util;
 #[macro_use]
 mod conformance;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ron_transport::config::Backend;
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::tokio::TokioEngine;
-use ron_transport::{ConfigHandle, PqMode, TransportMetrics, ValidConfig};
+use ron_transport::{ConfigHandle, TransportMetrics, ValidConfig};
 
 use conformance::{EngineUnderTest, TlsFixture};
 
 struct QuicUnderTest;
-
-/// The certificate pair of cases that bring none (their `tcp` is QUIC, which needs one),
-/// valid for every loopback address the cases listen on.
-fn default_fixture() -> TlsFixture {
-    static FX: OnceLock<TlsFixture> = OnceLock::new();
-    FX.get_or_init(|| {
-        let names = ["localhost", "127.0.0.1", "127.0.0.2"].map(String::from);
-        let ck = rcgen::generate_simple_self_signed(names.to_vec()).expect("rcgen");
-        let (cert, key) = (ck.cert.pem(), ck.key_pair.serialize_pem());
-        TlsFixture {
-            server: ron_transport::tls::server_config_from_pem(
-                cert.as_bytes(),
-                zeroize::Zeroizing::new(key.into_bytes()),
-                PqMode::Off,
-                &[],
-            )
-            .expect("server config"),
-            client: ron_transport::tls::client_config_from_ca_pem(
-                cert.as_bytes(),
-                PqMode::Off,
-                &[],
-            )
-            .expect("client config"),
-        }
-    })
-    .clone()
-}
 
 impl EngineUnderTest for QuicUnderTest {
     type E = TokioEngine;
@@ -67,7 +40,7 @@ impl EngineUnderTest for QuicUnderTest {
             Backend::Quic,
             "cases' backends alias quic"
         );
-        let tls = tls.unwrap_or_else(default_fixture);
+        let tls = tls.unwrap_or_else(TlsFixture::quic_default);
         EngineSetup::from_handle(handle, metrics)
             .expect("setup")
             .with_tls_server(tls.server)

@@ -91,6 +91,21 @@ pub trait AcceptHooks: Send + Sync + 'static {
     fn handshake_failed(&self, token: AdmitToken, meta: &ConnMeta, failure: &HandshakeFailure) {
         let _ = (token, meta, failure);
     }
+
+    /// QUIC: a token for one more stream of a connection admitted once with `token` (which the
+    /// connection keeps until it ends; caps count QUIC connections, not streams). `None`
+    /// refuses the stream. The default refuses every stream after the first admission's.
+    fn share_token(&self, token: &mut AdmitToken) -> Option<AdmitToken> {
+        let _ = token;
+        None
+    }
+
+    /// QUIC: a stream of an admitted connection was refused before it opened for the handler:
+    /// it did not start with the preface (`timed_out` false) or not within the read deadline
+    /// (`timed_out` true). The stream was reset.
+    fn stream_refused(&self, peer: SocketAddr, timed_out: bool) {
+        let _ = (peer, timed_out);
+    }
 }
 
 /// Completion of an outbound dial (runs on the owning shard).

@@ -48,6 +48,7 @@ pub mod handler;
 mod meta;
 pub mod port;
 pub mod probe;
+pub mod quic;
 mod remote;
 pub mod runtime;
 mod shard;
@@ -57,6 +58,7 @@ mod sys;
 mod tls_conn;
 pub mod tls_pump;
 pub mod tls_record;
+pub mod udp;
 pub mod unix;
 mod wake;
 

@@ -40,6 +40,9 @@ pub enum CloseReason {
     /// The connection's handler (or the hook building it) panicked: the panic was contained
     /// to this connection, which is aborted.
     HandlerPanic,
+    /// QUIC: the path or the QUIC connection under this stream failed (idle timeout, stateless
+    /// reset, protocol violation, ...); the string is a stable kind.
+    QuicPath(&'static str),
 }
 
 impl CloseReason {
@@ -56,6 +59,7 @@ impl CloseReason {
             Self::Io(_) => "io",
             Self::Tls(_) => "tls",
             Self::HandlerPanic => "handler_panic",
+            Self::QuicPath(_) => "quic_path_error",
         }
     }
 
@@ -72,6 +76,7 @@ impl std::fmt::Display for CloseReason {
             Self::Timeout(k) => write!(f, "{} timeout", k.as_str()),
             Self::Io(errno) => write!(f, "{}", std::io::Error::from_raw_os_error(*errno)),
             Self::Tls(kind) => write!(f, "tls failure ({kind})"),
+            Self::QuicPath(kind) => write!(f, "quic path error ({kind})"),
             other => f.write_str(other.as_str()),
         }
     }

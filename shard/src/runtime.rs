@@ -393,11 +393,115 @@ impl Runtime {
         Ok(ListenerId(id))
     }
 
-    /// Stops accepting on a listener (its socket closes once the accept op completed).
+    /// Stops accepting on a listener (its socket closes once the accept op completed; a QUIC
+    /// listener's sockets once their connections have ended).
     pub fn stop_listening(&self, id: ListenerId) -> Result<(), ShardError> {
-        self.shards[0]
-            .send_cmd(Command::StopListen { id: id.0 })
-            .map_err(|e| to_shard_error(e.1))
+        let mut result = Ok(());
+        for s in self.shards.iter() {
+            if let Err(e) = s.send_cmd(Command::StopListen { id: id.0 }) {
+                if s.id == 0 {
+                    result = Err(to_shard_error(e.1));
+                }
+            }
+        }
+        result
+    }
+
+    /// Starts a QUIC listener at `addr`: one UDP socket per shard, bound with `SO_REUSEPORT`
+    /// to the same address (port 0 picks one port for all), each driven by its shard with its
+    /// own quinn-proto endpoint (see [`crate::quic`]). Every new peer goes to `hooks.admit`
+    /// before any connection state; each bidirectional stream that starts with
+    /// `config.preface` opens as one connection (`hooks.open`, with a token from
+    /// [`AcceptHooks::share_token`]). Returns the id and the bound address.
+    pub fn listen_quic(
+        &self,
+        addr: SocketAddr,
+        opts: ConnOptions,
+        config: crate::quic::QuicServer,
+        hooks: Arc<dyn AcceptHooks>,
+    ) -> io::Result<(ListenerId, SocketAddr)> {
+        let mut socks = Vec::with_capacity(self.shards.len());
+        let mut bound = addr;
+        for _ in 0..self.shards.len() {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM.cloexec(),
+                Some(socket2::Protocol::UDP),
+            )?;
+            s.set_reuse_port(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(false).ok();
+            }
+            s.bind(&bound.into())?;
+            if bound.port() == 0 {
+                bound = s
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("UDP socket without an inet address"))?;
+            }
+            socks.push(s);
+        }
+        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        let config = Arc::new(config);
+        for (shard, s) in self.shards.iter().zip(socks) {
+            let cmd = Command::ListenQuic {
+                id,
+                fd: s.into(),
+                hooks: hooks.clone(),
+                opts,
+                quic: config.clone(),
+            };
+            if let Err(e) = shard.send_cmd(cmd) {
+                let _ = self.stop_listening(ListenerId(id));
+                return Err(io::Error::other(to_shard_error(e.1)));
+            }
+        }
+        Ok((ListenerId(id), bound))
+    }
+
+    /// Dials `addr` over QUIC from the calling shard (or the least-loaded one), from that
+    /// shard's client UDP socket; `timeout` bounds the handshake. `hooks.connected` runs once
+    /// the handshake has completed and the dial's stream is open (its preface written), with
+    /// `meta.tls` set.
+    pub fn dial_quic(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        opts: ConnOptions,
+        config: crate::quic::QuicDial,
+        hooks: Box<dyn DialHooks>,
+    ) -> Result<(), (ShardError, Box<dyn DialHooks>)> {
+        let target = self.dial_target();
+        let cmd = Command::DialQuic {
+            addr,
+            deadline: Instant::now() + timeout,
+            opts,
+            hooks,
+            quic: Box::new(config),
+        };
+        match self.shards[target].send_cmd(cmd) {
+            Ok(()) => Ok(()),
+            Err(e) => match *e {
+                (Command::DialQuic { hooks, .. }, r) => Err((to_shard_error(r), hooks)),
+                (_, r) => unreachable_dial(r),
+            },
+        }
+    }
+
+    /// The shard a dial goes to: the calling shard, else the least loaded live one.
+    fn dial_target(&self) -> usize {
+        let uid = crate::exec::shard_uid();
+        self.shards
+            .iter()
+            .find(|s| uid != 0 && s.uid == uid && !s.is_dead())
+            .or_else(|| {
+                // A dead shard reports 0 open connections: never pick it.
+                self.shards
+                    .iter()
+                    .filter(|s| !s.is_dead())
+                    .min_by_key(|s| s.stats.open.load(Ordering::Relaxed))
+            })
+            .map_or(0, |s| s.id)
     }
 
     /// Dials `addr` from the calling shard (when called on one of this runtime's shards) or else the
@@ -460,19 +564,7 @@ impl Runtime {
         // A dial made from one of this runtime's shards (a consumer task running there) stays
         // on that shard, so its consumer runs where the connection lives; other callers get
         // the shard with the fewest connections.
-        let uid = crate::exec::shard_uid();
-        let target = self
-            .shards
-            .iter()
-            .find(|s| uid != 0 && s.uid == uid && !s.is_dead())
-            .or_else(|| {
-                // A dead shard reports 0 open connections: never pick it.
-                self.shards
-                    .iter()
-                    .filter(|s| !s.is_dead())
-                    .min_by_key(|s| s.stats.open.load(Ordering::Relaxed))
-            })
-            .map_or(0, |s| s.id);
+        let target = self.dial_target();
         let cmd = Command::Dial {
             addr,
             unix,

@@ -123,6 +123,31 @@ stats! {
     tls_key_updates_sent,
     /// TLS KeyUpdates received.
     tls_key_updates_received,
+    /// QUIC: UDP datagrams received on this shard's sockets (GRO batches counted per datagram).
+    quic_datagrams_in,
+    /// QUIC: receive completions that carried a GRO batch of more than one datagram.
+    quic_gro_batches,
+    /// QUIC: UDP datagrams sent (GSO batches counted per datagram).
+    quic_datagrams_out,
+    /// QUIC: `sendmsg` calls that carried a `UDP_SEGMENT` batch of more than one datagram.
+    quic_gso_sends,
+    /// QUIC: datagrams this shard received for a connection another shard owns, forwarded there.
+    quic_forwarded,
+    /// QUIC: forwarded datagrams this shard received from another shard.
+    quic_forwarded_in,
+    /// QUIC: datagrams dropped before quinn-proto (malformed, truncated, foreign short-header
+    /// ids, a full forwarding queue).
+    quic_dropped,
+    /// QUIC: connection attempts answered with a stateless Retry (address validation).
+    quic_retries,
+    /// QUIC: connection attempts refused before any connection state (admission, shutdown).
+    quic_refused,
+    /// QUIC: connections currently held by this shard (gauge).
+    quic_conns,
+    /// QUIC: handshakes completed.
+    quic_handshakes,
+    /// QUIC: `sendmsg` failures.
+    quic_send_errors,
     /// Tasks spawned on this shard's executor.
     tasks_spawned,
     /// Task polls made by this shard's executor.

@@ -70,6 +70,14 @@ pub(crate) enum Resource {
         #[allow(dead_code)] Rc<File>,
         #[allow(dead_code)] Box<[u8; 8]>,
     ),
+    /// A multishot `recvmsg` into a provided-buffer ring: socket + the `msghdr` template the
+    /// kernel reads the name and control sizes from.
+    RecvMsg(
+        #[allow(dead_code)] Rc<OwnedFd>,
+        #[allow(dead_code)] Box<libc::msghdr>,
+    ),
+    /// A UDP `sendmsg` (one datagram, or a `UDP_SEGMENT` batch): socket + the datagram.
+    SendTo(#[allow(dead_code)] Rc<OwnedFd>, Box<UdpSend>),
 }
 
 impl std::fmt::Debug for Resource {
@@ -80,6 +88,8 @@ impl std::fmt::Debug for Resource {
             Self::Connect(..) => "Resource::Connect",
             Self::RecvInto(..) => "Resource::RecvInto",
             Self::Read8(..) => "Resource::Read8",
+            Self::RecvMsg(..) => "Resource::RecvMsg",
+            Self::SendTo(..) => "Resource::SendTo",
         })
     }
 }
@@ -87,6 +97,8 @@ impl std::fmt::Debug for Resource {
 struct InFlight {
     tag: u64,
     gen: u32,
+    /// The provided-buffer group a buffer-selecting op picks from (0 for every other op).
+    bgid: u16,
     res: Resource,
 }
 
@@ -146,6 +158,70 @@ impl SendBatch {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.iov.iter().map(|v| v.iov_len).sum()
+    }
+}
+
+/// The `UDP_SEGMENT` control message of a GSO batch (`CMSG_SPACE(sizeof(u16))` bytes).
+#[repr(C)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    segment: u16,
+    _pad: [u8; 6],
+}
+
+/// One outgoing UDP datagram or `UDP_SEGMENT` batch: the payload, its destination and the
+/// optional segment-size control message, with the `msghdr` and iovec that point into them.
+/// Everything the kernel reads lives in this box (or in `buf`'s heap storage, which is not
+/// resized while a send owns it).
+pub(crate) struct UdpSend {
+    buf: Vec<u8>,
+    addr: socket2::SockAddr,
+    iov: libc::iovec,
+    control: SegmentCmsg,
+    msg: libc::msghdr,
+}
+
+impl UdpSend {
+    /// `buf` sent to `to`; with `segment`, as datagrams of `segment` bytes (GSO, the last may
+    /// be shorter). `buf` is sent whole: its length is the payload length.
+    pub fn new(buf: Vec<u8>, to: std::net::SocketAddr, segment: Option<u16>) -> Box<Self> {
+        let mut send = Box::new(Self {
+            buf,
+            addr: socket2::SockAddr::from(to),
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            control: SegmentCmsg {
+                hdr: libc::cmsghdr {
+                    // CMSG_LEN(sizeof(u16)): the header plus the 2 data bytes.
+                    cmsg_len: (std::mem::size_of::<libc::cmsghdr>() + 2) as _,
+                    cmsg_level: libc::SOL_UDP,
+                    cmsg_type: libc::UDP_SEGMENT,
+                },
+                segment: segment.unwrap_or(0),
+                _pad: [0; 6],
+            },
+            // SAFETY: `msghdr` is a plain C struct for which all-zero bytes is a valid value
+            // (null pointers, zero lengths); it is filled in right below.
+            msg: unsafe { std::mem::zeroed() },
+        });
+        send.iov.iov_base = send.buf.as_mut_ptr().cast();
+        send.iov.iov_len = send.buf.len();
+        send.msg.msg_name = send.addr.as_ptr() as *mut libc::c_void;
+        send.msg.msg_namelen = send.addr.len();
+        send.msg.msg_iov = &mut send.iov;
+        send.msg.msg_iovlen = 1;
+        if segment.is_some() {
+            send.msg.msg_control = (&mut send.control as *mut SegmentCmsg).cast();
+            send.msg.msg_controllen = std::mem::size_of::<SegmentCmsg>() as _;
+        }
+        send
+    }
+
+    /// The payload buffer, for reuse.
+    pub fn into_buf(self: Box<Self>) -> Vec<u8> {
+        self.buf
     }
 }
 
@@ -256,6 +332,15 @@ impl OutSeg {
         }
     }
 
+    /// The unsent part of an owned body as `Bytes` (no copy), once the header is written.
+    pub(crate) fn unsent_body_bytes(&self) -> Option<Bytes> {
+        let h = usize::from(self.hdr_len);
+        match &self.body {
+            Body::Bytes(b) if self.off >= h => Some(b.slice(self.off - h..)),
+            _ => None,
+        }
+    }
+
     /// The payload, once the segment is done with.
     pub(crate) fn into_body(self) -> Body {
         self.body
@@ -275,7 +360,8 @@ pub(crate) struct Ring {
     uring: IoUring,
     ops: Slab<InFlight>,
     next_gen: u32,
-    bufs: Option<Rc<BufRing>>,
+    /// Registered provided-buffer rings, indexed by group id.
+    bufs: Vec<Option<Rc<BufRing>>>,
     defer_taskrun: bool,
     /// Completions to hand out next: the reap buffer of `complete`, which `push` also fills
     /// when the completion queue must be emptied before it can submit.
@@ -320,7 +406,7 @@ impl Ring {
             uring,
             ops: Slab::with_capacity(256),
             next_gen: 1,
-            bufs: None,
+            bufs: Vec::new(),
             defer_taskrun: defer,
             scratch: Vec::with_capacity(256),
             cancel_retry: Vec::new(),
@@ -353,8 +439,19 @@ impl Ring {
             )?;
         }
         bufs.publish_all();
-        self.bufs = Some(bufs);
+        let g = usize::from(bufs.bgid);
+        if self.bufs.len() <= g {
+            self.bufs.resize(g + 1, None);
+        }
+        self.bufs[g] = Some(bufs);
         Ok(())
+    }
+
+    /// True if buffer group `bgid` is registered.
+    pub fn has_buf_ring(&self, bgid: u16) -> bool {
+        self.bufs
+            .get(usize::from(bgid))
+            .is_some_and(Option::is_some)
     }
 
     /// Number of ops the kernel has not finished.
@@ -364,9 +461,18 @@ impl Ring {
     }
 
     fn insert(&mut self, tag: u64, res: Resource) -> OpId {
+        self.insert_in_group(tag, 0, res)
+    }
+
+    fn insert_in_group(&mut self, tag: u64, bgid: u16, res: Resource) -> OpId {
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
-        let idx = self.ops.insert(InFlight { tag, gen, res });
+        let idx = self.ops.insert(InFlight {
+            tag,
+            gen,
+            bgid,
+            res,
+        });
         OpId((idx as u64) | (u64::from(gen) << 32))
     }
 
@@ -441,13 +547,55 @@ impl Ring {
 
     /// Multishot receive into the registered provided-buffer ring.
     pub fn recv_multi(&mut self, sock: &Rc<OwnedFd>, tag: u64) -> io::Result<OpId> {
-        let bgid = match &self.bufs {
-            Some(b) => b.bgid,
-            None => return Err(io::Error::other("no provided-buffer ring registered")),
-        };
+        if !self.has_buf_ring(0) {
+            return Err(io::Error::other("no provided-buffer ring registered"));
+        }
         let fd = types::Fd(sock.as_raw_fd());
         let id = self.insert(tag, Resource::Fd(sock.clone()));
-        let e = opcode::RecvMulti::new(fd, bgid).build();
+        let e = opcode::RecvMulti::new(fd, 0).build();
+        self.push_owned(e, id)
+    }
+
+    /// Multishot `recvmsg` on a datagram socket into provided-buffer group `bgid`. Each
+    /// completion's buffer holds an `io_uring_recvmsg_out` header, then `name_len` bytes of
+    /// source address, `control_len` bytes of control messages, then the payload (parse it
+    /// with [`crate::udp::parse_recvmsg`] using the same two lengths).
+    pub fn recv_msg_multi(
+        &mut self,
+        sock: &Rc<OwnedFd>,
+        bgid: u16,
+        name_len: u32,
+        control_len: usize,
+        tag: u64,
+    ) -> io::Result<OpId> {
+        if !self.has_buf_ring(bgid) {
+            return Err(io::Error::other("no provided-buffer ring registered"));
+        }
+        // SAFETY: `msghdr` is a plain C struct for which all-zero bytes is a valid value; only
+        // the name and control lengths are read by a multishot recvmsg (no pointers are set).
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = name_len;
+        msg.msg_controllen = control_len as _;
+        let ptr: *const libc::msghdr = &*msg;
+        let fd = types::Fd(sock.as_raw_fd());
+        let id = self.insert_in_group(tag, bgid, Resource::RecvMsg(sock.clone(), msg));
+        let e = opcode::RecvMsgMulti::new(fd, ptr, bgid).build();
+        self.push_owned(e, id)
+    }
+
+    /// `sendmsg` of one UDP datagram, or of a `UDP_SEGMENT` batch of equal-size datagrams
+    /// (the last may be shorter), to `send`'s destination. The buffer comes back in the final
+    /// completion's [`Resource::SendTo`].
+    pub fn send_to(
+        &mut self,
+        sock: &Rc<OwnedFd>,
+        send: Box<UdpSend>,
+        tag: u64,
+    ) -> io::Result<OpId> {
+        let fd = types::Fd(sock.as_raw_fd());
+        let msg: *const libc::msghdr = &send.msg;
+        let id = self.insert(tag, Resource::SendTo(sock.clone(), send));
+        let e = opcode::SendMsg::new(fd, msg).build();
         self.push_owned(e, id)
     }
 
@@ -615,11 +763,12 @@ impl Ring {
             let more = cqueue::more(flags);
             let notif = cqueue::notif(flags);
             let result = cqe.result();
-            let buf = match (cqueue::buffer_select(flags), &self.bufs) {
+            let op = &self.ops[idx];
+            let group = self.bufs.get(usize::from(op.bgid)).and_then(Option::as_ref);
+            let buf = match (cqueue::buffer_select(flags), group) {
                 (Some(bid), Some(bufs)) => Some(bufs.take(bid, result.max(0) as usize)),
                 _ => None,
             };
-            let op = &self.ops[idx];
             let tag = op.tag;
             // A zero-copy send's first CQE carries F_MORE; its buffers are released by the
             // notification. Every op is finished by its first CQE without F_MORE.
@@ -686,7 +835,7 @@ impl Drop for Ring {
     fn drop(&mut self) {
         self.cancel_all_and_drain(Duration::from_secs(2));
         if self.ops.is_empty() {
-            if let Some(bufs) = &self.bufs {
+            for bufs in self.bufs.iter().flatten() {
                 let _ = self.uring.submitter().unregister_buf_ring(bufs.bgid);
             }
         } else {
@@ -694,7 +843,7 @@ impl Drop for Ring {
             for op in self.ops.drain() {
                 std::mem::forget(op);
             }
-            if let Some(bufs) = self.bufs.take() {
+            for bufs in self.bufs.drain(..).flatten() {
                 std::mem::forget(bufs);
             }
         }
@@ -980,6 +1129,27 @@ impl RingPin {
 impl Drop for RingPin {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Turns `UDP_GRO` on or off on a UDP socket.
+pub(crate) fn set_udp_gro(fd: &OwnedFd, on: bool) -> io::Result<()> {
+    let v: libc::c_int = i32::from(on);
+    // SAFETY: `fd` is an open socket for the duration of the call (borrowed), and the option
+    // value points to a live `c_int` whose size is passed as the option length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -139,18 +139,14 @@ impl EngineSetup {
         runtime: ron_shard::RuntimeConfig,
     ) -> Result<crate::engine::uring::UringEngine, TransportError> {
         let cfg = self.config.load();
-        if cfg.backend == Backend::Quic {
-            // The shard-ring QUIC driver is not built yet: callers fall back to tokio.
-            return Err(TransportError::Unsupported {
-                what: "backend `quic` on the uring engine (not built yet; use the tokio engine)"
-                    .into(),
-            });
-        }
         let mut tls = crate::engine::uring::UringTls {
             server: self.tls_server.clone(),
             client: client_slot(self.tls_client.clone()),
         };
-        if cfg.backend == Backend::Tls && tls.server.is_none() && cfg.tls_enabled {
+        if matches!(cfg.backend, Backend::Tls | Backend::Quic)
+            && tls.server.is_none()
+            && cfg.tls_enabled
+        {
             tls.server = Some(load_server_config(&cfg)?);
         }
         crate::engine::uring::UringEngine::build_with_tls(

@@ -47,6 +47,17 @@ pub const CLOSE_DONE: u32 = 0;
 /// shutting down.
 pub const CLOSE_REFUSED: u32 = 1;
 
+/// Handshakes in flight at or above which a peer whose address is not validated yet is sent a
+/// stateless Retry instead of being admitted (address validation under a handshake flood,
+/// RFC 9000 §8.1.2): at most this many, and at most half of `max_conns`. Per listener on the
+/// tokio engine, per listener and shard on the uring engine.
+pub const RETRY_ABOVE_HANDSHAKES: usize = 64;
+
+/// The Retry threshold under `max_conns`.
+pub(crate) fn retry_threshold(max_conns: u32) -> usize {
+    RETRY_ABOVE_HANDSHAKES.min(max_conns as usize / 2)
+}
+
 /// Which side a transport configuration is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

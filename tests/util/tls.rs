@@ -44,6 +44,26 @@ fn client_config(trusted: &Cert, pq: PqMode) -> Arc<ClientConfig> {
 }
 
 impl TlsFixture {
+    /// The process-wide pair of QUIC conformance cases that bring none (their `tcp` is QUIC,
+    /// which needs one), valid for every loopback address the cases listen on.
+    #[allow(dead_code)]
+    pub fn quic_default() -> Self {
+        static FX: std::sync::OnceLock<TlsFixture> = std::sync::OnceLock::new();
+        FX.get_or_init(|| {
+            let names = ["localhost", "127.0.0.1", "127.0.0.2"].map(String::from);
+            let ck = rcgen::generate_simple_self_signed(names.to_vec()).expect("rcgen");
+            let c = Cert {
+                cert_pem: ck.cert.pem(),
+                key_pem: ck.key_pair.serialize_pem(),
+            };
+            Self {
+                server: server_config(&c, PqMode::Off),
+                client: client_config(&c, PqMode::Off),
+            }
+        })
+        .clone()
+    }
+
     /// Server and client that trust each other, both with `pq`.
     pub fn new(pq: PqMode) -> Self {
         let c = self_signed();

@@ -262,8 +262,67 @@ impl Shard {
         tls: Option<TlsConn>,
         opener: Opener,
     ) {
+        self.install_inner(
+            Rc::new(fd),
+            peer,
+            local,
+            outbound,
+            opts,
+            tls,
+            opener,
+            None,
+            None,
+        );
+    }
+
+    /// Installs one QUIC stream as a connection (its handshake is done: the handler opens at
+    /// once, with the connection's `facts`). Returns its slot and generation if it is still
+    /// open after `on_open`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn install_stream(
+        &mut self,
+        fd: Rc<OwnedFd>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        outbound: bool,
+        opts: ConnOptions,
+        opener: Opener,
+        stream: quic::QuicStream,
+        facts: Option<Box<TlsFacts>>,
+    ) -> Option<(usize, u32)> {
+        let (idx, gen) = self.install_inner(
+            fd,
+            peer,
+            local,
+            outbound,
+            opts,
+            None,
+            opener,
+            Some(stream),
+            facts,
+        );
+        self.conns
+            .get(idx)
+            .is_some_and(|c| c.gen == gen)
+            .then_some((idx, gen))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn install_inner(
+        &mut self,
+        fd: Rc<OwnedFd>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        outbound: bool,
+        opts: ConnOptions,
+        tls: Option<TlsConn>,
+        opener: Opener,
+        quic: Option<quic::QuicStream>,
+        facts: Option<Box<TlsFacts>>,
+    ) -> (usize, u32) {
         let gen = self.gen();
-        let meta = self.new_meta(peer, local, outbound);
+        let mut meta = self.new_meta(peer, local, outbound);
+        meta.tls = facts;
         let entry = self.conns.vacant_entry();
         let idx = entry.key();
         let remote = ConnRemote(Arc::new(RemoteShared {
@@ -286,12 +345,13 @@ impl Shard {
         let open_now = handler.is_some() && !panicked;
         entry.insert(Conn {
             gen,
-            fd: Rc::new(fd),
+            fd,
             meta,
             state: ConnState::new(self.now, opts.max_frame, opts.timeouts),
             handler,
             tls: tls.map(Box::new),
             opener,
+            quic,
             io: ConnIo {
                 out: VecDeque::new(),
                 want_read: true,
@@ -327,6 +387,7 @@ impl Shard {
             self.call(idx, |h, ctx| h.on_open(ctx));
         }
         self.service(idx);
+        (idx, gen)
     }
 }
 

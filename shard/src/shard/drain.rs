@@ -12,6 +12,7 @@ impl Shard {
         reply: tokio::sync::oneshot::Sender<ShardReport>,
     ) {
         self.stop_listen(None);
+        self.stop_listen_quic(None);
         let ops: Vec<OpId> = self.dials.iter().map(|(_, d)| d.op).collect();
         for op in ops {
             let _ = self.ring.cancel(op);
@@ -43,8 +44,9 @@ impl Shard {
             return false;
         };
         let deadline = d.deadline;
-        if self.conns.is_empty() && self.dials.is_empty() {
+        if self.conns.is_empty() && self.dials.is_empty() && !self.quic_busy() {
             let drained = d.drained;
+            self.quic_shutdown();
             self.reply(ShardReport {
                 drained,
                 aborted: 0,
@@ -63,6 +65,7 @@ impl Shard {
                     self.dial_failed(h, DialError::Unavailable("shutdown"));
                 }
             }
+            self.quic_shutdown();
             self.reply(ShardReport { drained, aborted });
             return true;
         }

@@ -44,6 +44,7 @@ use crate::tls_pump::{PumpError, TlsPump};
 mod accept;
 mod dial;
 mod drain;
+mod quic;
 mod recv;
 mod send;
 mod tasks;
@@ -104,6 +105,29 @@ pub(crate) enum Command {
     /// Fault injection (tests): the shard thread panics outside any handler, as a bug in the
     /// shard itself would.
     Panic,
+    /// A QUIC listener's socket for this shard (every shard gets one of the `SO_REUSEPORT`
+    /// group).
+    ListenQuic {
+        id: u64,
+        fd: OwnedFd,
+        hooks: Arc<dyn AcceptHooks>,
+        opts: ConnOptions,
+        quic: Arc<crate::quic::QuicServer>,
+    },
+    /// A QUIC dial from this shard.
+    DialQuic {
+        addr: SocketAddr,
+        deadline: Instant,
+        opts: ConnOptions,
+        hooks: Box<dyn DialHooks>,
+        quic: Box<crate::quic::QuicDial>,
+    },
+    /// A datagram another shard received for a QUIC connection of this one.
+    QuicDatagram {
+        listener: u64,
+        peer: SocketAddr,
+        data: bytes::BytesMut,
+    },
 }
 
 /// A shutdown request: drain until `deadline`, then report.
@@ -266,6 +290,8 @@ enum Kind {
     Shutdown = 4,
     Connect = 5,
     Event = 6,
+    UdpRecv = 7,
+    UdpSend = 8,
 }
 
 const GEN_MASK: u32 = 0x00ff_ffff;
@@ -292,6 +318,10 @@ enum TimerKey {
     Resume(usize, u32),
     /// A fresh direct receive armed with this sequence number may be waiting on an idle peer.
     DirectIdle(usize, u32, u32),
+    /// A QUIC connection's deadline (quinn's timers, its handshake, stream prefaces).
+    Quic(usize, u32),
+    /// A UDP socket's receive could not be armed: try again.
+    UdpRearm(usize, u32),
 }
 
 /// Received bytes handed to [`Shard::deliver`]: a provided buffer (frames in place) or bytes
@@ -336,6 +366,8 @@ struct Conn {
     tls: Option<Box<TlsConn>>,
     /// Who builds the handler once the TLS handshake completes (None once open).
     opener: Option<Opener>,
+    /// QUIC: the stream this connection is (its I/O goes through quinn-proto, not `fd`).
+    quic: Option<quic::QuicStream>,
 }
 
 impl Conn {
@@ -458,6 +490,16 @@ pub(crate) struct Shard {
     now: Instant,
     /// Submit queued SQEs right after the current completion (see `run`).
     flush_now: bool,
+    /// QUIC: UDP sockets with their endpoints, connections, the ones to drive this turn, the
+    /// client socket per address family (v4, v6), reused send buffers, the receive copy arena
+    /// and an event scratch list.
+    udp_socks: Slab<quic::QuicSocket>,
+    qconns: Slab<quic::QuicConn>,
+    quic_dirty: Vec<usize>,
+    client_socks: [Option<usize>; 2],
+    send_pool: Vec<Vec<u8>>,
+    rx: bytes::BytesMut,
+    qevents: Vec<quinn_proto::Event>,
 }
 
 impl Shard {
@@ -500,6 +542,13 @@ impl Shard {
             decoded: Vec::with_capacity(64),
             now: Instant::now(),
             flush_now: false,
+            udp_socks: Slab::new(),
+            qconns: Slab::new(),
+            quic_dirty: Vec::new(),
+            client_socks: [None, None],
+            send_pool: Vec::new(),
+            rx: bytes::BytesMut::new(),
+            qevents: Vec::new(),
         })
     }
 
@@ -526,6 +575,7 @@ impl Shard {
             exec::take_remote(&self.queues.task_rx);
             self.run_tasks(&mut dirty);
             self.unstarve();
+            self.flush_quic();
             if self.check_drain() {
                 break;
             }
@@ -572,6 +622,7 @@ impl Shard {
             }
             self.comps = comps;
             self.fire_timers();
+            self.flush_quic();
             self.compact_timers();
             ShardStats::set(&self.shared.stats.timers, self.timers.len() as u64);
         }
@@ -607,7 +658,10 @@ impl Shard {
                     opts,
                     tls,
                 } => self.listen(id, fd, hooks, opts, tls),
-                Command::StopListen { id } => self.stop_listen(Some(id)),
+                Command::StopListen { id } => {
+                    self.stop_listen(Some(id));
+                    self.stop_listen_quic(Some(id));
+                }
                 Command::Adopt(a) => self.adopt(a),
                 Command::Dial {
                     addr,
@@ -618,6 +672,25 @@ impl Shard {
                     tls,
                 } => self.dial(addr, unix, deadline, opts, hooks, tls),
                 Command::Panic => panic!("ron-shard {}: injected fault (shard panic)", self.id),
+                Command::ListenQuic {
+                    id,
+                    fd,
+                    hooks,
+                    opts,
+                    quic,
+                } => self.listen_quic(id, fd, hooks, opts, quic),
+                Command::DialQuic {
+                    addr,
+                    deadline,
+                    opts,
+                    hooks,
+                    quic,
+                } => self.dial_quic(addr, deadline, opts, hooks, *quic),
+                Command::QuicDatagram {
+                    listener,
+                    peer,
+                    data,
+                } => self.on_forwarded(listener, peer, data),
             }
         }
         if let Some((deadline, reply)) = self.shared.take_stop() {
@@ -705,6 +778,22 @@ impl Shard {
                 conn.io.recv_cancelled = true;
                 let _ = self.ring.cancel(op);
             }
+            if conn.quic.is_some() {
+                // Queued frames go to quinn first; the stream's FIN follows them (`finish`).
+                self.quic_write(idx);
+                let conn = &mut self.conns[idx];
+                if conn.io.out.is_empty() || conn.quic.is_none() {
+                    self.finish(idx, reason);
+                    return;
+                }
+                if matches!(conn.io.close, Some((_, false))) {
+                    let reason = conn.io.close.clone().map_or(reason, |c| c.0);
+                    self.finish(idx, reason);
+                    return;
+                }
+                self.arm_conn_timers(idx);
+                return;
+            }
             let mut flushed = conn.io.out.is_empty() && conn.io.send_op.is_none();
             if flushed {
                 if let Some(tls) = conn.tls.as_mut() {
@@ -743,6 +832,10 @@ impl Shard {
     /// closes the fd), tells the handler.
     fn finish(&mut self, idx: usize, reason: CloseReason) {
         let mut conn = self.conns.remove(idx);
+        if let Some(qs) = conn.quic.take() {
+            let graceful = matches!(conn.io.close, Some((_, true))) && conn.io.out.is_empty();
+            self.quic_stream_end(idx, qs, graceful, conn.io.eof);
+        }
         if let Some(op) = conn.io.recv_op.take() {
             if !conn.io.recv_cancelled {
                 let _ = self.ring.cancel(op);
@@ -817,6 +910,8 @@ impl Shard {
             k if k == Kind::Send as u8 => self.on_send(idx, gen, c),
             k if k == Kind::Accept as u8 => self.on_accept(idx, gen, c),
             k if k == Kind::Connect as u8 => self.on_connect(idx, gen, c),
+            k if k == Kind::UdpRecv as u8 => self.on_udp_recv(idx, gen, c),
+            k if k == Kind::UdpSend as u8 => self.on_udp_send(idx, gen, c),
             k if k == Kind::Event as u8 => {
                 self.shared.bell.rearmed();
                 ShardStats::set(&self.shared.stats.doorbell_rings, self.shared.bell.rings());
@@ -843,6 +938,7 @@ impl Drop for Shard {
         // Handlers see an explicit close before the ring (and every op's resources) goes away;
         // then the tasks go (their connection ends find their connections closed).
         self.abort_all(CloseReason::Shutdown);
+        self.quic_shutdown();
         exec::uninstall();
         self.ring.cancel_all_and_drain(Duration::from_secs(2));
     }

@@ -387,6 +387,13 @@ impl Shard {
         conn.io.out_paused = over;
         let want = conn.io.want_read && !held && !over;
         conn.state.set_paused(now, !want);
+        if conn.quic.is_some() {
+            // QUIC: bytes wait in quinn (its flow control holds the peer back) until read.
+            if want {
+                self.quic_read(idx);
+            }
+            return self.conns.contains(idx);
+        }
         if want && conn.io.recv_op.is_none() && !conn.io.eof && !conn.io.starved {
             let fd = conn.fd.clone();
             let t = tag(Kind::Recv, idx, key_tag_gen);

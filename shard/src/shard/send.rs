@@ -140,6 +140,9 @@ impl Shard {
     /// `chunk_bytes`; TLS: the next sealed batch). False if the connection was finished.
     pub(super) fn submit_output(&mut self, idx: usize) -> bool {
         let conn = &mut self.conns[idx];
+        if conn.quic.is_some() {
+            return self.quic_write(idx);
+        }
         if conn.tls.is_some() {
             if conn.io.send_op.is_none() && !self.tls_output(idx) {
                 return false;

@@ -24,7 +24,7 @@ impl Shard {
         if len <= COMPACT_MIN || len <= STALE_FACTOR * (live + 1) {
             return;
         }
-        let (conns, dials) = (&self.conns, &self.dials);
+        let (conns, dials, qconns) = (&self.conns, &self.dials, &self.qconns);
         self.timers.retain(|Reverse((t, key))| match *key {
             TimerKey::Conn(idx, gen) => conns
                 .get(idx)
@@ -37,7 +37,8 @@ impl Shard {
                 .is_some_and(|c| c.gen == gen && c.io.fresh_seq == seq),
             TimerKey::Resume(idx, gen) => conns.get(idx).is_some_and(|c| c.gen == gen),
             TimerKey::Dial(idx, gen) => dials.get(idx).is_some_and(|d| d.gen == gen),
-            TimerKey::Listener(..) => true,
+            TimerKey::Listener(..) | TimerKey::UdpRearm(..) => true,
+            TimerKey::Quic(q, gen) => qconns.get(q).is_some_and(|c| c.armed_at(gen, *t)),
         });
         ShardStats::add(&self.shared.stats.timer_compactions, 1);
     }
@@ -115,6 +116,8 @@ impl Shard {
                         }
                     }
                 }
+                TimerKey::Quic(q, gen) => self.on_quic_timer(q, gen, t),
+                TimerKey::UdpRearm(s, gen) => self.on_udp_timer(s, gen),
                 TimerKey::Listener(idx, gen) => {
                     if self
                         .listeners

@@ -3,7 +3,7 @@
 //! frame decoder, limits, deadlines and metrics as TCP and TLS ([`super::conn`],
 //! [`super::writer`]) — through [`QuicIo`], a byte stream over one quinn stream pair.
 //!
-//! Listener: under a handshake flood (in-flight handshakes at [`RETRY_ABOVE_HANDSHAKES`] or
+//! Listener: under a handshake flood (in-flight handshakes at [`crate::quic::RETRY_ABOVE_HANDSHAKES`] or
 //! half of `max_conns`) a peer whose address is not validated gets a stateless Retry first.
 //! Each `Incoming` is admitted (caps, per-peer caps, pacing buckets) before
 //! `Incoming::accept` creates any connection state; a refused peer gets a CONNECTION_CLOSE
@@ -39,15 +39,7 @@ use crate::quic::{connection_error, CLOSE_DONE, CLOSE_REFUSED, STREAM_PREFACE};
 /// Streams accepted and handshaken, waiting for `Listener::accept`.
 const READY_QUEUE: usize = 64;
 
-/// Handshakes in flight at or above which a peer whose address is not validated yet is sent a
-/// stateless Retry instead of being admitted (address validation under a handshake flood,
-/// RFC 9000 §8.1.2): at most this many, and at most half of `max_conns`.
-pub(crate) const RETRY_ABOVE_HANDSHAKES: usize = 64;
-
-/// The Retry threshold under `max_conns`.
-fn retry_threshold(max_conns: u32) -> usize {
-    RETRY_ABOVE_HANDSHAKES.min(max_conns as usize / 2)
-}
+use crate::quic::retry_threshold;
 
 /// Counts one handshake in flight until dropped.
 struct Handshaking(Arc<AtomicUsize>);

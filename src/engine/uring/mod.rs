@@ -34,6 +34,8 @@
 //! `pq_handshake_total{result="fail"}`. `ConnInfo` carries `pq`, `alpn` and `resumed`.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "quic")]
+mod quic;
 mod uds;
 
 use std::future::Future;
@@ -265,11 +267,8 @@ pub(crate) fn timeouts_of(cfg: &ValidConfig) -> Timeouts {
 /// For engine auto-selection: `Ok(())` if the uring engine can serve `cfg` on this host, else a
 /// stable reason (`io_uring_disabled`, `seccomp`, `enosys`, `memlock`, `missing_opcodes`,
 /// `error` from [`ron_shard::probe`], prefixed `io_uring_`). TCP and TLS are both served;
-/// `backend = "quic"` is not yet (`quic_not_on_uring`: auto-selection takes tokio).
-pub fn availability(cfg: &ValidConfig) -> Result<(), &'static str> {
-    if cfg.backend == crate::config::Backend::Quic {
-        return Err("quic_not_on_uring");
-    }
+/// so is `backend = "quic"` (the shards drive quinn-proto).
+pub fn availability(_cfg: &ValidConfig) -> Result<(), &'static str> {
     let probe = ron_shard::probe();
     match probe.failure {
         None => Ok(()),
@@ -436,6 +435,26 @@ impl Engine for UringEngine {
                 ListenTarget::Addr(addr) => addr,
                 ListenTarget::Unix(path) => return uds::listen(inner, path).await,
             };
+            #[cfg(feature = "quic")]
+            if inner.backend() == Backend::Quic {
+                let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+                let serve = Arc::new(OnceLock::new());
+                let hooks = Arc::new(AcceptSide {
+                    inner: Arc::downgrade(&inner),
+                    tx,
+                    serve: serve.clone(),
+                });
+                let (id, local) = quic::listen(&inner, addr, hooks)?;
+                events::listen(inner.backend(), EngineKind::Uring, local);
+                return Ok(UringListener {
+                    inner,
+                    local,
+                    rx,
+                    id,
+                    serve,
+                    uds: None,
+                });
+            }
             let Ok(server_tls) = listener_tls(inner.is_tls(), inner.tls.server.as_ref()) else {
                 return Err(listen::tls_config_missing(&inner.readiness));
             };
@@ -599,7 +618,7 @@ async fn dial_to(
             return uds::dial(inner, path, opts.deadline, corr_id).await;
         }
     };
-    let client = if inner.is_tls() {
+    let client = if inner.is_tls() || inner.backend() == Backend::Quic {
         Some(inner.tls.client.current(&inner.cfg()).await?)
     } else {
         None
@@ -640,6 +659,30 @@ async fn dial_to(
             admitted: Some(admitted),
             corr_id: opts.corr_id.as_deref().map(Arc::from),
         });
+        #[cfg(feature = "quic")]
+        if inner.backend() == Backend::Quic {
+            let (Some(config), Some(t)) = (&client, &tls) else {
+                return Err(TransportError::Unsupported {
+                    what: "QUIC dial without a TLS client config".into(),
+                });
+            };
+            let name = t.server_name.to_str().into_owned();
+            quic::dial(inner, addr, left, config, name, hooks)?;
+            match rx.await {
+                Ok(Ok(accepted)) => return Ok(accepted),
+                Ok(Err(DialError::Timeout)) => {
+                    return Err(TransportError::timeout(TimeoutOp::Dial))
+                }
+                Ok(Err(DialError::Io(e))) => {
+                    last = Some(e);
+                    continue;
+                }
+                Ok(Err(DialError::Tls { kind, detail })) => {
+                    return Err(quic_dial_error(kind, detail))
+                }
+                Ok(Err(_)) | Err(_) => return Err(TransportError::Cancelled),
+            }
+        }
         let sent = match tls {
             Some(t) => inner
                 .rt
@@ -668,12 +711,30 @@ async fn dial_to(
     })))
 }
 
+/// A QUIC dial's handshake failure as the contract names it: TLS alerts are `tls`, anything
+/// else on the path `quic_path_error` (as on the tokio engine).
+#[cfg(feature = "quic")]
+fn quic_dial_error(kind: &'static str, detail: String) -> TransportError {
+    if kind == "quic_path_error" {
+        TransportError::QuicPath { detail }
+    } else {
+        TransportError::Tls {
+            detail: format!("{kind}: {detail}"),
+        }
+    }
+}
+
 /// Counts a failed TLS handshake (not a timeout): `tls_handshake_failures_total`,
 /// `rejected_total{reason="tls"}`, `pq_handshake_total{result="fail"}`.
-pub(crate) fn count_tls_failure(metrics: &TransportMetrics, bm: &BackendMetrics, pq: PqLabel) {
+pub(crate) fn count_tls_failure(
+    metrics: &TransportMetrics,
+    backend: Backend,
+    bm: &BackendMetrics,
+    pq: PqLabel,
+) {
     // The failure counter last: whoever sees it move also sees the reject and the pq result.
     metrics.reject(RejectReason::Tls);
-    metrics.pq_handshake_result(Backend::Tls, pq, false);
+    metrics.pq_handshake_result(backend, pq, false);
     bm.tls_failures.inc();
 }
 
@@ -683,6 +744,7 @@ pub(crate) fn count_tls_failure(metrics: &TransportMetrics, bm: &BackendMetrics,
 /// TLS failure) is a TLS failure.
 pub(crate) fn count_handshake_failure(
     metrics: &TransportMetrics,
+    backend: Backend,
     bm: &BackendMetrics,
     pq: PqLabel,
     reason: &CloseReason,
@@ -690,7 +752,9 @@ pub(crate) fn count_handshake_failure(
     match reason {
         CloseReason::Timeout(_) => metrics.reject(RejectReason::Timeout),
         CloseReason::Shutdown | CloseReason::Aborted => {}
-        _ => count_tls_failure(metrics, bm, pq),
+        // QUIC: the path failed during the handshake (no TLS verdict), as on tokio.
+        CloseReason::QuicPath(_) => metrics.reject(RejectReason::QuicPathError),
+        _ => count_tls_failure(metrics, backend, bm, pq),
     }
 }
 
@@ -833,7 +897,9 @@ fn metered(
     let took = admitted.started().elapsed();
     bm.handshake(pq).observe(took.as_secs_f64());
     if let Some(tls) = &meta.tls {
-        engine.metrics.pq_handshake_result(Backend::Tls, pq, true);
+        engine
+            .metrics
+            .pq_handshake_result(engine.backend(), pq, true);
         events::handshake(
             &facts(engine, meta, corr_id.as_deref()),
             pq,
@@ -965,15 +1031,25 @@ impl AcceptHooks for AcceptSide {
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
-        count_handshake_failure(&inner.metrics, inner.bm(), inner.pq_mode(), &failure.reason);
+        count_handshake_failure(
+            &inner.metrics,
+            inner.backend(),
+            inner.bm(),
+            inner.pq_mode(),
+            &failure.reason,
+        );
         let reason = match failure.reason {
             CloseReason::Timeout(_) => Some(RejectReason::Timeout),
             CloseReason::Shutdown | CloseReason::Aborted => None,
             _ => Some(RejectReason::Tls),
         };
+        let reason = match failure.reason {
+            CloseReason::QuicPath(_) => Some(RejectReason::QuicPathError),
+            _ => reason,
+        };
         events::handshake_failed(
             reason,
-            Backend::Tls,
+            inner.backend(),
             EngineKind::Uring,
             meta.peer,
             failure.elapsed,
@@ -981,12 +1057,52 @@ impl AcceptHooks for AcceptSide {
         );
     }
 
+    fn share_token(&self, token: &mut AdmitToken) -> Option<AdmitToken> {
+        // The first stream turns the connection's admission into a shared one.
+        let t = std::mem::replace(token, AdmitToken::empty());
+        let shared = match t.downcast::<Admission>() {
+            Ok(a) => Arc::new(a),
+            Err(t) => match t.downcast::<Arc<Admission>>() {
+                Ok(a) => a,
+                Err(t) => {
+                    *token = t;
+                    return None;
+                }
+            },
+        };
+        *token = AdmitToken::new(shared.clone());
+        Some(AdmitToken::new(shared))
+    }
+
+    fn stream_refused(&self, peer: SocketAddr, timed_out: bool) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let reason = if timed_out {
+            RejectReason::Timeout
+        } else {
+            RejectReason::QuicPathError
+        };
+        inner.metrics.reject(reason);
+        tracing::info!(
+            target: "ron_transport",
+            event = "reject",
+            reason = reason.as_str(),
+            backend = inner.backend().as_str(),
+            engine = EngineKind::Uring.as_str(),
+            peer_addr = %peer,
+            "QUIC stream without the OAP/1 preface"
+        );
+    }
+
     fn open(&self, token: AdmitToken, meta: &ConnMeta, remote: ConnRemote) -> Box<dyn ConnHandler> {
-        let (Some(inner), Ok(admitted)) = (self.inner.upgrade(), token.downcast::<Admission>())
-        else {
+        let admitted = match token.downcast::<Admission>() {
+            Ok(a) => Some(Arc::new(a)),
+            Err(t) => t.downcast::<Arc<Admission>>().ok(),
+        };
+        let (Some(inner), Some(admitted)) = (self.inner.upgrade(), admitted) else {
             return Box::new(ron_shard::Refuse);
         };
-        let admitted = Arc::new(admitted);
         let weak = Arc::downgrade(&admitted);
         let took = admitted.started().elapsed();
         let (h, handle) = metered(&inner, meta, remote, admitted, None);
@@ -1260,6 +1376,9 @@ pub(crate) fn map_close(r: &CloseReason) -> Option<TransportError> {
             std::io::ErrorKind::UnexpectedEof,
             "peer closed inside a frame",
         )),
+        CloseReason::QuicPath(kind) => TransportError::QuicPath {
+            detail: (*kind).to_string(),
+        },
         CloseReason::HandlerPanic => TransportError::Io(std::io::Error::other(
             "the connection's handler panicked (contained to this connection)",
         )),
