@@ -41,6 +41,10 @@ const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/aioquic_oap
 /// Bound on every wait (a Python peer on a loaded 2-core machine is slow, never this slow).
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// The peer's own bound on its whole run (`--timeout`), below [`LIMIT`] so that a stuck peer
+/// reports what it was waiting for (exit 2 and a message) before the test's own wait expires.
+const PEER_LIMIT: Duration = Duration::from_secs(20);
+
 /// The frame sizes of the echo cases: empty, one byte, 1 KiB, 64 KiB and `max_frame_bytes`.
 const SIZES: [usize; 5] = [0, 1, 1024, 64 * 1024, 1 << 20];
 
@@ -138,7 +142,7 @@ impl Peer {
         let mut cmd = tokio::process::Command::new("python3");
         cmd.arg(PEER)
             .arg(mode)
-            .args(["--timeout", &LIMIT.as_secs().to_string()]);
+            .args(["--timeout", &PEER_LIMIT.as_secs().to_string()]);
         if mode == "server" {
             cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
         } else {

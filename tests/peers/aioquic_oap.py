@@ -44,6 +44,13 @@ PREFACE = b"OAP1"
 ALPN = "oap/1"
 REFUSED = 1
 
+# What the run is waiting for (named in the timeout message).
+STAGE = ["starting"]
+
+
+def at(stage):
+    STAGE[0] = stage
+
 
 class Failure(Exception):
     """An expectation failed (exit 1)."""
@@ -173,6 +180,7 @@ async def run_server(args):
     server = await serve("127.0.0.1", 0, configuration=config, create_protocol=create_protocol)
     port = server._transport.get_extra_info("sockname")[1]
     print(f"PORT {port}", flush=True)
+    at(f"serving: waiting for {args.conns} connection(s) to end")
     try:
         await asyncio.wait_for(done.wait(), args.timeout)
     finally:
@@ -204,6 +212,7 @@ async def run_client(args):
         made.append(proto)
         return proto
 
+    at("handshake")
     try:
         async with connect(
             args.host, args.port, configuration=config, create_protocol=create_protocol
@@ -229,6 +238,7 @@ async def client_echo(proto, args):
     for i, n in enumerate(sizes):
         sent = payload(n, i & 0xFF)
         writer.write(struct.pack(">I", n) + sent)
+        at(f"the echo of frame {i} ({n} bytes)")
         got = await read_frame(reader)
         if got is None:
             raise Failure(f"stream ended before the echo of frame {i} ({n} bytes)")
@@ -240,12 +250,14 @@ async def client_echo(proto, args):
             )
         total += n
     writer.write_eof()
+    at("the end of the echo stream")
     extra = await read_frame(reader)
     if extra is not None:
         raise Failure(f"an unexpected frame of {len(extra)} bytes after the echoes")
     code = None
     if args.expect_close:
         # Our listener closes the connection when its last stream ended.
+        at("the peer closing the connection")
         await proto.wait_closed()
         code = proto.terminated[0] if proto.terminated else None
     print(f"OK frames={len(sizes)} bytes={total} close_code={code}", flush=True)
@@ -255,6 +267,7 @@ async def client_without_preface(proto):
     reader, writer = await proto.create_stream()
     stream_id = writer.get_extra_info("stream_id")
     writer.write(struct.pack(">I", 5) + b"hello")
+    at("the refusal of a stream without the preface")
     try:
         got = await reader.read(65536)
         if got:
@@ -307,7 +320,10 @@ def main():
     try:
         asyncio.run(bounded())
     except asyncio.TimeoutError:
-        print(f"aioquic_oap {args.mode}: timed out after {args.timeout} s", file=sys.stderr)
+        print(
+            f"aioquic_oap {args.mode}: timed out after {args.timeout} s waiting for {STAGE[0]}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except (Failure, ConnectionError, StreamReset) as e:
         print(f"aioquic_oap {args.mode}: {type(e).__name__}: {e}", file=sys.stderr)
