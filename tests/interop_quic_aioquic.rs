@@ -445,5 +445,5 @@ macro_rules! aioquic_cases {
 }
 
 aioquic_cases!(tokio_engine, crate::util::engines::TokioEng);
-// QUIC on the uring engine: `aioquic_cases!(uring_engine, crate::util::engines::UringEng);`
+aioquic_cases!(uring_engine, crate::util::engines::UringEng);
 // once `EngineSetup::build_uring*` accepts `backend = "quic"`.

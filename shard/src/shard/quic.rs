@@ -474,7 +474,32 @@ impl Shard {
                 self.quic_dirty(q);
             }
             Err(e) => {
-                drop(token);
+                // The first flight already failed (e.g. no common ALPN): the hooks hear it as
+                // a failed handshake, with the admission released.
+                let reason = match lost_reason(&e.cause) {
+                    CloseReason::PeerClosed => CloseReason::Io(libc::ECONNRESET),
+                    r => r,
+                };
+                let meta = ConnMeta {
+                    id: 0,
+                    peer,
+                    local: self.udp_socks[s].local,
+                    shard: self.id,
+                    outbound: false,
+                    tls: None,
+                };
+                ShardStats::add(&self.shared.stats.tls_handshake_failed, 1);
+                let told = Opener::Accept { hooks, token }.failed(
+                    &meta,
+                    HandshakeFailure {
+                        reason,
+                        detail: e.cause.to_string(),
+                        elapsed: Duration::ZERO,
+                    },
+                );
+                if !told {
+                    ShardStats::add(&self.shared.stats.handler_panics, 1);
+                }
                 match e.response {
                     Some(t) => {
                         buf.truncate(t.size);
