@@ -123,7 +123,7 @@ const DEFAULT_ENGINES: &str =
 struct RunArgs {
     /// Scenarios: small,pipelined,stream,handshake,idle (the default), abuse (run on its
     /// own: `--scenarios abuse`; attacks the tokio and uring engines, see `--attacks`) and wan
-    /// (tls on tokio and uring, quic on tokio, through the impairment relay; `--wan-*`).
+    /// (tls and quic on tokio and uring, through the impairment relay; `--wan-*`).
     #[arg(long, default_value = "small,pipelined,stream,handshake,idle")]
     scenarios: String,
     /// wan (run on its own: `--scenarios wan`): loss of the impairment relay, 0 to 0.05.

@@ -43,12 +43,13 @@ pub struct WanOpts {
 }
 
 impl WanOpts {
-    /// The rows the issue asks for: tls on tokio and uring, quic on tokio.
+    /// The rows the issue asks for: tls and quic, each on tokio and uring.
     pub fn default_rows() -> Vec<(Backend, &'static str)> {
         vec![
             (Backend::Tls, "tokio"),
             (Backend::Tls, "uring"),
             (Backend::Quic, "tokio"),
+            (Backend::Quic, "uring"),
         ]
     }
 }

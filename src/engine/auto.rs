@@ -9,8 +9,8 @@
 //! `match`, no boxing on the frame path. io_uring usable (this probe, then the shard runtime's full probe: opcodes,
 //! DEFER_TASKRUN, provided-buffer ring registration) ⇒ uring, for TCP and TLS alike (the shards
 //! run the TLS pump); the uring runtime failing to start (or its TLS configs failing to load)
-//! ⇒ tokio with reason `uring_start_failed`; `backend = "quic"` ⇒ tokio with reason
-//! `quic_not_on_uring` (the shard-ring QUIC driver does not exist yet).
+//! ⇒ tokio with reason `uring_start_failed`. `backend = "quic"` follows the same rule (the
+//! shards drive quinn-proto themselves).
 
 use std::future::Future;
 use std::io;

@@ -160,10 +160,10 @@ impl EngineId {
     /// Whether it speaks `t`.
     pub fn supports(self, t: Transport) -> bool {
         match self {
-            // QUIC: ron-transport's tokio engine and the quinn peer (uring: not built yet).
-            Self::Tokio => true,
+            // QUIC: ron-transport's two engines and the quinn peer.
+            Self::Tokio | Self::Uring => true,
             Self::Quinn => t == Transport::Quic,
-            Self::TokioFramed | Self::Uring => t != Transport::Quic,
+            Self::TokioFramed => t != Transport::Quic,
             // uring-raw drives ron-shard directly and listens on TCP only.
             Self::UringRaw | Self::Monoio | Self::TokioUring | Self::BareUring => {
                 t == Transport::Tcp
@@ -541,7 +541,7 @@ mod tests {
             .into_iter()
             .filter(|e| e.supports(Transport::Quic) && e.available(Transport::Quic).is_ok())
             .collect();
-        assert_eq!(quic, [EngineId::Tokio, EngineId::Quinn]);
+        assert_eq!(quic, [EngineId::Tokio, EngineId::Uring, EngineId::Quinn]);
         for e in quic {
             let addr = spawn_in_thread(e, Transport::Quic, Some((c.clone(), k.clone()))).unwrap();
             let r = crate::client::run_load(&echo_70k(addr, &tls, true)).unwrap();
