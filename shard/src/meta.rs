@@ -98,6 +98,10 @@ pub struct ConnMeta {
     /// Handshake facts of a TLS connection (`None` for plain TCP; boxed: every connection's
     /// slot carries this field, few need its contents).
     pub tls: Option<Box<TlsFacts>>,
+    /// QUIC: the stream id this connection is, and whether it is the first stream of its QUIC
+    /// connection to open here (the handshake's facts belong to that one); `None` for TCP and
+    /// TLS.
+    pub quic_stream: Option<(u64, bool)>,
 }
 
 /// What a finished TLS handshake negotiated (facts only; labels and metrics are the caller's).

@@ -248,6 +248,7 @@ impl Shard {
             shard: self.id,
             outbound,
             tls: None,
+            quic_stream: None,
         }
     }
 
@@ -323,6 +324,7 @@ impl Shard {
         let gen = self.gen();
         let mut meta = self.new_meta(peer, local, outbound);
         meta.tls = facts;
+        meta.quic_stream = quic.map(|q| q.facts());
         let entry = self.conns.vacant_entry();
         let idx = entry.key();
         let remote = ConnRemote(Arc::new(RemoteShared {

@@ -43,6 +43,15 @@ pub(super) struct QuicStream {
     id: StreamId,
     /// quinn refused the last write (flow control / send window): wait for `Writable`.
     blocked: bool,
+    /// The first stream of its connection to open here.
+    first: bool,
+}
+
+impl QuicStream {
+    /// What [`ConnMeta::quic_stream`] says of this stream.
+    pub(super) fn facts(&self) -> (u64, bool) {
+        (u64::from(self.id), self.first)
+    }
 }
 
 /// One UDP socket and its endpoint.
@@ -94,6 +103,8 @@ pub(super) struct QuicConn {
     /// keeps half-open streams.
     linger: Option<Instant>,
     had_stream: bool,
+    /// Streams opened for handlers so far.
+    opened: u64,
     started: Instant,
     hs_deadline: Option<Instant>,
     facts: Option<Box<TlsFacts>>,
@@ -487,6 +498,7 @@ impl Shard {
                     shard: self.id,
                     outbound: false,
                     tls: None,
+                    quic_stream: None,
                 };
                 ShardStats::add(&self.shared.stats.tls_handshake_failed, 1);
                 let told = Opener::Accept { hooks, token }.failed(
@@ -535,6 +547,7 @@ impl Shard {
             half_open: Vec::new(),
             linger: None,
             had_stream: false,
+            opened: 0,
             started: self.now,
             hs_deadline,
             facts: None,
@@ -852,6 +865,7 @@ impl Shard {
             shard: self.id,
             outbound: matches!(opener, Opener::Dial(_)),
             tls: None,
+            quic_stream: None,
         };
         let detail = if detail.is_empty() {
             reason.to_string()
@@ -1019,7 +1033,9 @@ impl Shard {
             qgen,
             id,
             blocked: false,
+            first: qc.opened == 0,
         };
+        self.qconns[q].opened += 1;
         if outbound {
             ShardStats::add(&self.shared.stats.dialed, 1);
         } else {

@@ -895,8 +895,12 @@ fn metered(
     // Plain TCP: establishment (accept → open, or connect) is the "handshake".
     let pq = pq_of(meta);
     let took = admitted.started().elapsed();
-    bm.handshake(pq).observe(took.as_secs_f64());
-    if let Some(tls) = &meta.tls {
+    // QUIC: the handshake is the connection's, counted with its first stream only.
+    let handshook = meta.quic_stream.is_none_or(|(_, first)| first);
+    if handshook {
+        bm.handshake(pq).observe(took.as_secs_f64());
+    }
+    if let (Some(tls), true) = (&meta.tls, handshook) {
         engine
             .metrics
             .pq_handshake_result(engine.backend(), pq, true);
