@@ -391,6 +391,11 @@ impl Shard {
             // QUIC: bytes wait in quinn (its flow control holds the peer back) until read.
             if want {
                 self.quic_read(idx);
+                if self.conns.get(idx).is_some_and(|c| c.io.close.is_some()) {
+                    // The read ended the stream (FIN, reset, a frame error): close it now.
+                    self.service(idx);
+                    return false;
+                }
             }
             return self.conns.contains(idx);
         }
