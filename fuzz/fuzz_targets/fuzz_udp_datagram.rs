@@ -95,11 +95,9 @@ fn check_sockaddr(b: &[u8]) -> bool {
     let family = (b.len() >= 2).then(|| u16::from_ne_bytes([b[0], b[1]]));
     match a {
         None => {
-            assert!(
-                !(family == Some(AF_INET) && b.len() >= 8)
-                    && !(family == Some(AF_INET6) && b.len() >= 28),
-                "a complete address refused"
-            );
+            let complete = (family == Some(AF_INET) && b.len() >= 8)
+                || (family == Some(AF_INET6) && b.len() >= 28);
+            assert!(!complete, "a complete address refused");
             false
         }
         Some(SocketAddr::V4(v4)) => {
