@@ -5,6 +5,10 @@
 //! its framing state ([`ConnState`]), fed received ciphertext and asked for ciphertext to send,
 //! exactly as `shard/recv.rs` and `shard/send.rs` do it, without a ring or a socket. It adds no
 //! behaviour and no checks of its own; the fuzz targets assert. Not a stable API.
+//!
+//! For the datagram side (`fuzz_udp_datagram`): [`recvmsg_layout`], the lengths the QUIC
+//! driver arms its multishot `recvmsg` with, and [`issue_cid`], a connection id as a shard's
+//! endpoint issues it (the parsers themselves are public in [`crate::udp`]).
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -171,4 +175,17 @@ impl TlsConnDriver {
         self.conn.close_notify = true;
         self.conn.pump.queue_close_notify()
     }
+}
+
+/// The `(name, control)` byte lengths every QUIC receive buffer is laid out with: what the
+/// shard passes to `recv_msg_multi` and then to [`crate::udp::parse_recvmsg`].
+pub fn recvmsg_layout() -> (usize, usize) {
+    (crate::udp::NAME_LEN as usize, crate::udp::CONTROL_LEN)
+}
+
+/// A connection id as shard `shard`'s quinn-proto endpoint issues it
+/// ([`crate::udp::ShardCids`]).
+pub fn issue_cid(shard: usize) -> Vec<u8> {
+    use quinn_proto::ConnectionIdGenerator;
+    crate::udp::ShardCids::new(shard).generate_cid().to_vec()
 }

@@ -1,0 +1,195 @@
+//! QUIC on the uring engine (feature `quic`): a datagram that lands on a shard which does not
+//! own its connection is forwarded to the owner through the cross-shard queue, not dropped.
+//!
+//! Two shards, one `SO_REUSEPORT` UDP socket each: the kernel picks the socket by hashing the
+//! datagram's 4-tuple. A plain quinn client (rustls's stock provider) echoes OAP/1 frames
+//! through our listener, then migrates: each `Endpoint::rebind` to a fresh loopback port is a
+//! new 4-tuple, so its datagrams land on either shard, each time with probability 1/2, while
+//! the connection ids they carry still name the shard that owns the connection. Frames are
+//! echoed after every rebind, byte-exact.
+#![cfg(feature = "quic")]
+
+mod util;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ron_shard::StatsSnapshot;
+use ron_transport::config::Backend;
+use ron_transport::engine::uring::UringEngine;
+use ron_transport::quic::{ALPN, STREAM_PREFACE};
+use ron_transport::rustls;
+use ron_transport::{Config, Engine, Listener, RejectReason, TransportMetrics};
+
+use util::engines::{EngineKind, UringEng};
+use util::tls::PemMaterial;
+use util::{loopback, payload, rejected, snap, wait_until, within};
+
+const SLACK: Duration = Duration::from_secs(10);
+
+/// Rebinds before giving up. Each rebind lands on the non-owning shard with probability 1/2
+/// (the kernel's reuseport hash of a new source port), so all of them staying on the owner
+/// has probability 2^-30: the test is deterministic in practice.
+const MAX_REBINDS: usize = 30;
+
+/// Frame sizes echoed on every path: small ones and one spanning many datagrams.
+const SIZES: [usize; 4] = [0, 1, 1200, 64 * 1024];
+
+fn quic_config() -> Config {
+    let mut c = Config::default();
+    c.backend = Backend::Quic;
+    c.bind_addr = Some(loopback());
+    c
+}
+
+/// A plain quinn client endpoint trusting `pem`'s certificate, offering ALPN `oap/1`.
+fn plain_client(pem: &PemMaterial) -> quinn::Endpoint {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(pem.cert_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    ep
+}
+
+async fn write_frame(send: &mut quinn::SendStream, p: &[u8]) {
+    send.write_all(&(p.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    send.write_all(p).await.unwrap();
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Bytes> {
+    let mut hdr = [0u8; 4];
+    recv.read_exact(&mut hdr).await.ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(hdr) as usize];
+    recv.read_exact(&mut body).await.ok()?;
+    Some(body.into())
+}
+
+/// Sends every frame of [`SIZES`] (seeded by `round`) and checks each echo byte for byte.
+async fn echo_round(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, round: usize) {
+    for (i, n) in SIZES.into_iter().enumerate() {
+        let sent = payload(n, (round * SIZES.len() + i) as u8);
+        write_frame(send, &sent).await;
+        let got = within("echo", SLACK, read_frame(recv))
+            .await
+            .unwrap_or_else(|| panic!("stream ended instead of the echo (round {round}, {n} B)"));
+        assert_eq!(got, sent, "echo of {n} bytes after rebind {round}");
+    }
+}
+
+fn sum(stats: &[StatsSnapshot], f: impl Fn(&StatsSnapshot) -> u64) -> u64 {
+    stats.iter().map(f).sum()
+}
+
+fn show(stats: &[StatsSnapshot]) -> String {
+    stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "shard {i}: datagrams_in={} forwarded={} forwarded_in={} dropped={} conns={}",
+                s.quic_datagrams_in,
+                s.quic_forwarded,
+                s.quic_forwarded_in,
+                s.quic_dropped,
+                s.quic_conns
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn a_datagram_on_the_wrong_shard_is_forwarded_to_the_owner() {
+    util::run_multi_thread(async {
+        let pem = PemMaterial::new();
+        let metrics = TransportMetrics::new();
+        let engine: UringEngine = UringEng::build(
+            quic_config().validate().unwrap(),
+            Some(&pem.fixture),
+            metrics.clone(),
+        );
+        assert_eq!(engine.shard_stats().len(), 2, "two shards");
+        let listener = engine.listen(loopback()).await.unwrap();
+        let addr = listener.local_addr();
+        util::spawn_echo(&engine, listener);
+
+        let ep = plain_client(&pem);
+        let conn = within("connect", SLACK, async {
+            ep.connect(addr, "localhost").unwrap().await
+        })
+        .await
+        .expect("handshake with our listener");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&STREAM_PREFACE).await.unwrap();
+        echo_round(&mut send, &mut recv, 0).await;
+        let before = engine.shard_stats();
+        assert_eq!(sum(&before, |s| s.quic_forwarded), 0, "{}", show(&before));
+        assert_eq!(sum(&before, |s| s.quic_conns), 1, "{}", show(&before));
+
+        let mut rounds = 0;
+        for round in 1..=MAX_REBINDS {
+            ep.rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                .unwrap();
+            echo_round(&mut send, &mut recv, round).await;
+            rounds = round;
+            if sum(&engine.shard_stats(), |s| s.quic_forwarded) > 0 {
+                break;
+            }
+        }
+        // One more path after the forwarding started, and the last path again.
+        ep.rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        echo_round(&mut send, &mut recv, rounds + 1).await;
+        echo_round(&mut send, &mut recv, rounds + 2).await;
+
+        // Every forwarded datagram arrived at the owner.
+        wait_until("forwarded datagrams received", SLACK, || {
+            let st = engine.shard_stats();
+            sum(&st, |s| s.quic_forwarded) == sum(&st, |s| s.quic_forwarded_in)
+        })
+        .await;
+        let st = engine.shard_stats();
+        let fwd = sum(&st, |s| s.quic_forwarded);
+        eprintln!("after {rounds} rebinds: {}", show(&st));
+        assert!(
+            fwd > 0,
+            "no datagram forwarded in {rounds} rebinds: {}",
+            show(&st)
+        );
+        let from = st.iter().position(|s| s.quic_forwarded > 0).unwrap();
+        let to = st.iter().position(|s| s.quic_forwarded_in > 0);
+        assert!(
+            to.is_some_and(|to| to != from),
+            "forwarded by shard {from} but not received by the other: {}",
+            show(&st)
+        );
+        // Only the owner holds the connection; the stray shard forwarded, never dropped.
+        assert_eq!(st[to.unwrap()].quic_conns, 1, "{}", show(&st));
+        assert_eq!(sum(&st, |s| s.quic_conns), 1, "{}", show(&st));
+        assert_eq!(sum(&st, |s| s.quic_dropped), 0, "{}", show(&st));
+
+        // One QUIC connection (migrated, not re-established), no reject anywhere.
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+        let s = snap(&metrics, Backend::Quic);
+        assert_eq!((s.accepts, s.hs_off, s.tls_failures), (1, 1, 0), "{s:?}");
+        for r in RejectReason::ALL {
+            assert_eq!(rejected(&metrics, r), 0, "{r}");
+        }
+        conn.close(0u32.into(), b"done");
+        engine.shutdown(Duration::from_secs(1)).await;
+    });
+}
