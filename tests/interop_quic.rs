@@ -688,21 +688,15 @@ interop_cases!(tokio_engine, crate::TokioEng:
 );
 
 interop_cases!(uring_engine, crate::UringEng:
-    #[ignore = "uring engine bug: a peer's FIN read inside service() is not acted on until \
-                another event (EOF stalls); one handshake is counted per stream"]
     our_server_with_a_plain_quinn_client_on_several_streams,
     our_client_with_a_plain_quinn_server,
     a_stream_without_the_preface_is_reset_and_counted,
     a_wrong_alpn_fails_the_handshake_with_reason_tls,
     caps_count_quic_connections_before_the_handshake,
-    #[ignore = "uring engine bug: a stream closed by CloseReason::QuicPath does not count \
-                rejected_total{reason=\"quic_path_error\"}"]
     the_quic_idle_timeout_is_a_quic_path_error,
     read_timeout_on_a_quic_stream,
     idle_timeout_on_a_quic_stream,
     write_timeout_when_the_quic_peer_does_not_read,
     dial_deadline_on_a_silent_udp_port,
-    #[ignore = "uring engine bug: a ClientHello in two Initial datagrams gets two Retries \
-                (quic_retries 2 for one attempt; tokio sends one)"]
     retry_validates_addresses_under_handshake_load,
 );

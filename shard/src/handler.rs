@@ -100,6 +100,12 @@ pub trait AcceptHooks: Send + Sync + 'static {
         None
     }
 
+    /// QUIC: `peer` was sent a stateless Retry (address validation) because `handshaking`
+    /// handshakes were in flight on the shard; it costs no connection state.
+    fn quic_retry(&self, peer: SocketAddr, handshaking: usize) {
+        let _ = (peer, handshaking);
+    }
+
     /// QUIC: a stream of an admitted connection was refused before it opened for the handler:
     /// it did not start with the preface (`timed_out` false) or not within the read deadline
     /// (`timed_out` true). The stream was reset.

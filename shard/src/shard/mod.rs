@@ -500,6 +500,8 @@ pub(crate) struct Shard {
     send_pool: Vec<Vec<u8>>,
     rx: bytes::BytesMut,
     qevents: Vec<quinn_proto::Event>,
+    /// New peers of this loop turn, decided in `flush_quic` (socket slot, its generation).
+    pending_incoming: Vec<(usize, u32, quinn_proto::Incoming)>,
 }
 
 impl Shard {
@@ -549,6 +551,7 @@ impl Shard {
             send_pool: Vec::new(),
             rx: bytes::BytesMut::new(),
             qevents: Vec::new(),
+            pending_incoming: Vec::new(),
         })
     }
 

@@ -17,7 +17,7 @@ use quinn_proto::{
 };
 
 use crate::quic::{QuicDial, QuicServer, CODE_DONE, CODE_REFUSED};
-use crate::udp::{self, CONTROL_LEN, MAX_GRO_PAYLOAD, NAME_LEN, RECVMSG_OUT_LEN};
+use crate::udp::{self, Received, CONTROL_LEN, MAX_GRO_PAYLOAD, NAME_LEN, RECVMSG_OUT_LEN};
 
 /// Provided-buffer group of the shard's UDP receive ring.
 const UDP_BGID: u16 = 1;
@@ -320,11 +320,12 @@ impl Shard {
         if let Some(buf) = c.buf {
             if c.result >= 0 {
                 match udp::parse_recvmsg(buf.as_slice(), NAME_LEN as usize, CONTROL_LEN) {
-                    Ok(r) if !r.truncated => {
-                        if let Some(peer) = r.peer {
-                            self.quic_input(s, peer, r.payload, r.segment);
-                        }
-                    }
+                    Ok(Received {
+                        peer: Some(peer),
+                        segment,
+                        payload,
+                        truncated: false,
+                    }) => self.quic_input(s, peer, payload, segment),
                     _ => ShardStats::add(&self.shared.stats.quic_dropped, 1),
                 }
             }
@@ -414,7 +415,14 @@ impl Shard {
                 }
                 self.send_pool.push(buf);
             }
-            Some(DatagramEvent::NewConnection(incoming)) => self.quic_incoming(s, incoming, buf),
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                // Decided at the end of this loop turn: the rest of a ClientHello that spans
+                // several Initial datagrams (a hybrid key share) joins this `Incoming` first,
+                // so a Retry or a refusal answers the attempt once.
+                let gen = sock.gen;
+                self.pending_incoming.push((s, gen, incoming));
+                self.send_pool.push(buf);
+            }
             Some(DatagramEvent::Response(t)) => {
                 buf.truncate(t.size);
                 self.udp_send(s, buf, t.destination, t.segment_size);
@@ -443,9 +451,13 @@ impl Shard {
             && incoming.may_retry()
             && sock.handshaking >= retry_above
         {
+            let handshaking = sock.handshaking;
             match sock.endpoint.retry(incoming, &mut buf) {
                 Ok(t) => {
                     ShardStats::add(&self.shared.stats.quic_retries, 1);
+                    if contained(|| hooks.quic_retry(peer, handshaking)).is_none() {
+                        ShardStats::add(&self.shared.stats.handler_panics, 1);
+                    }
                     buf.truncate(t.size);
                     self.udp_send(s, buf, t.destination, t.segment_size);
                 }
@@ -645,8 +657,15 @@ impl Shard {
         }
     }
 
-    /// Drives every dirty connection (events, streams, transmits, timers).
+    /// Decides on the new peers of this loop turn, then drives every dirty connection
+    /// (events, streams, transmits, timers).
     pub(super) fn flush_quic(&mut self) {
+        for (s, gen, incoming) in std::mem::take(&mut self.pending_incoming) {
+            if self.udp_socks.get(s).is_some_and(|x| x.gen == gen) {
+                let buf = self.send_buf();
+                self.quic_incoming(s, incoming, buf);
+            }
+        }
         let mut rounds = 0;
         while let Some(q) = self.quic_dirty.pop() {
             rounds += 1;
@@ -1491,6 +1510,11 @@ impl Shard {
     /// closes once.
     pub(super) fn quic_shutdown(&mut self) {
         let now = self.now;
+        for (s, gen, incoming) in std::mem::take(&mut self.pending_incoming) {
+            if let Some(sock) = self.udp_socks.get_mut(s).filter(|x| x.gen == gen) {
+                sock.endpoint.ignore(incoming);
+            }
+        }
         let qs: Vec<usize> = self.qconns.iter().map(|(i, _)| i).collect();
         for q in qs {
             let qc = &mut self.qconns[q];

@@ -843,6 +843,8 @@ impl<H: ConnHandler> ConnHandler for Metered<H> {
         let rejected = match reason {
             CloseReason::Timeout(_) => Some(RejectReason::Timeout),
             CloseReason::Frame(_) => Some(RejectReason::TooLarge),
+            // QUIC: the path under this stream failed (idle timeout, reset), as on tokio.
+            CloseReason::QuicPath(_) => Some(RejectReason::QuicPathError),
             CloseReason::Shutdown => {
                 self.metrics
                     .tasks_aborted
@@ -1076,6 +1078,21 @@ impl AcceptHooks for AcceptSide {
         };
         *token = AdmitToken::new(shared.clone());
         Some(AdmitToken::new(shared))
+    }
+
+    fn quic_retry(&self, peer: SocketAddr, handshaking: usize) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        tracing::debug!(
+            target: "ron_transport",
+            event = "quic_retry",
+            backend = inner.backend().as_str(),
+            engine = EngineKind::Uring.as_str(),
+            peer_addr = %peer,
+            handshaking,
+            "address validation (Retry) under handshake load"
+        );
     }
 
     fn stream_refused(&self, peer: SocketAddr, timed_out: bool) {
