@@ -193,3 +193,75 @@ fn a_datagram_on_the_wrong_shard_is_forwarded_to_the_owner() {
         engine.shutdown(Duration::from_secs(1)).await;
     });
 }
+
+/// A flood of garbage datagrams (short headers with connection ids we never issued, runt long
+/// headers, random bytes) creates no connection, no forwarding and no reject, is counted as
+/// dropped, and leaves the listener serving a real client at once.
+#[test]
+fn a_garbage_flood_is_dropped_before_any_connection_state() {
+    util::run_multi_thread(async {
+        let pem = PemMaterial::new();
+        let metrics = TransportMetrics::new();
+        let engine: UringEngine = UringEng::build(
+            quic_config().validate().unwrap(),
+            Some(&pem.fixture),
+            metrics.clone(),
+        );
+        let listener = engine.listen(loopback()).await.unwrap();
+        let addr = listener.local_addr();
+        util::spawn_echo(&engine, listener);
+
+        const FLOOD: usize = 5_000;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..FLOOD {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut d = x.to_le_bytes().repeat(8);
+            match i % 3 {
+                0 => d[0] = 0x40 | (d[0] & 0x3f), // short header, a foreign id
+                1 => d[0] = 0xc0,                 // long header, runt (not an Initial ≥ 1200)
+                _ => {}                           // anything
+            }
+            sock.send_to(&d, addr).unwrap();
+            if i % 64 == 63 {
+                // Bursts the socket's receive buffer takes (a full buffer drops in the kernel).
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // Settled: no datagram arrives for 300 ms. Most of the flood must have been received.
+        let mut last = u64::MAX;
+        loop {
+            let now = sum(&engine.shard_stats(), |s| s.quic_datagrams_in);
+            if now == last {
+                break;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let st = engine.shard_stats();
+        assert!(last >= (FLOOD / 2) as u64, "{}", show(&st));
+        assert_eq!(sum(&st, |s| s.quic_conns), 0, "{}", show(&st));
+        assert_eq!(sum(&st, |s| s.quic_forwarded), 0, "{}", show(&st));
+        // The short-header third is dropped before any copy (the rest reach quinn-proto, which
+        // drops them too, without state).
+        assert!(sum(&st, |s| s.quic_dropped) >= last / 4, "{}", show(&st));
+        for r in RejectReason::ALL {
+            assert_eq!(rejected(&metrics, r), 0, "{r}");
+        }
+
+        // A real client right after the flood.
+        let ep = plain_client(&pem);
+        let conn = within("connect", SLACK, async {
+            ep.connect(addr, "localhost").unwrap().await
+        })
+        .await
+        .expect("handshake after the flood");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&STREAM_PREFACE).await.unwrap();
+        echo_round(&mut send, &mut recv, 0).await;
+        conn.close(0u32.into(), b"done");
+        engine.shutdown(Duration::from_secs(1)).await;
+    });
+}

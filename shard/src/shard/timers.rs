@@ -19,7 +19,11 @@ impl Shard {
     /// by one entry per closed connection for a whole idle timeout (the 30-minute soak: uring
     /// TCP's RSS rose 4 KiB every 10 s at 10 connections/s with `idle_timeout = 3600s`).
     pub(super) fn compact_timers(&mut self) {
-        let live = self.conns.len() + self.dials.len() + self.listeners.len();
+        let live = self.conns.len()
+            + self.dials.len()
+            + self.listeners.len()
+            + self.qconns.len()
+            + self.udp_socks.len();
         let len = self.timers.len();
         if len <= COMPACT_MIN || len <= STALE_FACTOR * (live + 1) {
             return;
