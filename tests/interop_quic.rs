@@ -26,6 +26,7 @@ use ron_transport::{
 };
 
 use util::engines::{EngineKind, TokioEng, UringEng};
+use util::quic::{read_frame, write_frame};
 use util::tls::TlsFixture;
 use util::{loopback, payload, rejected, snap, spawn_echo, wait_until, within};
 
@@ -88,19 +89,7 @@ fn certs_and_key(
 
 /// A plain quinn client endpoint trusting `c`, offering `alpn`.
 fn plain_client(c: &Cert, alpn: &[u8]) -> quinn::Endpoint {
-    let (certs, _) = certs_and_key(c);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certs[0].clone()).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(stock_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    ep
+    util::quic::plain_client(&c.cert_pem, alpn)
 }
 
 /// A plain quinn server endpoint with `c`, ALPN `oap/1`.
@@ -116,23 +105,6 @@ fn plain_server(c: &Cert) -> quinn::Endpoint {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
     let sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     quinn::Endpoint::server(sc, loopback()).unwrap()
-}
-
-async fn write_frame(send: &mut quinn::SendStream, p: &[u8]) {
-    send.write_all(&(p.len() as u32).to_be_bytes())
-        .await
-        .unwrap();
-    send.write_all(p).await.unwrap();
-}
-
-async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Bytes> {
-    let mut hdr = [0u8; 4];
-    if recv.read_exact(&mut hdr).await.is_err() {
-        return None;
-    }
-    let mut body = vec![0u8; u32::from_be_bytes(hdr) as usize];
-    recv.read_exact(&mut body).await.ok()?;
-    Some(body.into())
 }
 
 /// Our listener on `cfg` serving an echo: (engine, metrics, address, certificate).

@@ -15,15 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ron_shard::StatsSnapshot;
 use ron_transport::config::Backend;
 use ron_transport::engine::uring::UringEngine;
 use ron_transport::quic::{ALPN, STREAM_PREFACE};
-use ron_transport::rustls;
 use ron_transport::{Config, Engine, Listener, RejectReason, TransportMetrics};
 
 use util::engines::{EngineKind, UringEng};
+use util::quic::{read_frame, write_frame};
 use util::tls::PemMaterial;
 use util::{loopback, payload, rejected, snap, wait_until, within};
 
@@ -46,36 +45,39 @@ fn quic_config() -> Config {
 
 /// A plain quinn client endpoint trusting `pem`'s certificate, offering ALPN `oap/1`.
 fn plain_client(pem: &PemMaterial) -> quinn::Endpoint {
-    use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::from_pem_slice(pem.cert_pem.as_bytes()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    ep
+    util::quic::plain_client(&pem.cert_pem, ALPN)
 }
 
-async fn write_frame(send: &mut quinn::SendStream, p: &[u8]) {
-    send.write_all(&(p.len() as u32).to_be_bytes())
-        .await
-        .unwrap();
-    send.write_all(p).await.unwrap();
+/// A 2-shard uring engine on quic serving an echo; its listening address.
+async fn two_shard_echo(
+    pem: &PemMaterial,
+    metrics: Arc<TransportMetrics>,
+) -> (UringEngine, SocketAddr) {
+    let engine: UringEngine = UringEng::build(
+        quic_config().validate().unwrap(),
+        Some(&pem.fixture),
+        metrics,
+    );
+    assert_eq!(engine.shard_stats().len(), 2, "two shards");
+    let listener = engine.listen(loopback()).await.unwrap();
+    let addr = listener.local_addr();
+    util::spawn_echo(&engine, listener);
+    (engine, addr)
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Bytes> {
-    let mut hdr = [0u8; 4];
-    recv.read_exact(&mut hdr).await.ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(hdr) as usize];
-    recv.read_exact(&mut body).await.ok()?;
-    Some(body.into())
+/// A plain quinn connection to `addr` with one stream, its preface written.
+async fn open_stream(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let conn = within("connect", SLACK, async {
+        ep.connect(addr, "localhost").unwrap().await
+    })
+    .await
+    .expect("handshake with our listener");
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&STREAM_PREFACE).await.unwrap();
+    (conn, send, recv)
 }
 
 /// Sends every frame of [`SIZES`] (seeded by `round`) and checks each echo byte for byte.
@@ -117,24 +119,9 @@ fn a_datagram_on_the_wrong_shard_is_forwarded_to_the_owner() {
     util::run_multi_thread(async {
         let pem = PemMaterial::new();
         let metrics = TransportMetrics::new();
-        let engine: UringEngine = UringEng::build(
-            quic_config().validate().unwrap(),
-            Some(&pem.fixture),
-            metrics.clone(),
-        );
-        assert_eq!(engine.shard_stats().len(), 2, "two shards");
-        let listener = engine.listen(loopback()).await.unwrap();
-        let addr = listener.local_addr();
-        util::spawn_echo(&engine, listener);
-
+        let (engine, addr) = two_shard_echo(&pem, metrics.clone()).await;
         let ep = plain_client(&pem);
-        let conn = within("connect", SLACK, async {
-            ep.connect(addr, "localhost").unwrap().await
-        })
-        .await
-        .expect("handshake with our listener");
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&STREAM_PREFACE).await.unwrap();
+        let (conn, mut send, mut recv) = open_stream(&ep, addr).await;
         echo_round(&mut send, &mut recv, 0).await;
         let before = engine.shard_stats();
         assert_eq!(sum(&before, |s| s.quic_forwarded), 0, "{}", show(&before));
@@ -202,14 +189,7 @@ fn a_garbage_flood_is_dropped_before_any_connection_state() {
     util::run_multi_thread(async {
         let pem = PemMaterial::new();
         let metrics = TransportMetrics::new();
-        let engine: UringEngine = UringEng::build(
-            quic_config().validate().unwrap(),
-            Some(&pem.fixture),
-            metrics.clone(),
-        );
-        let listener = engine.listen(loopback()).await.unwrap();
-        let addr = listener.local_addr();
-        util::spawn_echo(&engine, listener);
+        let (engine, addr) = two_shard_echo(&pem, metrics.clone()).await;
 
         const FLOOD: usize = 5_000;
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -253,13 +233,7 @@ fn a_garbage_flood_is_dropped_before_any_connection_state() {
 
         // A real client right after the flood.
         let ep = plain_client(&pem);
-        let conn = within("connect", SLACK, async {
-            ep.connect(addr, "localhost").unwrap().await
-        })
-        .await
-        .expect("handshake after the flood");
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&STREAM_PREFACE).await.unwrap();
+        let (conn, mut send, mut recv) = open_stream(&ep, addr).await;
         echo_round(&mut send, &mut recv, 0).await;
         conn.close(0u32.into(), b"done");
         engine.shutdown(Duration::from_secs(1)).await;

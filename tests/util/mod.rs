@@ -4,6 +4,8 @@
 
 pub mod engines;
 pub mod oap;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod tls;
 pub mod tor;
 

@@ -108,6 +108,8 @@ pub(super) struct QuicConn {
     started: Instant,
     hs_deadline: Option<Instant>,
     facts: Option<Box<TlsFacts>>,
+    /// Counted in its socket's handshakes in flight (server, until the handshake ends).
+    in_flight: bool,
     timer: Option<Instant>,
     dirty: bool,
     closed: bool,
@@ -492,6 +494,7 @@ impl Shard {
                 let hs_deadline = opts.timeouts.read.map(|d| now + d);
                 let q = self.new_qconn(s, ch, conn, opts, hs_deadline);
                 let qc = &mut self.qconns[q];
+                qc.in_flight = true;
                 qc.token = Some(token);
                 qc.hooks = Some(hooks);
                 self.quic_dirty(q);
@@ -563,6 +566,7 @@ impl Shard {
             started: self.now,
             hs_deadline,
             facts: None,
+            in_flight: false,
             timer: None,
             dirty: false,
             closed: false,
@@ -732,7 +736,7 @@ impl Shard {
         let s = qc.sock;
         if let Some(sock) = self.udp_socks.get_mut(s) {
             sock.conns.remove(&qc.ch);
-            if qc.hooks.is_some() && qc.facts.is_none() && qc.hs_deadline.is_some() {
+            if qc.in_flight {
                 sock.handshaking = sock.handshaking.saturating_sub(1);
             }
         }
@@ -833,9 +837,7 @@ impl Shard {
         ShardStats::add(&self.shared.stats.quic_handshakes, 1);
         ShardStats::add(&self.shared.stats.tls_handshakes, 1);
         if qc.hooks.is_some() {
-            let s = qc.sock;
-            let sock = &mut self.udp_socks[s];
-            sock.handshaking = sock.handshaking.saturating_sub(1);
+            self.handshake_counted_out(q);
             return;
         }
         // A dial: open its stream, write the preface, open the handler.
@@ -904,6 +906,29 @@ impl Shard {
         }
     }
 
+    /// The handshake of `q` will not complete: whoever waits for it hears why (the dial's
+    /// hooks, or the listener's with the admission token, which is released), once.
+    fn handshake_ended(&mut self, q: usize, reason: CloseReason, detail: String) {
+        let qc = &mut self.qconns[q];
+        if let Some(opener) = qc.opener.take() {
+            self.quic_handshake_failed_ref(q, opener, reason, detail);
+        } else if let (Some(hooks), Some(token)) = (qc.hooks.clone(), qc.token.take()) {
+            self.handshake_counted_out(q);
+            self.quic_handshake_failed_ref(q, Opener::Accept { hooks, token }, reason, detail);
+        }
+    }
+
+    /// A server handshake is no longer in flight (it completed or failed): counted out of its
+    /// socket's handshakes once.
+    fn handshake_counted_out(&mut self, q: usize) {
+        let qc = &mut self.qconns[q];
+        if std::mem::take(&mut qc.in_flight) {
+            if let Some(sock) = self.udp_socks.get_mut(qc.sock) {
+                sock.handshaking = sock.handshaking.saturating_sub(1);
+            }
+        }
+    }
+
     fn quic_handshake_failed_ref(
         &mut self,
         q: usize,
@@ -927,15 +952,7 @@ impl Shard {
                 CloseReason::PeerClosed => CloseReason::Io(libc::ECONNRESET),
                 r => r,
             };
-            if let Some(opener) = qc.opener.take() {
-                self.quic_handshake_failed_ref(q, opener, reason, e.to_string());
-            } else if let (Some(hooks), Some(token)) = (qc.hooks.clone(), qc.token.take()) {
-                let s = qc.sock;
-                let sock = &mut self.udp_socks[s];
-                sock.handshaking = sock.handshaking.saturating_sub(1);
-                let opener = Opener::Accept { hooks, token };
-                self.quic_handshake_failed_ref(q, opener, reason, e.to_string());
-            }
+            self.handshake_ended(q, reason, e.to_string());
             return;
         }
         for (_, idx, gen) in std::mem::take(&mut self.qconns[q].streams) {
@@ -1469,19 +1486,7 @@ impl Shard {
                 bytes::Bytes::from_static(b"handshake timeout"),
             );
             let reason = CloseReason::Timeout(TimeoutKind::Handshake);
-            if let Some(opener) = qc.opener.take() {
-                self.quic_handshake_failed_ref(q, opener, reason, String::new());
-            } else if let (Some(hooks), Some(token)) = (qc.hooks.clone(), qc.token.take()) {
-                let s = qc.sock;
-                let sock = &mut self.udp_socks[s];
-                sock.handshaking = sock.handshaking.saturating_sub(1);
-                self.quic_handshake_failed_ref(
-                    q,
-                    Opener::Accept { hooks, token },
-                    reason,
-                    String::new(),
-                );
-            }
+            self.handshake_ended(q, reason, String::new());
         }
         let expired: Vec<StreamId> = self.qconns[q]
             .prefaces

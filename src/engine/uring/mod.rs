@@ -435,31 +435,6 @@ impl Engine for UringEngine {
                 ListenTarget::Addr(addr) => addr,
                 ListenTarget::Unix(path) => return uds::listen(inner, path).await,
             };
-            #[cfg(feature = "quic")]
-            if inner.backend() == Backend::Quic {
-                let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
-                let serve = Arc::new(OnceLock::new());
-                let hooks = Arc::new(AcceptSide {
-                    inner: Arc::downgrade(&inner),
-                    tx,
-                    serve: serve.clone(),
-                });
-                let (id, local) = quic::listen(&inner, addr, hooks)?;
-                events::listen(inner.backend(), EngineKind::Uring, local);
-                return Ok(UringListener {
-                    inner,
-                    local,
-                    rx,
-                    id,
-                    serve,
-                    uds: None,
-                });
-            }
-            let Ok(server_tls) = listener_tls(inner.is_tls(), inner.tls.server.as_ref()) else {
-                return Err(listen::tls_config_missing(&inner.readiness));
-            };
-            let l = ron_shard::bind(addr).map_err(|e| listen::bind_failed(&inner.readiness, e))?;
-            let local = l.local_addr()?;
             let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
             let serve = Arc::new(OnceLock::new());
             let hooks = Arc::new(AcceptSide {
@@ -467,13 +442,7 @@ impl Engine for UringEngine {
                 tx,
                 serve: serve.clone(),
             });
-            let listened = match server_tls {
-                Some(cfg) => inner.rt.listen_tls(l, inner.conn_options(), cfg, hooks),
-                None => inner.rt.listen(l, inner.conn_options(), hooks),
-            };
-            let id = listened.map_err(|e| TransportError::Unsupported {
-                what: format!("uring listener: {e}"),
-            })?;
+            let (id, local) = listen_on(&inner, addr, hooks)?;
             events::listen(inner.backend(), EngineKind::Uring, local);
             Ok(UringListener {
                 inner,
@@ -590,6 +559,32 @@ impl Engine for UringEngine {
             }
         }
     }
+}
+
+/// Starts the shards listening at `addr` with `hooks`: QUIC (every shard's UDP socket), TLS or
+/// plain TCP by the backend. Returns the listener id and the bound address.
+fn listen_on(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+    hooks: Arc<AcceptSide>,
+) -> Result<(ron_shard::ListenerId, SocketAddr), TransportError> {
+    #[cfg(feature = "quic")]
+    if inner.backend() == Backend::Quic {
+        return quic::listen(inner, addr, hooks);
+    }
+    let Ok(server_tls) = listener_tls(inner.is_tls(), inner.tls.server.as_ref()) else {
+        return Err(listen::tls_config_missing(&inner.readiness));
+    };
+    let l = ron_shard::bind(addr).map_err(|e| listen::bind_failed(&inner.readiness, e))?;
+    let local = l.local_addr()?;
+    let listened = match server_tls {
+        Some(cfg) => inner.rt.listen_tls(l, inner.conn_options(), cfg, hooks),
+        None => inner.rt.listen(l, inner.conn_options(), hooks),
+    };
+    let id = listened.map_err(|e| TransportError::Unsupported {
+        what: format!("uring listener: {e}"),
+    })?;
+    Ok((id, local))
 }
 
 /// Dials `target` on the runtime: resolves a host name on a loader thread, then tries each
