@@ -10,7 +10,6 @@ mod conformance;
 
 use std::sync::Arc;
 
-use ron_shard::RuntimeConfig;
 use ron_transport::config::Backend;
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::uring::UringEngine;
@@ -46,12 +45,7 @@ impl EngineUnderTest for QuicUringUnderTest {
             .expect("setup")
             .with_tls_server(tls.server)
             .with_tls_client(tls.client)
-            .build_uring_with(RuntimeConfig {
-                shards: 2,
-                pin: false,
-                buf_entries: 64,
-                ..RuntimeConfig::default()
-            })
+            .build_uring_with(util::engines::test_runtime())
             .expect("uring engine (io_uring usable here)")
     }
 

@@ -8,7 +8,6 @@ mod conformance;
 
 use std::sync::Arc;
 
-use ron_shard::RuntimeConfig;
 use ron_transport::engine::setup::EngineSetup;
 use ron_transport::engine::uring::UringEngine;
 use ron_transport::{ConfigHandle, TransportMetrics, ValidConfig};
@@ -40,12 +39,7 @@ impl EngineUnderTest for UringUnderTest {
                 .with_tls_client(tls.client);
         }
         setup
-            .build_uring_with(RuntimeConfig {
-                shards: 2,
-                pin: false,
-                buf_entries: 64,
-                ..RuntimeConfig::default()
-            })
+            .build_uring_with(util::engines::test_runtime())
             .expect("uring engine (io_uring usable here)")
     }
 

@@ -42,19 +42,24 @@ impl EngineKind for TokioEng {
     }
 }
 
-/// The uring engine (two unpinned shards, small buffer rings).
+/// The shard runtime of the tests' uring engines: two unpinned shards, small buffer rings.
+pub fn test_runtime() -> RuntimeConfig {
+    RuntimeConfig {
+        shards: 2,
+        pin: false,
+        buf_entries: 64,
+        ..RuntimeConfig::default()
+    }
+}
+
+/// The uring engine ([`test_runtime`]).
 pub struct UringEng;
 
 impl EngineKind for UringEng {
     type E = UringEngine;
     fn build(cfg: ValidConfig, tls: Option<&TlsFixture>, m: Arc<TransportMetrics>) -> UringEngine {
         setup(cfg, tls, m)
-            .build_uring_with(RuntimeConfig {
-                shards: 2,
-                pin: false,
-                buf_entries: 64,
-                ..RuntimeConfig::default()
-            })
+            .build_uring_with(test_runtime())
             .expect("uring engine (io_uring usable here)")
     }
 }
