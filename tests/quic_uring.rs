@@ -1,12 +1,13 @@
-//! QUIC on the uring engine (feature `quic`): a datagram that lands on a shard which does not
-//! own its connection is forwarded to the owner through the cross-shard queue, not dropped.
+//! QUIC on the uring engine (feature `quic`), what only the shard driver does: stray datagrams
+//! forwarded to the shard that owns their connection, garbage dropped before any state, and the
+//! UDP offloads (GSO sends, GRO receives) switched by `quic.gso` / `quic.gro`.
 //!
-//! Two shards, one `SO_REUSEPORT` UDP socket each: the kernel picks the socket by hashing the
-//! datagram's 4-tuple. A plain quinn client (rustls's stock provider) echoes OAP/1 frames
-//! through our listener, then migrates: each `Endpoint::rebind` to a fresh loopback port is a
-//! new 4-tuple, so its datagrams land on either shard, each time with probability 1/2, while
-//! the connection ids they carry still name the shard that owns the connection. Frames are
-//! echoed after every rebind, byte-exact.
+//! Forwarding: two shards, one `SO_REUSEPORT` UDP socket each: the kernel picks the socket by
+//! hashing the datagram's 4-tuple. A plain quinn client (rustls's stock provider) echoes OAP/1
+//! frames through our listener, then migrates: each `Endpoint::rebind` to a fresh loopback port
+//! is a new 4-tuple, so its datagrams land on either shard, each time with probability 1/2,
+//! while the connection ids they carry still name the shard that owns the connection. Frames
+//! are echoed after every rebind, byte-exact.
 #![cfg(feature = "quic")]
 
 mod util;
@@ -53,11 +54,16 @@ async fn two_shard_echo(
     pem: &PemMaterial,
     metrics: Arc<TransportMetrics>,
 ) -> (UringEngine, SocketAddr) {
-    let engine: UringEngine = UringEng::build(
-        quic_config().validate().unwrap(),
-        Some(&pem.fixture),
-        metrics,
-    );
+    two_shard_echo_with(pem, metrics, quic_config()).await
+}
+
+/// [`two_shard_echo`] with `cfg`.
+async fn two_shard_echo_with(
+    pem: &PemMaterial,
+    metrics: Arc<TransportMetrics>,
+    cfg: Config,
+) -> (UringEngine, SocketAddr) {
+    let engine: UringEngine = UringEng::build(cfg.validate().unwrap(), Some(&pem.fixture), metrics);
     assert_eq!(engine.shard_stats().len(), 2, "two shards");
     let listener = engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
@@ -238,4 +244,51 @@ fn a_garbage_flood_is_dropped_before_any_connection_state() {
         conn.close(0u32.into(), b"done");
         engine.shutdown(Duration::from_secs(1)).await;
     });
+}
+
+/// Bulk echo (16 × 256 KiB each way) through a uring QUIC listener with `gso` / `gro` set; the
+/// summed shard stats afterwards.
+fn bulk_echo(gso: bool, gro: bool) -> Vec<StatsSnapshot> {
+    let stats = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = stats.clone();
+    util::run_multi_thread(async move {
+        let pem = PemMaterial::new();
+        let mut cfg = quic_config();
+        cfg.quic_gso = gso;
+        cfg.quic_gro = gro;
+        let (engine, addr) = two_shard_echo_with(&pem, TransportMetrics::new(), cfg).await;
+        let ep = plain_client(&pem);
+        let (conn, mut send, mut recv) = open_stream(&ep, addr).await;
+        for i in 0..16 {
+            let sent = payload(256 * 1024, i);
+            write_frame(&mut send, &sent).await;
+            let got = within("bulk echo", SLACK, read_frame(&mut recv))
+                .await
+                .expect("echo");
+            assert_eq!(got, sent, "bulk echo {i}");
+        }
+        *out.lock().unwrap() = engine.shard_stats();
+        conn.close(0u32.into(), b"done");
+        engine.shutdown(Duration::from_secs(1)).await;
+    });
+    let st = stats.lock().unwrap().clone();
+    st
+}
+
+/// `quic.gso` / `quic.gro` on (the defaults): bulk data leaves in `UDP_SEGMENT` batches and
+/// arrives in GRO batches (the quinn client sends GSO batches, which loopback hands over
+/// whole). Off: one datagram per `sendmsg` and per receive completion.
+#[test]
+fn udp_offloads_follow_quic_gso_and_quic_gro() {
+    let on = bulk_echo(true, true);
+    assert!(sum(&on, |s| s.quic_gso_sends) > 0, "{}", show(&on));
+    assert!(sum(&on, |s| s.quic_gro_batches) > 0, "{}", show(&on));
+    assert!(
+        sum(&on, |s| s.quic_datagrams_out) > sum(&on, |s| s.send_submissions),
+        "GSO: more datagrams than sendmsg calls: {}",
+        show(&on)
+    );
+    let off = bulk_echo(false, false);
+    assert_eq!(sum(&off, |s| s.quic_gso_sends), 0, "{}", show(&off));
+    assert_eq!(sum(&off, |s| s.quic_gro_batches), 0, "{}", show(&off));
 }
