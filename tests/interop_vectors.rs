@@ -1,5 +1,5 @@
 //! The OAP/1 interop vectors of spec/INTEROP.md §4 (`tests/vectors/oap1.json`) over every
-//! transport in [`TRANSPORTS`] on both engines.
+//! transport in [`TRANSPORTS`] (tcp, tls, uds and, with feature `quic`, quic) on both engines.
 //!
 //! A test-support OAP host (`host`, built on `tests/util/oap.rs`; the transport itself never
 //! parses OAP) serves each connection: HELLO gets the §4.1 answer, a plain request gets
@@ -62,6 +62,8 @@ const TRANSPORTS: &[Transport] = &[
     Transport { name: "tcp", backend: Backend::Tcp, listen: listen_loopback, raw: raw_tcp },
     Transport { name: "tls", backend: Backend::Tls, listen: listen_loopback, raw: raw_tls },
     Transport { name: "uds", backend: Backend::Tcp, listen: listen_unix, raw: raw_unix },
+    #[cfg(feature = "quic")]
+    Transport { name: "quic", backend: Backend::Quic, listen: listen_loopback, raw: raw_quic },
 ];
 
 fn listen_unix(dir: &Path) -> ListenTarget {
@@ -113,6 +115,31 @@ fn raw_tls(
             .await
             .expect("raw TLS handshake");
         Box::new(s) as Box<dyn RawStream>
+    })
+}
+
+/// A raw QUIC peer: a quinn connection (our client crypto: trust, provider, ALPN `oap/1`) and
+/// one bidirectional stream with the OAP/1 preface written, as a byte stream.
+#[cfg(feature = "quic")]
+fn raw_quic(
+    target: DialTarget,
+    tls: TlsFixture,
+) -> Pin<Box<dyn Future<Output = Box<dyn RawStream>> + Send>> {
+    Box::pin(async move {
+        let DialTarget::Addr(addr) = target else {
+            panic!("quic peer cannot reach {target:?}");
+        };
+        let mut c = Config::default();
+        c.backend = Backend::Quic;
+        let cfg = c.validate().unwrap();
+        let crypto = ron_transport::quic::client_crypto(&cfg, &tls.client).unwrap();
+        let mut ep = quinn::Endpoint::client(loopback()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(crypto));
+        let conn = ep.connect(addr, "localhost").unwrap().await.expect("raw QUIC handshake");
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&ron_transport::quic::STREAM_PREFACE).await.unwrap();
+        // The endpoint and connection live as long as the streams (quinn keeps them).
+        Box::new(tokio::io::join(recv, send)) as Box<dyn RawStream>
     })
 }
 
