@@ -135,9 +135,15 @@ fn raw_quic(
         let crypto = ron_transport::quic::client_crypto(&cfg, &tls.client).unwrap();
         let mut ep = quinn::Endpoint::client(loopback()).unwrap();
         ep.set_default_client_config(quinn::ClientConfig::new(crypto));
-        let conn = ep.connect(addr, "localhost").unwrap().await.expect("raw QUIC handshake");
+        let conn = ep
+            .connect(addr, "localhost")
+            .unwrap()
+            .await
+            .expect("raw QUIC handshake");
         let (mut send, recv) = conn.open_bi().await.unwrap();
-        send.write_all(&ron_transport::quic::STREAM_PREFACE).await.unwrap();
+        send.write_all(&ron_transport::quic::STREAM_PREFACE)
+            .await
+            .unwrap();
         // The endpoint and connection live as long as the streams (quinn keeps them).
         Box::new(tokio::io::join(recv, send)) as Box<dyn RawStream>
     })
