@@ -1610,6 +1610,100 @@ mod tests {
         assert_eq!(Rc::strong_count(&bufs), 1, "ring released the buffer ring");
     }
 
+    /// The UDP paths: `send_to` with a `UDP_SEGMENT` batch (its `msghdr`, name, iovec and
+    /// control message owned by the op), read back through a multishot `recvmsg` on a second
+    /// buffer group with `UDP_GRO` (`set_udp_gro`): one completion holding the whole batch, its
+    /// source and segment size, parsed by `udp::parse_recvmsg`. Then a single datagram without
+    /// a segment size, and the cancel of the multishot op releasing the socket.
+    fn udp_gso_send_and_multishot_gro_recvmsg(defer: bool) {
+        use crate::udp::{parse_recvmsg, CONTROL_LEN, MAX_GRO_PAYLOAD, NAME_LEN, RECVMSG_OUT_LEN};
+        let Some(mut r) = ring(defer) else { return };
+        // Group 0 as the shard has it, and the UDP group 1 beside it.
+        r.register_buf_ring(BufRing::new(4, 4096, 0).unwrap())
+            .unwrap();
+        let size = (RECVMSG_OUT_LEN + NAME_LEN as usize + CONTROL_LEN + MAX_GRO_PAYLOAD) as u32;
+        let udp_bufs = BufRing::new(4, size, 1).unwrap();
+        r.register_buf_ring(udp_bufs.clone()).unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let rx = Rc::new(OwnedFd::from(rx));
+        set_udp_gro(&rx, true).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = tx.local_addr().unwrap();
+        let tx = Rc::new(OwnedFd::from(tx));
+        let op = r.recv_msg_multi(&rx, 1, NAME_LEN, CONTROL_LEN, 7).unwrap();
+
+        // 10 × 1,200 bytes in one sendmsg, then one 100-byte datagram.
+        let batch: Vec<u8> = (0..12_000u32).map(|i| (i % 251) as u8).collect();
+        r.send_to(&tx, UdpSend::new(batch.clone(), to, Some(1200)), 8)
+            .unwrap();
+        let mut got = Vec::new();
+        let mut segments = Vec::new();
+        for _ in 0..20 {
+            if got.len() >= batch.len() {
+                break;
+            }
+            for c in wait_for(&mut r, 1) {
+                match c.tag {
+                    8 => {
+                        assert_eq!(c.result, 12_000);
+                        let Some(Resource::SendTo(_, send)) = c.res else {
+                            panic!("the send gives its buffer back")
+                        };
+                        assert_eq!(send.into_buf(), batch);
+                    }
+                    7 => {
+                        assert!(c.more, "multishot stays armed");
+                        let buf = c.buf.expect("a provided buffer");
+                        let d =
+                            parse_recvmsg(buf.as_slice(), NAME_LEN as usize, CONTROL_LEN).unwrap();
+                        assert_eq!(d.peer, Some(from));
+                        assert!(!d.truncated);
+                        segments.push(d.segment);
+                        got.extend_from_slice(d.payload);
+                    }
+                    t => panic!("unexpected tag {t}"),
+                }
+            }
+        }
+        assert_eq!(got, batch);
+        assert!(
+            segments.iter().any(|s| *s == Some(1200)),
+            "GRO reported the segment size: {segments:?}"
+        );
+        assert_eq!(udp_bufs.held(), 0, "buffers back in the ring once parsed");
+
+        r.send_to(&tx, UdpSend::new(vec![9; 100], to, None), 9)
+            .unwrap();
+        let mut single = None;
+        for _ in 0..20 {
+            if single.is_some() {
+                break;
+            }
+            for c in wait_for(&mut r, 1) {
+                if c.tag == 7 {
+                    let buf = c.buf.expect("a provided buffer");
+                    let d = parse_recvmsg(buf.as_slice(), NAME_LEN as usize, CONTROL_LEN).unwrap();
+                    single = Some((d.payload.to_vec(), d.segment));
+                }
+            }
+        }
+        assert_eq!(single, Some((vec![9; 100], None)));
+
+        r.cancel(op).unwrap();
+        let c = wait_for(&mut r, 1).remove(0);
+        assert_eq!((c.tag, c.result, c.more), (7, -libc::ECANCELED, false));
+        assert!(matches!(c.res, Some(Resource::RecvMsg(..))));
+        drop(c);
+        assert_eq!(
+            Rc::strong_count(&rx),
+            1,
+            "the recvmsg op released the socket"
+        );
+        assert_eq!(Rc::strong_count(&tx), 1, "the sends released the socket");
+        assert_eq!(r.in_flight(), 0);
+    }
+
     #[test]
     fn buf_ring_rejects_bad_geometry() {
         assert!(BufRing::new(3, 4096, 0).is_err());
@@ -1640,5 +1734,6 @@ mod tests {
         dropping_the_ring_cancels_and_drains_in_flight_ops,
         vectored_send_from_owned_and_ring_memory,
         zero_copy_send_releases_on_notification,
+        udp_gso_send_and_multishot_gro_recvmsg,
     );
 }
