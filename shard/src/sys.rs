@@ -1668,7 +1668,7 @@ mod tests {
         }
         assert_eq!(got, batch);
         assert!(
-            segments.iter().any(|s| *s == Some(1200)),
+            segments.contains(&Some(1200)),
             "GRO reported the segment size: {segments:?}"
         );
         assert_eq!(udp_bufs.held(), 0, "buffers back in the ring once parsed");
