@@ -628,15 +628,17 @@ fn retry_validates_addresses_under_handshake_load<K: Retries>() {
     assert_eq!(retries, 0, "Retry without load:\n{logs}");
 }
 
-/// `interop_cases!(module, Kind: cases…)`: one `#[test]` per listed case in `mod module`,
-/// running the case for the engine kind `Kind`. A case may carry attributes (`#[ignore = "why"]`
-/// for a known engine bug, so `--include-ignored` still runs it).
+/// `interop_cases!(case, …)`: `mod tokio_engine` and `mod uring_engine`, each with one
+/// `#[test]` per case running `case::<Kind>()` for that engine kind.
 macro_rules! interop_cases {
-    ($module:ident, $kind:ty: $($(#[$attr:meta])* $case:ident),* $(,)?) => {
+    ($($case:ident),* $(,)?) => {
+        interop_cases!(@engine tokio_engine, crate::TokioEng: $($case),*);
+        interop_cases!(@engine uring_engine, crate::UringEng: $($case),*);
+    };
+    (@engine $module:ident, $kind:ty: $($case:ident),*) => {
         mod $module {
             $(
                 #[test]
-                $(#[$attr])*
                 fn $case() {
                     super::$case::<$kind>();
                 }
@@ -645,21 +647,7 @@ macro_rules! interop_cases {
     };
 }
 
-interop_cases!(tokio_engine, crate::TokioEng:
-    our_server_with_a_plain_quinn_client_on_several_streams,
-    our_client_with_a_plain_quinn_server,
-    a_stream_without_the_preface_is_reset_and_counted,
-    a_wrong_alpn_fails_the_handshake_with_reason_tls,
-    caps_count_quic_connections_before_the_handshake,
-    the_quic_idle_timeout_is_a_quic_path_error,
-    read_timeout_on_a_quic_stream,
-    idle_timeout_on_a_quic_stream,
-    write_timeout_when_the_quic_peer_does_not_read,
-    dial_deadline_on_a_silent_udp_port,
-    retry_validates_addresses_under_handshake_load,
-);
-
-interop_cases!(uring_engine, crate::UringEng:
+interop_cases!(
     our_server_with_a_plain_quinn_client_on_several_streams,
     our_client_with_a_plain_quinn_server,
     a_stream_without_the_preface_is_reset_and_counted,

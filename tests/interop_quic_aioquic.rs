@@ -232,21 +232,7 @@ async fn echo_server<K: EngineKind>(
     let listener = engine.listen(loopback()).await.unwrap();
     let addr = listener.local_addr();
     let served = Arc::new(AtomicUsize::new(0));
-    let count = served.clone();
-    let serving = engine.serve(listener, move |mut conn: <K::E as Engine>::Conn| {
-        count.fetch_add(1, Ordering::SeqCst);
-        async move {
-            while let Ok(Some(frame)) = conn.recv().await {
-                if conn.send(frame).await.is_err() {
-                    break;
-                }
-            }
-            let _ = conn.close().await;
-        }
-    });
-    tokio::spawn(async move {
-        let _ = serving.await;
-    });
+    util::spawn_counted_echo(&engine, listener, served.clone());
     (engine, metrics, addr, served)
 }
 

@@ -186,14 +186,26 @@ pub fn spawn_echo<E: ron_transport::Engine>(
     engine: &E,
     listener: E::Listener,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_counted_echo(engine, listener, Default::default())
+}
+
+/// [`spawn_echo`], adding one to `served` for every connection the listener hands out.
+pub fn spawn_counted_echo<E: ron_transport::Engine>(
+    engine: &E,
+    listener: E::Listener,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
     use ron_transport::Conn;
-    let serving = engine.serve(listener, |mut conn: E::Conn| async move {
-        while let Ok(Some(frame)) = conn.recv().await {
-            if conn.send(frame).await.is_err() {
-                break;
+    let serving = engine.serve(listener, move |mut conn: E::Conn| {
+        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            while let Ok(Some(frame)) = conn.recv().await {
+                if conn.send(frame).await.is_err() {
+                    break;
+                }
             }
+            let _ = conn.close().await;
         }
-        let _ = conn.close().await;
     });
     tokio::spawn(async move {
         let _ = serving.await;

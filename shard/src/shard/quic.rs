@@ -117,6 +117,17 @@ pub(super) struct QuicConn {
 }
 
 impl QuicConn {
+    /// Closes the connection with application code `code` and `reason` (once: `closed` is
+    /// set; quinn sends the CONNECTION_CLOSE with the next transmit).
+    fn close(&mut self, now: Instant, code: u32, reason: &'static [u8]) {
+        self.closed = true;
+        self.conn.close(
+            now,
+            VarInt::from_u32(code),
+            bytes::Bytes::from_static(reason),
+        );
+    }
+
     /// True if the heap entry `(t, gen)` is this connection's current timer.
     pub(super) fn armed_at(&self, gen: u32, t: Instant) -> bool {
         self.gen == gen && self.timer == Some(t)
@@ -845,12 +856,7 @@ impl Shard {
             return;
         };
         let Some(id) = qc.conn.streams().open(Dir::Bi) else {
-            qc.closed = true;
-            qc.conn.close(
-                now,
-                VarInt::from_u32(CODE_REFUSED),
-                bytes::Bytes::from_static(b"no stream"),
-            );
+            qc.close(now, CODE_REFUSED, b"no stream");
             let failure = CloseReason::Io(libc::ECONNREFUSED);
             self.quic_handshake_failed_ref(q, opener, failure, "the peer allows no stream".into());
             return;
@@ -1045,12 +1051,7 @@ impl Shard {
         }
         ShardStats::add(&self.shared.stats.rejected, 1);
         if qc.streams.is_empty() && qc.prefaces.is_empty() && !qc.closed {
-            qc.conn.close(
-                self.now,
-                VarInt::from_u32(CODE_REFUSED),
-                bytes::Bytes::from_static(b"preface"),
-            );
-            qc.closed = true;
+            qc.close(self.now, CODE_REFUSED, b"preface");
         }
         self.quic_dirty(q);
     }
@@ -1134,9 +1135,7 @@ impl Shard {
             qc.linger = Some(now + grace);
         }
         if lingered || (qc.finishing.is_empty() && qc.half_open.is_empty()) {
-            qc.closed = true;
-            qc.conn
-                .close(now, VarInt::from_u32(CODE_DONE), bytes::Bytes::new());
+            qc.close(now, CODE_DONE, b"");
             self.quic_dirty(q);
         }
     }
@@ -1479,12 +1478,7 @@ impl Shard {
         }
         if qc.hs_deadline.is_some_and(|d| d <= now) && qc.facts.is_none() {
             qc.hs_deadline = None;
-            qc.closed = true;
-            qc.conn.close(
-                now,
-                VarInt::from_u32(CODE_REFUSED),
-                bytes::Bytes::from_static(b"handshake timeout"),
-            );
+            qc.close(now, CODE_REFUSED, b"handshake timeout");
             let reason = CloseReason::Timeout(TimeoutKind::Handshake);
             self.handshake_ended(q, reason, String::new());
         }
@@ -1524,12 +1518,7 @@ impl Shard {
         for q in qs {
             let qc = &mut self.qconns[q];
             if !qc.closed {
-                qc.closed = true;
-                qc.conn.close(
-                    now,
-                    VarInt::from_u32(CODE_REFUSED),
-                    bytes::Bytes::from_static(b"shutdown"),
-                );
+                qc.close(now, CODE_REFUSED, b"shutdown");
             }
             if let Some(opener) = qc.opener.take() {
                 self.quic_handshake_failed_ref(q, opener, CloseReason::Shutdown, String::new());
