@@ -361,15 +361,16 @@ impl Shard {
         let listener = self.udp_socks[s].listener;
         for dgram in payload.chunks(stride) {
             ShardStats::add(&self.shared.stats.quic_datagrams_in, 1);
-            if let (Some(owner), Some(lid)) = (udp::owner_of(dgram), listener) {
-                let owner = usize::from(owner);
+            // One tag check per datagram: it both routes and filters.
+            let owner = udp::owner_of(dgram).map(usize::from);
+            if let (Some(owner), Some(lid)) = (owner, listener) {
                 if owner != self.id && owner < self.peers.len() {
                     self.forward(owner, lid, peer, dgram);
                     continue;
                 }
             }
-            if dgram[0] & 0x80 == 0 && !dgram.get(1..1 + udp::CID_LEN).is_some_and(udp::cid_is_ours)
-            {
+            // `owner_of` is `Some` for a short header exactly when its id is ours.
+            if dgram[0] & 0x80 == 0 && owner.is_none() {
                 // A short header naming no id of ours: quinn would drop it too (no stateless
                 // reset for ids we never issued); dropped before any copy.
                 ShardStats::add(&self.shared.stats.quic_dropped, 1);
